@@ -1,0 +1,339 @@
+//! The frozen backbone: the only module that names tract types (load, fix shape, optimize, embed).
+//!
+//! tract's API moves between versions; keeping every tract call here means an upgrade touches
+//! one file.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::internal::Framework;
+
+use crate::model::ModelDir;
+
+/// Errors of the backbone layer. `code()` is the stable machine-readable kind.
+#[derive(Debug, thiserror::Error)]
+pub enum BackboneError {
+    #[error("cannot read model {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a loadable ONNX model: {message}")]
+    NotOnnx { path: String, message: String },
+    #[error("model {path} has SHA-256 {actual}, its model.toml expects {expected}")]
+    Checksum {
+        path: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("output {name:?} not found in the model; its outputs are {available:?}")]
+    MissingOutput {
+        name: String,
+        available: Vec<String>,
+    },
+    #[error("cannot prepare the model for input shape {shape:?}: {message}")]
+    Prepare { shape: Vec<usize>, message: String },
+    #[error("input has {got} values, the model needs {want} ({shape:?})")]
+    InputLength {
+        got: usize,
+        want: usize,
+        shape: Vec<usize>,
+    },
+    #[error("inference failed: {0}")]
+    Run(String),
+    #[error("model produced a non-finite embedding value")]
+    NonFinite,
+}
+
+impl BackboneError {
+    /// Stable error code for replies.
+    pub fn code(&self) -> &'static str {
+        match self {
+            BackboneError::InputLength { .. } => "shape_mismatch",
+            BackboneError::NonFinite => "non_finite",
+            _ => "backbone",
+        }
+    }
+}
+
+/// What identifies a loaded backbone: published in `{root}/info` and checked against heads.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BackboneInfo {
+    /// Human name from `model.toml`.
+    pub name: String,
+    /// SHA-256 (hex) of the ONNX file: a head is only valid for the backbone it was trained on.
+    pub sha256: String,
+    /// Fixed input shape.
+    pub input_shape: Vec<usize>,
+    /// Embedding dimension (elements of the embedding output, batch excluded).
+    pub embedding_dim: usize,
+    /// Number of logits when the model has a logits output.
+    pub logits_dim: Option<usize>,
+    /// Milliseconds from reading the file to a runnable plan.
+    pub load_ms: f64,
+}
+
+/// Outputs of one forward pass.
+#[derive(Debug, Clone)]
+pub struct Outputs {
+    /// The embedding, flattened.
+    pub embedding: Vec<f32>,
+    /// Logits, when requested and available.
+    pub logits: Option<Vec<f32>>,
+}
+
+/// A loaded, optimized backbone ready to embed inputs; cheap to share behind an `Arc`.
+pub struct Backbone {
+    plan: Arc<TypedRunnableModel>,
+    info: BackboneInfo,
+    logits_plan_ix: Option<usize>,
+}
+
+impl std::fmt::Debug for Backbone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backbone")
+            .field("info", &self.info)
+            .finish()
+    }
+}
+
+/// Reads a file and returns its bytes with their SHA-256 (hex).
+fn read_hashed(path: &Path) -> Result<(Vec<u8>, String), BackboneError> {
+    let bytes = std::fs::read(path).map_err(|source| BackboneError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let sha = hex::encode(Sha256::digest(&bytes));
+    Ok((bytes, sha))
+}
+
+fn parse_onnx(path: &Path, bytes: &[u8]) -> Result<InferenceModel, BackboneError> {
+    tract_onnx::onnx()
+        .model_for_read(&mut std::io::Cursor::new(bytes))
+        .map_err(|e| BackboneError::NotOnnx {
+            path: path.display().to_string(),
+            message: format!("{e:#}"),
+        })
+}
+
+/// Names of a model's outputs as tract labels them (ONNX output value names).
+fn output_names(model: &InferenceModel) -> Vec<String> {
+    model
+        .output_outlets()
+        .map(|outs| {
+            outs.iter()
+                .map(|o| {
+                    model
+                        .outlet_label(*o)
+                        .map(str::to_string)
+                        .unwrap_or_else(|| model.node(o.node).name.clone())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Resolves an output by graph output name first, then outlet label, then node name.
+fn resolve_output(model: &InferenceModel, name: &str) -> Result<OutletId, BackboneError> {
+    let outputs = model
+        .output_outlets()
+        .map(|o| o.to_vec())
+        .unwrap_or_default();
+    if let Some(o) = outputs
+        .iter()
+        .find(|o| model.outlet_label(**o) == Some(name))
+    {
+        return Ok(*o);
+    }
+    if let Some((o, _)) = model.outlet_labels.iter().find(|(_, l)| l.as_str() == name) {
+        return Ok(*o);
+    }
+    if let Some(node) = model.nodes().iter().find(|n| n.name == name) {
+        return Ok(OutletId::new(node.id, 0));
+    }
+    Err(BackboneError::MissingOutput {
+        name: name.to_string(),
+        available: output_names(model),
+    })
+}
+
+impl Backbone {
+    /// Loads the model described by `model`: read + hash, parse ONNX, fix the input fact, select
+    /// the embedding (and logits) outputs, optimize, make runnable.
+    pub fn load(model: &ModelDir, with_logits: bool) -> Result<Backbone, BackboneError> {
+        let started = Instant::now();
+        let spec = &model.spec;
+        let path = model.onnx_path();
+        // 1. Read and identify: the SHA-256 names this backbone everywhere.
+        let (bytes, sha256) = read_hashed(&path)?;
+        if let Some(expected) = &spec.sha256 {
+            if !expected.eq_ignore_ascii_case(&sha256) {
+                return Err(BackboneError::Checksum {
+                    path: path.display().to_string(),
+                    expected: expected.clone(),
+                    actual: sha256,
+                });
+            }
+        }
+        // 2. Parse the ONNX protobuf into tract's inference graph.
+        let mut graph = parse_onnx(&path, &bytes)?;
+        drop(bytes);
+        // 3. Choose outputs: the embedding first, the logits second when asked for.
+        let mut outlets = vec![resolve_output(&graph, &spec.embedding_output)?];
+        let logits_plan_ix = match (&spec.logits_output, with_logits) {
+            (Some(name), true) => {
+                outlets.push(resolve_output(&graph, name)?);
+                Some(1)
+            }
+            _ => None,
+        };
+        let shape = spec.input.shape.clone();
+        let prepare = |e: TractError| BackboneError::Prepare {
+            shape: shape.clone(),
+            message: format!("{e:#}"),
+        };
+        graph.select_output_outlets(&outlets).map_err(prepare)?;
+        // 4. Fix the input fact: fixed shapes let tract pick its fastest kernels.
+        graph
+            .set_input_fact(0, f32::fact(shape.clone()).into())
+            .map_err(prepare)?;
+        // 5. Type, declutter and optimize once; 6. plan.
+        let typed = graph.into_optimized().map_err(prepare)?;
+        let dims: Vec<usize> = (0..outlets.len())
+            .map(|ix| {
+                typed
+                    .output_fact(ix)
+                    .ok()
+                    .and_then(|f| f.shape.as_concrete().map(|s| s.iter().skip(1).product()))
+                    .unwrap_or(0)
+            })
+            .collect();
+        let plan = typed.into_runnable().map_err(prepare)?;
+        let info = BackboneInfo {
+            name: spec.name.clone(),
+            sha256,
+            input_shape: shape,
+            embedding_dim: dims[0],
+            logits_dim: logits_plan_ix.map(|ix| dims[ix]),
+            load_ms: started.elapsed().as_secs_f64() * 1e3,
+        };
+        if info.embedding_dim == 0 {
+            return Err(BackboneError::Prepare {
+                shape: info.input_shape,
+                message: "the embedding output has no concrete shape".into(),
+            });
+        }
+        Ok(Backbone {
+            plan,
+            info,
+            logits_plan_ix,
+        })
+    }
+
+    /// Identity and shapes of this backbone.
+    pub fn info(&self) -> &BackboneInfo {
+        &self.info
+    }
+
+    /// Runs one input (batch 1) and returns the embedding.
+    pub fn embed(&self, input: &[f32]) -> Result<Vec<f32>, BackboneError> {
+        Ok(self.run(input)?.embedding)
+    }
+
+    /// Runs one input (batch 1) and returns the embedding and, when loaded, the logits.
+    pub fn run(&self, input: &[f32]) -> Result<Outputs, BackboneError> {
+        let want = self.info.input_shape.iter().product::<usize>();
+        if input.len() != want {
+            return Err(BackboneError::InputLength {
+                got: input.len(),
+                want,
+                shape: self.info.input_shape.clone(),
+            });
+        }
+        let tensor = Tensor::from_shape(&self.info.input_shape, input)
+            .map_err(|e| BackboneError::Run(format!("{e:#}")))?;
+        let outputs = self
+            .plan
+            .run(tvec!(tensor.into_tvalue()))
+            .map_err(|e| BackboneError::Run(format!("{e:#}")))?;
+        let flat = |ix: usize| -> Result<Vec<f32>, BackboneError> {
+            let run_err = |e: TractError| BackboneError::Run(format!("{e:#}"));
+            let view = outputs[ix].try_as_plain_ram().map_err(run_err)?;
+            Ok(view.as_slice::<f32>().map_err(run_err)?.to_vec())
+        };
+        let embedding = flat(0)?;
+        if embedding.iter().any(|v| !v.is_finite()) {
+            return Err(BackboneError::NonFinite);
+        }
+        let logits = match self.logits_plan_ix {
+            Some(ix) => Some(flat(ix)?),
+            None => None,
+        };
+        Ok(Outputs { embedding, logits })
+    }
+}
+
+/// What `adaptd inspect` prints about an ONNX file.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelReport {
+    /// File path as given.
+    pub path: String,
+    /// File size in bytes.
+    pub bytes: u64,
+    /// SHA-256 (hex).
+    pub sha256: String,
+    /// Graph inputs: name and the shape/type tract infers.
+    pub inputs: Vec<(String, String)>,
+    /// Graph outputs: name and the shape/type tract infers.
+    pub outputs: Vec<(String, String)>,
+    /// ONNX operator type → node count.
+    pub ops: BTreeMap<String, usize>,
+}
+
+/// Reads an ONNX file and describes it (no optimization, any model).
+pub fn inspect(path: &Path) -> Result<ModelReport, BackboneError> {
+    let (bytes, sha256) = read_hashed(path)?;
+    let proto = tract_onnx::onnx()
+        .proto_model_for_read(&mut std::io::Cursor::new(&bytes))
+        .map_err(|e| BackboneError::NotOnnx {
+            path: path.display().to_string(),
+            message: format!("{e:#}"),
+        })?;
+    let mut ops = BTreeMap::new();
+    if let Some(g) = &proto.graph {
+        for n in &g.node {
+            *ops.entry(n.op_type.clone()).or_insert(0) += 1;
+        }
+    }
+    let model = parse_onnx(path, &bytes)?;
+    let describe = |outlets: &[OutletId]| -> Vec<(String, String)> {
+        outlets
+            .iter()
+            .map(|o| {
+                let name = model
+                    .outlet_label(*o)
+                    .map(str::to_string)
+                    .unwrap_or_else(|| model.node(o.node).name.clone());
+                let fact = model
+                    .outlet_fact(*o)
+                    .map(|f| format!("{f:?}"))
+                    .unwrap_or_default();
+                (name, fact)
+            })
+            .collect()
+    };
+    let inputs = model.input_outlets().map(describe).unwrap_or_default();
+    let outputs = model.output_outlets().map(describe).unwrap_or_default();
+    Ok(ModelReport {
+        path: path.display().to_string(),
+        bytes: bytes.len() as u64,
+        sha256,
+        inputs,
+        outputs,
+        ops,
+    })
+}

@@ -1,0 +1,215 @@
+//! The command line: argument parsing (clap) and the one-shot commands (inspect, embed, classify).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::backbone;
+use crate::model::ModelDir;
+use crate::pipeline::Pipeline;
+
+/// adaptd: on-device transfer learning on MQTT.
+#[derive(Debug, Parser)]
+#[command(name = "adaptd", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon (MQTT service) until SIGTERM or SIGINT.
+    Run {
+        /// Config file (TOML); default: the shipped defaults. Env: ADAPTD_CONFIG.
+        #[arg(long, env = "ADAPTD_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Print the configuration.
+    Config {
+        /// Print the shipped, commented default configuration.
+        #[arg(long)]
+        default: bool,
+        /// Config file to validate and show merged with defaults and environment.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Describe an ONNX model: inputs, outputs, shapes, operator histogram, SHA-256.
+    Inspect {
+        /// The .onnx file, or a model directory with a model.toml.
+        model: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the embedding of each image.
+    Embed(ImageArgs),
+    /// Print the top-5 labels of each image through the model's logits.
+    Classify(ImageArgs),
+}
+
+/// Arguments shared by `embed` and `classify`.
+#[derive(Debug, Args)]
+pub struct ImageArgs {
+    /// Model directory (with model.toml); default: the shipped model.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// One JSON object per input on its own line, with the file name.
+    #[arg(long)]
+    pub json: bool,
+    /// Input files: JPEG, PNG, raw little-endian f32 or JSON tensors.
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+}
+
+/// Loads the model directory given on the command line, or the shipped one.
+pub fn model_dir(path: Option<&Path>) -> Result<ModelDir> {
+    Ok(match path {
+        Some(p) => ModelDir::load(p).with_context(|| format!("loading model {}", p.display()))?,
+        None => ModelDir::shipped()?,
+    })
+}
+
+/// `adaptd inspect`.
+pub fn inspect(model: &Path, json: bool) -> Result<()> {
+    let onnx = if model.is_dir() {
+        ModelDir::load(model)?.onnx_path()
+    } else {
+        model.to_path_buf()
+    };
+    let report = backbone::inspect(&onnx)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!("model   {}", report.path);
+    println!("bytes   {}", report.bytes);
+    println!("sha256  {}", report.sha256);
+    for (name, fact) in &report.inputs {
+        println!("input   {name}: {fact}");
+    }
+    for (name, fact) in &report.outputs {
+        println!("output  {name}: {fact}");
+    }
+    let total: usize = report.ops.values().sum();
+    println!("ops     {total} nodes");
+    for (op, n) in &report.ops {
+        println!("  {op:<24} {n}");
+    }
+    Ok(())
+}
+
+/// `adaptd embed`.
+pub fn embed(args: &ImageArgs) -> Result<()> {
+    let pipeline = Pipeline::load(model_dir(args.model.as_deref())?, false)?;
+    let mut failed = 0;
+    for path in &args.inputs {
+        let result = std::fs::read(path)
+            .with_context(|| format!("reading {}", path.display()))
+            .and_then(|bytes| Ok(pipeline.embed_payload(&bytes)?));
+        match result {
+            Ok(e) if args.json => println!(
+                "{}",
+                serde_json::json!({ "file": path.display().to_string(), "embedding": e })
+            ),
+            Ok(e) => {
+                let head: Vec<String> = e.iter().take(8).map(|v| format!("{v:.4}")).collect();
+                println!(
+                    "{}: dim {} [{} …]",
+                    path.display(),
+                    e.len(),
+                    head.join(", ")
+                );
+            }
+            Err(e) => {
+                failed += 1;
+                report_failure(path, &e, args.json);
+            }
+        }
+    }
+    finish(failed)
+}
+
+/// `adaptd classify`.
+pub fn classify(args: &ImageArgs) -> Result<()> {
+    let model = model_dir(args.model.as_deref())?;
+    anyhow::ensure!(
+        model.spec.logits_output.is_some(),
+        "model {} has no logits_output in its model.toml",
+        model.dir.display()
+    );
+    let labels = model.labels()?.unwrap_or_default();
+    let pipeline = Pipeline::load(model, true)?;
+    let mut failed = 0;
+    for path in &args.inputs {
+        let result = std::fs::read(path)
+            .with_context(|| format!("reading {}", path.display()))
+            .and_then(|bytes| Ok(pipeline.run_payload(&bytes)?));
+        let logits = match result {
+            Ok(out) => out.logits.unwrap_or_default(),
+            Err(e) => {
+                failed += 1;
+                report_failure(path, &e, args.json);
+                continue;
+            }
+        };
+        let top = top_k_softmax(&logits, 5);
+        let named: Vec<(usize, String, f32)> = top
+            .into_iter()
+            .map(|(i, p)| {
+                let name = labels
+                    .get(i)
+                    .cloned()
+                    .unwrap_or_else(|| format!("class {i}"));
+                (i, name, p)
+            })
+            .collect();
+        if args.json {
+            let top5: Vec<_> = named
+                .iter()
+                .map(|(i, l, p)| serde_json::json!({"index": i, "label": l, "score": p}))
+                .collect();
+            println!(
+                "{}",
+                serde_json::json!({ "file": path.display().to_string(), "top5": top5 })
+            );
+        } else {
+            println!("{}", path.display());
+            for (i, l, p) in named {
+                println!("  {:6.2}%  {l} ({i})", p * 100.0);
+            }
+        }
+    }
+    finish(failed)
+}
+
+fn report_failure(path: &Path, e: &anyhow::Error, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "file": path.display().to_string(), "error": format!("{e:#}") })
+        );
+    } else {
+        eprintln!("{}: {e:#}", path.display());
+    }
+}
+
+fn finish(failed: usize) -> Result<()> {
+    anyhow::ensure!(failed == 0, "{failed} input(s) failed");
+    Ok(())
+}
+
+/// Indices and softmax probabilities of the `k` largest logits, best first.
+pub fn top_k_softmax(logits: &[f32], k: usize) -> Vec<(usize, f32)> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f64> = logits.iter().map(|&l| f64::from(l - max).exp()).collect();
+    let sum: f64 = exps.iter().sum();
+    let mut ix: Vec<usize> = (0..logits.len()).collect();
+    ix.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    ix.into_iter()
+        .take(k)
+        .map(|i| (i, (exps[i] / sum) as f32))
+        .collect()
+}

@@ -1,0 +1,54 @@
+//! Request errors with stable machine-readable codes: what goes on `{root}/error`.
+
+use crate::head::HeadError;
+use crate::pipeline::PipelineError;
+
+/// Why a request was refused. Every variant has a stable [`code`](RequestError::code); the
+/// message is for humans. A refused request changes nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error(transparent)]
+    Head(#[from] HeadError),
+    #[error("payload of {size} bytes exceeds the limit of {max} bytes")]
+    TooLarge { size: usize, max: usize },
+    #[error("invalid JSON request: {0}")]
+    BadJson(String),
+    #[error("invalid request: {0}")]
+    BadRequest(String),
+    #[error("invalid label: {0}")]
+    BadLabel(String),
+    #[error("no recent prediction has id {0:?} (it may have left the feedback ring)")]
+    UnknownId(String),
+    #[error("unknown command {0:?} (known: {known})", known = crate::service::COMMANDS.join(", "))]
+    UnknownCommand(String),
+    #[error("the head has no classes yet: teach one on {root}/learn/<label>")]
+    NoClasses { root: String },
+    #[error("no kept head has version {0}")]
+    NoSuchVersion(u64),
+    #[error("the learn queue is full; send learn messages with QoS 1 to get backpressure")]
+    Busy,
+    #[error("state directory: {0}")]
+    Storage(#[from] std::io::Error),
+}
+
+impl RequestError {
+    /// Stable error code for `{root}/error` replies.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RequestError::Pipeline(e) => e.code(),
+            RequestError::Head(e) => e.code(),
+            RequestError::TooLarge { .. } => "too_large",
+            RequestError::BadJson(_) => "bad_json",
+            RequestError::BadRequest(_) => "bad_request",
+            RequestError::BadLabel(_) => "bad_label",
+            RequestError::UnknownId(_) => "unknown_id",
+            RequestError::UnknownCommand(_) => "unknown_command",
+            RequestError::NoClasses { .. } => "no_classes",
+            RequestError::NoSuchVersion(_) => "no_such_version",
+            RequestError::Busy => "busy",
+            RequestError::Storage(_) => "storage",
+        }
+    }
+}

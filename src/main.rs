@@ -1,0 +1,64 @@
+//! The `adaptd` binary: parse flags, set up logging, dispatch, report the error chain.
+
+use clap::Parser;
+
+use adaptd::cli::{self, Cli, Command};
+use adaptd::config::{Settings, DEFAULT_TOML};
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ADAPTD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Cli::parse();
+    let result = match &args.command {
+        Command::Run { config } => run(config.as_deref()),
+        Command::Config { default: true, .. } => {
+            print!("{DEFAULT_TOML}");
+            Ok(())
+        }
+        Command::Config { config, .. } => Settings::load(config.as_deref())
+            .map(|s| println!("{s:#?}"))
+            .map_err(Into::into),
+        Command::Inspect { model, json } => cli::inspect(model, *json),
+        Command::Embed(a) => cli::embed(a),
+        Command::Classify(a) => cli::classify(a),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("adaptd: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let settings = Settings::load(config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(adaptd::run(settings, shutdown_signal()))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM"),
+                _ = int.recv() => tracing::info!("SIGINT"),
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! The model description (`model.toml` beside an ONNX file): which file, which outputs, which
+//! preprocessing, which labels; and where the shipped model is found.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::input::InputSpec;
+
+/// The name of the description file inside a model directory.
+pub const MODEL_TOML: &str = "model.toml";
+
+/// The shipped model's directory name under `models/` (and under `/usr/share/adaptd/models/`).
+pub const SHIPPED_MODEL: &str = "efficientnet-lite0";
+
+/// A model description as written in `model.toml`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// Human name of the backbone, published in `{root}/info`.
+    pub name: String,
+    /// The ONNX file, relative to the model directory.
+    pub file: PathBuf,
+    /// Expected SHA-256 of the ONNX file (hex). When present, a mismatch refuses to load.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// Graph output (or node name) that gives the embedding.
+    pub embedding_output: String,
+    /// Optional graph output with class logits (used by `adaptd classify`).
+    #[serde(default)]
+    pub logits_output: Option<String>,
+    /// Optional label list for the logits, one per line, relative to the model directory.
+    #[serde(default)]
+    pub labels: Option<PathBuf>,
+    /// Input tensor and preprocessing.
+    pub input: InputSpec,
+}
+
+/// A model description together with the directory it was read from.
+#[derive(Debug, Clone)]
+pub struct ModelDir {
+    /// Directory holding `model.toml` and the files it names.
+    pub dir: PathBuf,
+    /// The parsed description.
+    pub spec: ModelSpec,
+}
+
+/// Errors reading a model description.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid model description {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error(
+        "no model found: pass --model DIR, set [model] dir in the config or ADAPTD_MODEL_DIR \
+         (searched: {searched})"
+    )]
+    NotFound { searched: String },
+}
+
+impl ModelDir {
+    /// Reads `DIR/model.toml`; a path to an `.onnx` file uses the `model.toml` beside it.
+    pub fn load(path: &Path) -> Result<ModelDir, ModelError> {
+        let dir = if path.is_file() {
+            path.parent().unwrap_or(Path::new(".")).to_path_buf()
+        } else {
+            path.to_path_buf()
+        };
+        let toml_path = dir.join(MODEL_TOML);
+        let text = std::fs::read_to_string(&toml_path).map_err(|source| ModelError::Read {
+            path: toml_path.clone(),
+            source,
+        })?;
+        let spec: ModelSpec = toml::from_str(&text).map_err(|e| ModelError::Invalid {
+            path: toml_path.clone(),
+            message: e.to_string(),
+        })?;
+        spec.input
+            .validate()
+            .map_err(|message| ModelError::Invalid {
+                path: toml_path.clone(),
+                message,
+            })?;
+        if path.is_file() && spec.file != path.file_name().map(PathBuf::from).unwrap_or_default() {
+            return Err(ModelError::Invalid {
+                path: toml_path,
+                message: format!(
+                    "describes {} but {} was given",
+                    spec.file.display(),
+                    path.display()
+                ),
+            });
+        }
+        Ok(ModelDir { dir, spec })
+    }
+
+    /// Finds the shipped model: `$ADAPTD_MODEL_DIR`, then the install location
+    /// (`/usr/share/adaptd/models/…`), then next to the executable (`../share/adaptd/models/…`),
+    /// then the source tree this binary was built from (for `cargo run`).
+    pub fn shipped() -> Result<ModelDir, ModelError> {
+        let candidates = shipped_candidates();
+        for dir in &candidates {
+            if dir.join(MODEL_TOML).is_file() {
+                return ModelDir::load(dir);
+            }
+        }
+        Err(ModelError::NotFound {
+            searched: candidates
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+    }
+
+    /// Full path of the ONNX file.
+    pub fn onnx_path(&self) -> PathBuf {
+        self.dir.join(&self.spec.file)
+    }
+
+    /// Reads the label list, if the description names one.
+    pub fn labels(&self) -> Result<Option<Vec<String>>, ModelError> {
+        let Some(rel) = &self.spec.labels else {
+            return Ok(None);
+        };
+        let path = self.dir.join(rel);
+        let text =
+            std::fs::read_to_string(&path).map_err(|source| ModelError::Read { path, source })?;
+        Ok(Some(text.lines().map(|l| l.trim().to_string()).collect()))
+    }
+}
+
+fn shipped_candidates() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Some(dir) = std::env::var_os("ADAPTD_MODEL_DIR") {
+        out.push(PathBuf::from(dir));
+    }
+    out.push(Path::new("/usr/share/adaptd/models").join(SHIPPED_MODEL));
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(bin) = exe.parent() {
+            out.push(bin.join("../share/adaptd/models").join(SHIPPED_MODEL));
+        }
+    }
+    out.push(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("models")
+            .join(SHIPPED_MODEL),
+    );
+    out
+}

@@ -1,0 +1,211 @@
+//! The MQTT side: client options (TLS, credentials, last will, persistent session) and the
+//! event-loop driver, which only polls and forwards into bounded queues.
+
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rand::Rng;
+use rumqttc::{
+    Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport,
+};
+
+use crate::config::{BrokerSettings, BrokerTarget};
+use crate::learner::LearnerMsg;
+use crate::service::{Job, Route, Shared, Topics};
+use crate::stats::bump;
+
+/// Requests rumqttc buffers between us and its event loop. Publishing never waits on it: a
+/// full buffer (e.g. offline) drops and counts the message (rumqtt#910).
+pub const REQUEST_CAPACITY: usize = 256;
+
+/// Learn/feedback/command messages allowed to wait for the learner. QoS 1 learn messages are
+/// in practice bounded by the broker's inflight window (we ack only once durable); this cap
+/// stops a flood of QoS 0 learn messages.
+pub const LEARN_QUEUE: u64 = 1024;
+
+/// Builds the client options for `broker` with adaptd's last will on `status_topic`.
+pub fn options(
+    broker: &BrokerSettings,
+    host: &str,
+    port: u16,
+    status_topic: &str,
+) -> anyhow::Result<MqttOptions> {
+    let mut o = MqttOptions::new(&broker.client_id, host, port);
+    o.set_keep_alive(broker.keepalive);
+    // A persistent session: the broker keeps QoS 1 messages we have not acknowledged.
+    o.set_clean_session(false);
+    o.set_manual_acks(true);
+    o.set_inflight(broker.inflight);
+    o.set_max_packet_size(broker.max_packet_bytes, broker.max_packet_bytes);
+    o.set_request_channel_capacity(REQUEST_CAPACITY);
+    o.set_last_will(LastWill::new(
+        status_topic,
+        "offline",
+        QoS::AtLeastOnce,
+        true,
+    ));
+    if let Some(user) = &broker.username {
+        o.set_credentials(user, broker.password.clone().unwrap_or_default());
+    }
+    if let BrokerTarget::External { tls: Some(tls), .. } = &broker.target {
+        let ca = std::fs::read(&tls.ca_file)
+            .with_context(|| format!("reading CA file {}", tls.ca_file.display()))?;
+        let client_auth = match &tls.client_auth {
+            Some((cert, key)) => Some((
+                std::fs::read(cert)
+                    .with_context(|| format!("reading client certificate {}", cert.display()))?,
+                std::fs::read(key)
+                    .with_context(|| format!("reading client key {}", key.display()))?,
+            )),
+            None => None,
+        };
+        o.set_transport(Transport::Tls(TlsConfiguration::Simple {
+            ca,
+            alpn: None,
+            client_auth,
+        }));
+    }
+    Ok(o)
+}
+
+/// Exponential backoff with jitter.
+#[derive(Debug)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    /// Starts at `min`, doubles up to `max`.
+    pub fn new(min: Duration, max: Duration) -> Backoff {
+        Backoff {
+            min,
+            max,
+            current: min,
+        }
+    }
+
+    /// The next delay: the current step with ±50% jitter; then the step doubles.
+    pub fn next_delay(&mut self) -> Duration {
+        let base = self.current;
+        self.current = (self.current * 2).min(self.max);
+        let jitter = rand::thread_rng().gen_range(0.5..1.5);
+        base.mul_f64(jitter).min(self.max)
+    }
+
+    /// Back to the first step (after a successful connection).
+    pub fn reset(&mut self) {
+        self.current = self.min;
+    }
+}
+
+/// Polls the event loop until `client.disconnect()` has gone out (or the connection is lost
+/// while stopping). Forwards input messages; never does heavy work itself.
+pub async fn drive(
+    mut eventloop: EventLoop,
+    shared: Arc<Shared>,
+    learner: Sender<LearnerMsg>,
+    backoff: (Duration, Duration),
+) {
+    let topics: Topics = shared.topics.clone();
+    let subs = topics.subscriptions(&shared.settings.sources);
+    let mut backoff = Backoff::new(backoff.0, backoff.1);
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                bump(&shared.stats.connects);
+                shared.connected.store(true, Ordering::Relaxed);
+                backoff.reset();
+                tracing::info!(session_present = ack.session_present, "connected to broker");
+                // Without a stored session the broker forgot our subscriptions (rumqtt#250).
+                if !ack.session_present {
+                    let filters = subs
+                        .iter()
+                        .map(|(t, q)| rumqttc::SubscribeFilter::new(t.clone(), *q));
+                    if let Err(e) = shared.client.try_subscribe_many(filters) {
+                        tracing::error!("subscribe failed: {e}");
+                    }
+                }
+                if !shared.stopping.load(Ordering::Relaxed) {
+                    shared.publish(&topics.status, QoS::AtLeastOnce, true, b"online".to_vec());
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => forward(&shared, &learner, p),
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                shared.connected.store(false, Ordering::Relaxed);
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                shared.connected.store(false, Ordering::Relaxed);
+                bump(&shared.stats.connection_errors);
+                if shared.stopping.load(Ordering::Relaxed) {
+                    tracing::info!("connection closed while stopping: {e}");
+                    return;
+                }
+                let delay = backoff.next_delay();
+                tracing::warn!("broker connection: {e}; retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+fn forward(shared: &Shared, learner: &Sender<LearnerMsg>, publish: rumqttc::Publish) {
+    if shared.stopping.load(Ordering::Relaxed) {
+        // Not acknowledged: a QoS 1 message is redelivered after the restart.
+        return;
+    }
+    let route = shared
+        .topics
+        .route(&publish.topic, &shared.settings.sources);
+    let job = |route| Job {
+        publish,
+        route,
+        received: Instant::now(),
+    };
+    match route {
+        Route::Ignore => shared.ack(&job(Route::Ignore).publish),
+        Route::Infer => {
+            bump(&shared.stats.infer_received);
+            let j = job(Route::Infer);
+            // Inference is not durable work: acknowledge on receipt.
+            shared.ack(&j.publish);
+            if shared.infer_queue.push(j).is_some() {
+                bump(&shared.stats.infer_dropped);
+            }
+        }
+        route => {
+            let depth = shared.learn_depth.load(Ordering::Relaxed);
+            let j = job(route);
+            if depth >= LEARN_QUEUE && j.publish.qos == QoS::AtMostOnce {
+                shared.reply_error(&j.publish.topic, None, &crate::error::RequestError::Busy);
+                return;
+            }
+            shared.learn_depth.fetch_add(1, Ordering::Relaxed);
+            if learner.send(LearnerMsg::Job(j)).is_err() {
+                tracing::error!("learner is gone; message left unacknowledged");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let d: Vec<Duration> = (0..8).map(|_| b.next_delay()).collect();
+        assert!(d[0] >= Duration::from_millis(50) && d[0] <= Duration::from_millis(150));
+        assert!(d[7] <= Duration::from_secs(2));
+        assert!(d[5] >= Duration::from_secs(1), "{d:?}");
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(150));
+    }
+}

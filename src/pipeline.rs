@@ -1,0 +1,63 @@
+//! Payload → embedding: a preprocessor and a backbone loaded from one model directory.
+
+use crate::backbone::{Backbone, BackboneError, Outputs};
+use crate::input::{InputError, Preprocessor};
+use crate::model::{ModelDir, ModelError};
+
+/// Any failure between a payload and an embedding.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error(transparent)]
+    Backbone(#[from] BackboneError),
+}
+
+impl PipelineError {
+    /// Stable error code for replies.
+    pub fn code(&self) -> &'static str {
+        match self {
+            PipelineError::Model(_) => "model",
+            PipelineError::Input(e) => e.code(),
+            PipelineError::Backbone(e) => e.code(),
+        }
+    }
+}
+
+/// The model directory's preprocessing plus its backbone.
+#[derive(Debug)]
+pub struct Pipeline {
+    /// The model description this pipeline was loaded from.
+    pub model: ModelDir,
+    /// Payload → tensor.
+    pub preprocessor: Preprocessor,
+    /// Tensor → embedding.
+    pub backbone: Backbone,
+}
+
+impl Pipeline {
+    /// Loads the backbone of `model` (with its logits output when `with_logits`).
+    pub fn load(model: ModelDir, with_logits: bool) -> Result<Pipeline, PipelineError> {
+        let backbone = Backbone::load(&model, with_logits)?;
+        let preprocessor = Preprocessor::new(model.spec.input.clone());
+        Ok(Pipeline {
+            model,
+            preprocessor,
+            backbone,
+        })
+    }
+
+    /// Decodes a payload of any supported kind and embeds it.
+    pub fn embed_payload(&self, bytes: &[u8]) -> Result<Vec<f32>, PipelineError> {
+        let tensor = self.preprocessor.decode(bytes)?;
+        Ok(self.backbone.embed(&tensor)?)
+    }
+
+    /// Decodes a payload and returns the embedding and logits.
+    pub fn run_payload(&self, bytes: &[u8]) -> Result<Outputs, PipelineError> {
+        let tensor = self.preprocessor.decode(bytes)?;
+        Ok(self.backbone.run(&tensor)?)
+    }
+}

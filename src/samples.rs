@@ -1,0 +1,251 @@
+//! Stored labeled embeddings: per-class reservoirs within a byte budget, kept to retrain the head
+//! with another algorithm (`cmd/algorithm`) and to evaluate.
+
+use std::collections::BTreeMap;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+/// One class's reservoir.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Reservoir {
+    /// Samples of this class ever offered.
+    seen: u64,
+    /// Kept embeddings, flattened (`dim` values each).
+    data: Vec<f32>,
+}
+
+/// Per-class reservoir samples (Vitter's algorithm R) under a total byte budget, shared equally
+/// among the classes: every class keeps a uniform random subset of what it was taught.
+#[derive(Debug, Clone)]
+pub struct SampleStore {
+    dim: usize,
+    budget_bytes: u64,
+    classes: BTreeMap<String, Reservoir>,
+    rng: SmallRng,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Persisted {
+    dim: usize,
+    classes: BTreeMap<String, (u64, serde_bytes_f32::F32s)>,
+}
+
+impl SampleStore {
+    /// An empty store for embeddings of `dim` values.
+    pub fn new(dim: usize, budget_bytes: u64, seed: u64) -> SampleStore {
+        SampleStore {
+            dim,
+            budget_bytes,
+            classes: BTreeMap::new(),
+            rng: SmallRng::seed_from_u64(seed),
+        }
+    }
+
+    /// Most samples each class may keep with the current number of classes.
+    pub fn per_class_cap(&self) -> usize {
+        let classes = self.classes.len().max(1) as u64;
+        let per_sample = (self.dim as u64 * 4).max(1);
+        ((self.budget_bytes / per_sample) / classes) as usize
+    }
+
+    /// Offers one sample; it is kept with probability cap / seen.
+    pub fn add(&mut self, label: &str, x: &[f32]) {
+        if x.len() != self.dim {
+            return;
+        }
+        if !self.classes.contains_key(label) {
+            self.classes.insert(label.to_string(), Reservoir::default());
+            self.shrink();
+        }
+        let cap = self.per_class_cap();
+        let dim = self.dim;
+        let draw = self.rng.gen::<u64>();
+        let Some(r) = self.classes.get_mut(label) else {
+            return;
+        };
+        r.seen += 1;
+        let kept = r.data.len() / dim;
+        if kept < cap {
+            r.data.extend_from_slice(x);
+        } else if cap > 0 {
+            let j = (draw % r.seen) as usize;
+            if j < cap {
+                r.data[j * dim..(j + 1) * dim].copy_from_slice(x);
+            }
+        }
+    }
+
+    /// Drops random samples of every class down to the current cap.
+    fn shrink(&mut self) {
+        let cap = self.per_class_cap();
+        let dim = self.dim;
+        for r in self.classes.values_mut() {
+            let kept = r.data.len() / dim;
+            if kept > cap {
+                // The kept set is a uniform sample: dropping its tail keeps it uniform only if
+                // the order is random, so shuffle the survivors in first.
+                for i in 0..cap {
+                    let j = self.rng.gen_range(i..kept);
+                    if i != j {
+                        for k in 0..dim {
+                            r.data.swap(i * dim + k, j * dim + k);
+                        }
+                    }
+                }
+                r.data.truncate(cap * dim);
+            }
+        }
+    }
+
+    /// Removes a class.
+    pub fn forget(&mut self, label: &str) {
+        self.classes.remove(label);
+    }
+
+    /// Removes everything.
+    pub fn clear(&mut self) {
+        self.classes.clear();
+    }
+
+    /// Number of kept samples.
+    pub fn len(&self) -> usize {
+        self.classes.values().map(|r| r.data.len() / self.dim).sum()
+    }
+
+    /// True when nothing is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Kept samples as (label, embedding), class by class.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[f32])> {
+        self.classes
+            .iter()
+            .flat_map(move |(l, r)| r.data.chunks_exact(self.dim).map(move |x| (l.as_str(), x)))
+    }
+
+    /// Serializes (CBOR).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let p = Persisted {
+            dim: self.dim,
+            classes: self
+                .classes
+                .iter()
+                .map(|(l, r)| (l.clone(), (r.seen, serde_bytes_f32::F32s(r.data.clone()))))
+                .collect(),
+        };
+        let mut out = Vec::new();
+        // Writing CBOR into a Vec cannot fail.
+        let _ = ciborium::into_writer(&p, &mut out);
+        out
+    }
+
+    /// Restores from `to_bytes` output; anything inconsistent with `dim` is an error.
+    pub fn from_bytes(
+        bytes: &[u8],
+        dim: usize,
+        budget_bytes: u64,
+        seed: u64,
+    ) -> Result<SampleStore, String> {
+        let mut store = SampleStore::new(dim, budget_bytes, seed);
+        if bytes.is_empty() {
+            return Ok(store);
+        }
+        let p: Persisted =
+            ciborium::from_reader(bytes).map_err(|e| format!("stored samples: {e}"))?;
+        if p.dim != dim {
+            return Err(format!(
+                "stored samples have dimension {}, expected {dim}",
+                p.dim
+            ));
+        }
+        for (label, (seen, data)) in p.classes {
+            if data.0.len() % dim != 0 || data.0.iter().any(|v| !v.is_finite()) {
+                return Err(format!("stored samples of {label:?} are malformed"));
+            }
+            store
+                .classes
+                .insert(label, Reservoir { seen, data: data.0 });
+        }
+        store.shrink();
+        Ok(store)
+    }
+}
+
+mod serde_bytes_f32 {
+    use serde::de::{Error, Visitor};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    /// f32 values stored as one little-endian byte string.
+    #[derive(Debug, Clone)]
+    pub struct F32s(pub Vec<f32>);
+
+    impl Serialize for F32s {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let bytes: Vec<u8> = self.0.iter().flat_map(|x| x.to_le_bytes()).collect();
+            s.serialize_bytes(&bytes)
+        }
+    }
+
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = F32s;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a byte string of little-endian f32")
+        }
+        fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<F32s, E> {
+            if v.len() % 4 != 0 {
+                return Err(E::custom("length not a multiple of 4"));
+            }
+            Ok(F32s(
+                v.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            ))
+        }
+    }
+
+    impl<'de> Deserialize<'de> for F32s {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<F32s, D::Error> {
+            d.deserialize_bytes(V)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reservoir_respects_budget_and_round_trips() {
+        // budget for 40 samples of dim 4
+        let mut s = SampleStore::new(4, 40 * 16, 1);
+        for i in 0..100 {
+            s.add("a", &[i as f32; 4]);
+        }
+        assert_eq!(s.len(), 40);
+        s.add("b", &[1.0; 4]);
+        assert_eq!(s.per_class_cap(), 20);
+        assert_eq!(s.len(), 21);
+        let back = SampleStore::from_bytes(&s.to_bytes(), 4, 40 * 16, 1).expect("load");
+        assert_eq!(back.len(), 21);
+        let a: Vec<_> = back.iter().filter(|(l, _)| *l == "a").collect();
+        assert_eq!(a.len(), 20);
+        s.forget("a");
+        assert_eq!(s.len(), 1);
+        assert!(SampleStore::from_bytes(&s.to_bytes(), 5, 100, 1).is_err());
+        assert!(SampleStore::from_bytes(b"\xff\x00", 4, 100, 1).is_err());
+    }
+
+    #[test]
+    fn reservoir_is_roughly_uniform() {
+        let mut s = SampleStore::new(1, 100 * 4, 7);
+        for i in 0..1000 {
+            s.add("a", &[i as f32]);
+        }
+        let mean: f32 = s.iter().map(|(_, x)| x[0]).sum::<f32>() / s.len() as f32;
+        assert!((mean - 500.0).abs() < 100.0, "mean {mean}");
+    }
+}

@@ -1,0 +1,501 @@
+//! Durable state in the state directory: a write-ahead log of labeled samples (fsynced before
+//! the MQTT acknowledgement), atomic snapshots, and previous heads kept for rollback.
+//!
+//! Files:
+//! - `wal.log`: records `[len u32 LE][crc32 u32 LE][CBOR body]`, appended and fdatasync'ed.
+//! - `snapshot.cbor`: head + stored samples + dedup keys + the last WAL sequence it contains,
+//!   written as temp file → fsync → rename → fsync(dir). Replay skips records it already holds,
+//!   so a crash between the snapshot and the WAL truncation never applies a sample twice.
+//! - `heads/<version>.cbor`: the head at each snapshot, the newest `keep_heads` kept.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Largest WAL record accepted when reading (a record holds one embedding and a label).
+pub const MAX_RECORD_BYTES: usize = 4 * 1024 * 1024;
+/// Largest snapshot accepted when reading.
+pub const MAX_SNAPSHOT_BYTES: u64 = 1 << 31;
+
+const WAL: &str = "wal.log";
+const SNAPSHOT: &str = "snapshot.cbor";
+const HEADS: &str = "heads";
+
+/// A labeled sample as logged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LearnRecord {
+    /// Monotonic sequence number of the record.
+    pub seq: u64,
+    /// Class label.
+    pub label: String,
+    /// The embedding, little-endian f32.
+    #[serde(with = "f32_bytes")]
+    pub embedding: Vec<f32>,
+    /// Content key of the MQTT message (to drop broker redeliveries), if any.
+    pub key: Option<[u8; 16]>,
+}
+
+/// Everything a snapshot holds, as bytes owned by other modules.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SnapshotData {
+    /// Format tag.
+    pub format: String,
+    /// Highest WAL sequence number included.
+    pub last_seq: u64,
+    /// The head file (see `head::Head::to_bytes`), empty when there is no head yet.
+    #[serde(with = "serde_bytes_vec")]
+    pub head: Vec<u8>,
+    /// The stored labeled samples (see `samples::SampleStore::to_bytes`).
+    #[serde(with = "serde_bytes_vec")]
+    pub samples: Vec<u8>,
+    /// Recently learned message keys.
+    pub dedup: Vec<[u8; 16]>,
+}
+
+/// What `Store::open` recovered.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// The last snapshot, if one exists.
+    pub snapshot: Option<SnapshotData>,
+    /// WAL records newer than the snapshot, in order.
+    pub records: Vec<LearnRecord>,
+    /// Bytes cut from a torn or corrupt WAL tail.
+    pub torn_bytes: u64,
+    /// Temp files left by an interrupted write and removed.
+    pub removed_temp_files: usize,
+    /// Set when the snapshot did not decode: what happened and where it was moved.
+    pub corrupt_snapshot: Option<String>,
+    /// With a corrupt snapshot: the newest kept head to start from.
+    pub fallback_head: Option<Vec<u8>>,
+}
+
+/// The open state directory.
+#[derive(Debug)]
+pub struct Store {
+    dir: PathBuf,
+    wal: File,
+    next_seq: u64,
+    keep_heads: usize,
+}
+
+fn ctx(e: io::Error, what: &str, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+}
+
+fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| ctx(e, "fsync directory", dir))
+}
+
+/// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync of the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = File::create(&tmp).map_err(|e| ctx(e, "create", &tmp))?;
+        f.write_all(bytes).map_err(|e| ctx(e, "write", &tmp))?;
+        f.sync_all().map_err(|e| ctx(e, "fsync", &tmp))?;
+    }
+    fs::rename(&tmp, path).map_err(|e| ctx(e, "rename to", path))?;
+    fsync_dir(dir)
+}
+
+fn list_versions(dir: &Path) -> io::Result<Vec<u64>> {
+    let mut v: Vec<u64> = fs::read_dir(dir)
+        .map_err(|e| ctx(e, "list", dir))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            name.strip_suffix(".cbor")?.parse().ok()
+        })
+        .collect();
+    v.sort_unstable();
+    Ok(v)
+}
+
+fn encode_record(rec: &LearnRecord) -> io::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    ciborium::into_writer(rec, &mut body)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+    let mut out = Vec::with_capacity(body.len() + 8);
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Parses WAL bytes: the valid records and the length of the valid prefix. Stops at the first
+/// record that is truncated, oversized, fails its checksum or does not decode.
+pub fn parse_wal(bytes: &[u8]) -> (Vec<LearnRecord>, usize) {
+    let mut records = Vec::new();
+    let mut pos = 0usize;
+    while bytes.len() - pos >= 8 {
+        let len = u32::from_le_bytes([bytes[pos], bytes[pos + 1], bytes[pos + 2], bytes[pos + 3]])
+            as usize;
+        let crc = u32::from_le_bytes([
+            bytes[pos + 4],
+            bytes[pos + 5],
+            bytes[pos + 6],
+            bytes[pos + 7],
+        ]);
+        if len > MAX_RECORD_BYTES || bytes.len() - pos - 8 < len {
+            break;
+        }
+        let body = &bytes[pos + 8..pos + 8 + len];
+        if crc32fast::hash(body) != crc {
+            break;
+        }
+        match ciborium::from_reader::<LearnRecord, _>(body) {
+            Ok(r) => records.push(r),
+            Err(_) => break,
+        }
+        pos += 8 + len;
+    }
+    (records, pos)
+}
+
+impl Store {
+    /// Opens (creating if needed) the state directory and recovers its contents. A torn WAL
+    /// tail is cut off and reported; a snapshot that does not decode is moved aside, reported,
+    /// and replaced by the newest kept head (never silently by an empty state).
+    pub fn open(dir: &Path, keep_heads: usize) -> io::Result<(Store, Recovered)> {
+        fs::create_dir_all(dir.join(HEADS)).map_err(|e| ctx(e, "create", dir))?;
+        let mut rec = Recovered::default();
+        for sub in [dir.to_path_buf(), dir.join(HEADS)] {
+            for entry in fs::read_dir(&sub).map_err(|e| ctx(e, "list", &sub))? {
+                let path = entry?.path();
+                if path.extension().is_some_and(|x| x == "tmp") {
+                    fs::remove_file(&path).map_err(|e| ctx(e, "remove", &path))?;
+                    rec.removed_temp_files += 1;
+                }
+            }
+        }
+        let snap_path = dir.join(SNAPSHOT);
+        if snap_path.exists() {
+            let len = fs::metadata(&snap_path)?.len();
+            if len > MAX_SNAPSHOT_BYTES {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("snapshot {} is {len} bytes: too large", snap_path.display()),
+                ));
+            }
+            let bytes = fs::read(&snap_path).map_err(|e| ctx(e, "read", &snap_path))?;
+            match ciborium::from_reader::<SnapshotData, _>(bytes.as_slice()) {
+                Ok(snap) if snap.format == "adaptd-state-1" => rec.snapshot = Some(snap),
+                outcome => {
+                    // Power loss cannot produce this (snapshots are renamed into place whole):
+                    // it is disk corruption. Keep the file for the operator, fall back to the
+                    // newest kept head; the WAL holds everything learned after it.
+                    let why = match outcome {
+                        Err(e) => e.to_string(),
+                        Ok(s) => format!("unknown format {:?}", s.format),
+                    };
+                    let aside = dir.join(format!(
+                        "snapshot.corrupt-{}",
+                        std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map(|d| d.as_secs())
+                            .unwrap_or(0)
+                    ));
+                    fs::rename(&snap_path, &aside).map_err(|e| ctx(e, "move aside", &snap_path))?;
+                    rec.corrupt_snapshot = Some(format!(
+                        "snapshot was corrupt ({why}); moved to {}",
+                        aside.display()
+                    ));
+                    let heads = list_versions(&dir.join(HEADS))?;
+                    if let Some(v) = heads.last() {
+                        let p = dir.join(HEADS).join(format!("{v}.cbor"));
+                        rec.fallback_head = Some(fs::read(&p).map_err(|e| ctx(e, "read", &p))?);
+                    }
+                }
+            }
+        }
+        let wal_path = dir.join(WAL);
+        let mut bytes = Vec::new();
+        if wal_path.exists() {
+            File::open(&wal_path)
+                .and_then(|mut f| f.read_to_end(&mut bytes))
+                .map_err(|e| ctx(e, "read", &wal_path))?;
+        }
+        let (records, valid) = parse_wal(&bytes);
+        let last_seq = rec.snapshot.as_ref().map_or(0, |s| s.last_seq);
+        let wal = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&wal_path)
+            .map_err(|e| ctx(e, "open", &wal_path))?;
+        if valid < bytes.len() {
+            rec.torn_bytes = (bytes.len() - valid) as u64;
+            wal.set_len(valid as u64)
+                .and_then(|_| wal.sync_all())
+                .map_err(|e| ctx(e, "truncate torn tail of", &wal_path))?;
+        }
+        let next_seq = records.last().map_or(last_seq, |r| r.seq.max(last_seq)) + 1;
+        rec.records = records.into_iter().filter(|r| r.seq > last_seq).collect();
+        Ok((
+            Store {
+                dir: dir.to_path_buf(),
+                wal,
+                next_seq,
+                keep_heads,
+            },
+            rec,
+        ))
+    }
+
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Next sequence number to assign.
+    pub fn next_seq(&mut self) -> u64 {
+        let s = self.next_seq;
+        self.next_seq += 1;
+        s
+    }
+
+    /// Sequence number of the last assigned record.
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    /// Appends records and makes them durable (one fdatasync for the batch).
+    pub fn append(&mut self, records: &[LearnRecord]) -> io::Result<()> {
+        let mut buf = Vec::new();
+        for r in records {
+            buf.extend_from_slice(&encode_record(r)?);
+        }
+        let path = self.dir.join(WAL);
+        self.wal
+            .write_all(&buf)
+            .and_then(|_| self.wal.sync_data())
+            .map_err(|e| ctx(e, "append to", &path))
+    }
+
+    /// Writes a snapshot atomically, keeps a copy of its head for rollback, then truncates the
+    /// WAL (everything in it is in the snapshot).
+    pub fn snapshot(&mut self, data: &SnapshotData, head_version: u64) -> io::Result<()> {
+        let mut bytes = Vec::new();
+        ciborium::into_writer(data, &mut bytes)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        write_atomic(&self.dir.join(SNAPSHOT), &bytes)?;
+        if !data.head.is_empty() {
+            let kept = self.dir.join(HEADS).join(format!("{head_version}.cbor"));
+            if !kept.exists() {
+                write_atomic(&kept, &data.head)?;
+            }
+            self.prune_heads()?;
+        }
+        let path = self.dir.join(WAL);
+        self.wal
+            .set_len(0)
+            .and_then(|_| self.wal.sync_all())
+            .map_err(|e| ctx(e, "truncate", &path))
+    }
+
+    fn prune_heads(&self) -> io::Result<()> {
+        let versions = self.head_versions()?;
+        if versions.len() > self.keep_heads {
+            for v in &versions[..versions.len() - self.keep_heads] {
+                let p = self.dir.join(HEADS).join(format!("{v}.cbor"));
+                fs::remove_file(&p).map_err(|e| ctx(e, "remove", &p))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Versions of the kept heads, oldest first.
+    pub fn head_versions(&self) -> io::Result<Vec<u64>> {
+        list_versions(&self.dir.join(HEADS))
+    }
+
+    /// The bytes of a kept head.
+    pub fn load_head(&self, version: u64) -> io::Result<Vec<u8>> {
+        let p = self.dir.join(HEADS).join(format!("{version}.cbor"));
+        fs::read(&p).map_err(|e| ctx(e, "read", &p))
+    }
+}
+
+mod f32_bytes {
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[f32], s: S) -> Result<S::Ok, S::Error> {
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        s.serialize_bytes(&bytes)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f32>, D::Error> {
+        let bytes = super::serde_bytes_vec::deserialize(d)?;
+        if bytes.len() % 4 != 0 {
+            return Err(serde::de::Error::custom(
+                "f32 byte string length not a multiple of 4",
+            ));
+        }
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    }
+}
+
+mod serde_bytes_vec {
+    use serde::de::{Error, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    struct BytesVisitor;
+
+    impl<'de> Visitor<'de> for BytesVisitor {
+        type Value = Vec<u8>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a byte string")
+        }
+        fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+        fn visit_byte_buf<E: Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        d.deserialize_bytes(BytesVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(seq: u64) -> LearnRecord {
+        LearnRecord {
+            seq,
+            label: format!("c{}", seq % 3),
+            embedding: vec![seq as f32; 8],
+            key: Some([seq as u8; 16]),
+        }
+    }
+
+    fn snap(last_seq: u64) -> SnapshotData {
+        SnapshotData {
+            format: "adaptd-state-1".into(),
+            last_seq,
+            head: vec![1, 2, 3],
+            samples: vec![],
+            dedup: vec![[7; 16]],
+        }
+    }
+
+    #[test]
+    fn wal_round_trip_and_reopen() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (mut s, r) = Store::open(dir.path(), 3).expect("open");
+        assert!(r.snapshot.is_none() && r.records.is_empty());
+        let recs: Vec<_> = (0..5).map(|_| rec(s.next_seq())).collect();
+        s.append(&recs).expect("append");
+        drop(s);
+        let (mut s, r) = Store::open(dir.path(), 3).expect("reopen");
+        assert_eq!(r.records, recs);
+        assert_eq!(s.next_seq(), 6);
+    }
+
+    #[test]
+    fn torn_tail_is_cut_and_reported_at_every_length() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (mut s, _) = Store::open(dir.path(), 3).expect("open");
+        let recs: Vec<_> = (0..3).map(|_| rec(s.next_seq())).collect();
+        s.append(&recs).expect("append");
+        drop(s);
+        let wal = dir.path().join(WAL);
+        let full = fs::read(&wal).expect("read");
+        let one = encode_record(&recs[0]).expect("enc").len();
+        for cut in 1..full.len() {
+            fs::write(&wal, &full[..cut]).expect("write");
+            let (_, r) = Store::open(dir.path(), 3).expect("reopen");
+            let whole = cut / one;
+            assert_eq!(r.records.len(), whole, "cut {cut}");
+            assert_eq!(r.torn_bytes as usize, cut - whole * one);
+            assert_eq!(
+                fs::metadata(&wal).expect("meta").len() as usize,
+                whole * one
+            );
+        }
+    }
+
+    #[test]
+    fn corrupt_record_stops_replay() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (mut s, _) = Store::open(dir.path(), 3).expect("open");
+        let recs: Vec<_> = (0..3).map(|_| rec(s.next_seq())).collect();
+        s.append(&recs).expect("append");
+        drop(s);
+        let wal = dir.path().join(WAL);
+        let mut bytes = fs::read(&wal).expect("read");
+        let one = bytes.len() / 3;
+        bytes[one + 20] ^= 0x40;
+        fs::write(&wal, &bytes).expect("write");
+        let (_, r) = Store::open(dir.path(), 3).expect("reopen");
+        assert_eq!(r.records.len(), 1);
+        assert_eq!(r.torn_bytes as usize, 2 * one);
+    }
+
+    #[test]
+    fn snapshot_truncates_wal_and_replay_skips_included_records() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (mut s, _) = Store::open(dir.path(), 2).expect("open");
+        let recs: Vec<_> = (0..4).map(|_| rec(s.next_seq())).collect();
+        s.append(&recs).expect("append");
+        // Crash between snapshot rename and WAL truncation: records 1..=4 are in both.
+        let bytes = {
+            let mut b = Vec::new();
+            ciborium::into_writer(&snap(4), &mut b).expect("enc");
+            b
+        };
+        write_atomic(&dir.path().join(SNAPSHOT), &bytes).expect("write");
+        drop(s);
+        let (mut s, r) = Store::open(dir.path(), 2).expect("reopen");
+        assert!(
+            r.records.is_empty(),
+            "records already in the snapshot were replayed"
+        );
+        assert_eq!(s.next_seq(), 5);
+        for v in 1..=4 {
+            s.snapshot(&snap(4 + v), v).expect("snapshot");
+        }
+        assert_eq!(s.head_versions().expect("versions"), vec![3, 4]);
+        assert_eq!(fs::metadata(dir.path().join(WAL)).expect("meta").len(), 0);
+    }
+
+    #[test]
+    fn truncated_snapshot_falls_back_to_the_kept_head_and_temp_files_are_removed() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (mut s, _) = Store::open(dir.path(), 2).expect("open");
+        s.snapshot(&snap(0), 1).expect("snapshot");
+        let recs: Vec<_> = (0..2).map(|_| rec(s.next_seq())).collect();
+        s.append(&recs).expect("append");
+        drop(s);
+        fs::write(dir.path().join("snapshot.tmp"), b"partial").expect("tmp");
+        let p = dir.path().join(SNAPSHOT);
+        let full = fs::read(&p).expect("read");
+        fs::write(&p, &full[..full.len() / 2]).expect("truncate");
+        let (_, r) = Store::open(dir.path(), 2).expect("reopen");
+        assert_eq!(r.removed_temp_files, 1);
+        assert!(!dir.path().join("snapshot.tmp").exists());
+        assert!(r.snapshot.is_none());
+        assert!(r
+            .corrupt_snapshot
+            .as_deref()
+            .unwrap_or("")
+            .contains("corrupt"));
+        assert_eq!(r.fallback_head.as_deref(), Some(&[1u8, 2, 3][..]));
+        assert_eq!(r.records, recs);
+        assert!(!p.exists(), "corrupt snapshot left in place");
+    }
+}
