@@ -318,8 +318,13 @@ fn apply_env(
 }
 
 impl Settings {
-    /// Loads the defaults, then `file` (if any), then the process environment.
+    /// Loads the defaults, then `file` (if any; else `$CONFIGURATION_DIRECTORY/adaptd.toml`
+    /// when systemd set that directory and the file exists), then the process environment.
     pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let systemd_file = std::env::var_os("CONFIGURATION_DIRECTORY")
+            .map(|d| PathBuf::from(d).join("adaptd.toml"))
+            .filter(|p| p.is_file());
+        let file = file.or(systemd_file.as_deref());
         let text = match file {
             Some(path) => {
                 Some(
@@ -362,11 +367,16 @@ fn non_empty(s: &str) -> Option<String> {
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "adaptd".into())
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let name = String::from_utf8_lossy(&buf[..end]).trim().to_string();
+    if rc == 0 && validate_name("hostname", &name).is_ok() {
+        name
+    } else {
+        "adaptd".into()
+    }
 }
 
 fn default_state_dir() -> PathBuf {

@@ -124,6 +124,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         Duration::from_secs(5)
     };
     let mut interval = tokio::time::interval(tick);
+    interval.tick().await; // the first tick is immediate
     let mut last_beat = heartbeat.load(Ordering::Relaxed);
     tokio::pin!(shutdown);
     loop {

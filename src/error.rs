@@ -19,6 +19,8 @@ pub enum RequestError {
     BadRequest(String),
     #[error("invalid label: {0}")]
     BadLabel(String),
+    #[error("no class {0:?}")]
+    UnknownLabel(String),
     #[error("no recent prediction has id {0:?} (it may have left the feedback ring)")]
     UnknownId(String),
     #[error("unknown command {0:?} (known: {known})", known = crate::service::COMMANDS.join(", "))]
@@ -44,6 +46,7 @@ impl RequestError {
             RequestError::BadRequest(_) => "bad_request",
             RequestError::BadLabel(_) => "bad_label",
             RequestError::UnknownId(_) => "unknown_id",
+            RequestError::UnknownLabel(_) => "unknown_label",
             RequestError::UnknownCommand(_) => "unknown_command",
             RequestError::NoClasses { .. } => "no_classes",
             RequestError::NoSuchVersion(_) => "no_such_version",

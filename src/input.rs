@@ -378,6 +378,16 @@ fn check_finite(values: &[f32]) -> Result<(), InputError> {
 
 /// Decodes JPEG or PNG bytes with bounded dimensions and allocation (no decompression bombs).
 pub fn decode_image(bytes: &[u8]) -> Result<DynamicImage, InputError> {
+    // JPEG decoders fill a truncated scan with grey instead of failing: require the end-of-image
+    // marker near the end (0xFF 0xD9 cannot occur inside entropy-coded data).
+    if bytes.starts_with(&[0xFF, 0xD8]) {
+        let tail = &bytes[bytes.len().saturating_sub(64)..];
+        if !tail.windows(2).any(|w| w == [0xFF, 0xD9]) {
+            return Err(InputError::Image(
+                "truncated JPEG: no end-of-image marker".into(),
+            ));
+        }
+    }
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| InputError::Image(e.to_string()))?;

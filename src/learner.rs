@@ -347,6 +347,11 @@ impl Learner {
         }
         let result = (|| {
             check_size(&publish.payload, 64 * 1024)?;
+            if publish.payload.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+                return Err(RequestError::BadJson(
+                    "feedback is a JSON object {\"id\": …, \"label\": …}".into(),
+                ));
+            }
             let req = parse_request(&publish.payload)?;
             if req.input.is_some() {
                 return Err(RequestError::BadRequest(
@@ -644,7 +649,7 @@ impl Learner {
                 check_label(&label)?;
                 let mut head = self.head.clone();
                 if !head.forget(&label) {
-                    return Err(RequestError::BadLabel(format!("no class {label:?}")));
+                    return Err(RequestError::UnknownLabel(label));
                 }
                 self.samples.forget(&label);
                 self.install(head)?;

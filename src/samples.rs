@@ -209,7 +209,7 @@ mod serde_bytes_f32 {
 
     impl<'de> Deserialize<'de> for F32s {
         fn deserialize<D: Deserializer<'de>>(d: D) -> Result<F32s, D::Error> {
-            d.deserialize_bytes(V)
+            d.deserialize_byte_buf(V)
         }
     }
 }

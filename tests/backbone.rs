@@ -32,21 +32,24 @@ fn floats(v: &serde_json::Value) -> Vec<f32> {
 fn rel_err(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
-    a.iter()
-        .zip(b)
-        .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
-        / scale
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
     let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     dot / (na * nb)
 }
 
 fn argmax(v: &[f32]) -> usize {
-    (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap_or(0)
+    (0..v.len())
+        .max_by(|&a, &b| v[a].total_cmp(&v[b]))
+        .unwrap_or(0)
 }
 
 fn golden() -> serde_json::Value {
@@ -62,18 +65,31 @@ fn shipped(with_logits: bool) -> Pipeline {
 fn shipped_model_matches_onnxruntime_from_the_tensor() {
     let g = golden();
     let p = shipped(true);
-    assert_eq!(p.backbone.info().sha256, g["model_sha256"].as_str().expect("sha"));
+    assert_eq!(
+        p.backbone.info().sha256,
+        g["model_sha256"].as_str().expect("sha")
+    );
     assert_eq!(p.backbone.info().embedding_dim, 1280);
     for img in g["images"].as_array().expect("images") {
-        let x = read_f32(&fixtures().join("golden").join(img["input"].as_str().expect("input")));
+        let x = read_f32(
+            &fixtures()
+                .join("golden")
+                .join(img["input"].as_str().expect("input")),
+        );
         let out = p.backbone.run(&x).expect("run");
         let (want_e, want_l) = (floats(&img["embedding"]), floats(&img["logits"]));
         let logits = out.logits.expect("logits");
         let (ee, el) = (rel_err(&out.embedding, &want_e), rel_err(&logits, &want_l));
-        println!("{}: embedding rel err {ee:.2e}, logits rel err {el:.2e}", img["file"]);
+        println!(
+            "{}: embedding rel err {ee:.2e}, logits rel err {el:.2e}",
+            img["file"]
+        );
         assert!(ee <= 1e-4, "{}: embedding differs by {ee}", img["file"]);
         assert!(el <= 1e-4, "{}: logits differ by {el}", img["file"]);
-        assert_eq!(argmax(&logits), img["top5"][0][0].as_u64().expect("top1") as usize);
+        assert_eq!(
+            argmax(&logits),
+            img["top5"][0][0].as_u64().expect("top1") as usize
+        );
     }
 }
 
@@ -91,7 +107,11 @@ fn shipped_model_matches_onnxruntime_from_the_image_file() {
         let pre = Preprocessor::new(pre_spec.clone());
         let bytes = std::fs::read(fixtures().join(file)).expect("image");
         let tensor = pre.decode(&bytes).expect("decode");
-        let want = read_f32(&fixtures().join("golden").join(img["input"].as_str().expect("in")));
+        let want = read_f32(
+            &fixtures()
+                .join("golden")
+                .join(img["input"].as_str().expect("in")),
+        );
         // The Rust decoder and resampler differ from libjpeg/PIL by rounding: bound it.
         let mean_abs = tensor
             .iter()
@@ -103,9 +123,16 @@ fn shipped_model_matches_onnxruntime_from_the_image_file() {
         let cos = cosine(&out.embedding, &floats(&img["embedding"]));
         let logits = out.logits.expect("logits");
         println!("{file}: preprocessing mean |Δ| {mean_abs:.4} (1 level = 0.0078), embedding cosine {cos:.5}");
-        assert!(mean_abs < 0.02, "{file}: preprocessing differs by {mean_abs} on average");
+        assert!(
+            mean_abs < 0.02,
+            "{file}: preprocessing differs by {mean_abs} on average"
+        );
         assert!(cos > 0.995, "{file}: embedding cosine {cos}");
-        assert_eq!(argmax(&logits), img["top5"][0][0].as_u64().expect("top1") as usize, "{file}");
+        assert_eq!(
+            argmax(&logits),
+            img["top5"][0][0].as_u64().expect("top1") as usize,
+            "{file}"
+        );
     }
 }
 
@@ -165,7 +192,12 @@ fn errors_are_clear_not_panics() {
     let e = Backbone::load(&m, false).expect_err("not onnx");
     assert!(e.to_string().contains("not a loadable ONNX model"), "{e}");
     // Wrong SHA-256.
-    let (_d, m) = tiny_copy(|t| t.replace("name = \"tiny\"", &format!("name = \"tiny\"\nsha256 = \"{}\"", "0".repeat(64))));
+    let (_d, m) = tiny_copy(|t| {
+        t.replace(
+            "name = \"tiny\"",
+            &format!("name = \"tiny\"\nsha256 = \"{}\"", "0".repeat(64)),
+        )
+    });
     let e = Backbone::load(&m, false).expect_err("sha");
     assert!(e.to_string().contains("SHA-256"), "{e}");
     // Wrong input shape: 4 channels into a 3-channel convolution.
@@ -174,19 +206,44 @@ fn errors_are_clear_not_panics() {
     assert_eq!(e.code(), "backbone");
     assert!(e.to_string().contains("[1, 4, 8, 8]"), "{e}");
     // Missing output name: the error lists the real ones.
-    let (_d, m) = tiny_copy(|t| t.replace("embedding_output = \"embedding\"", "embedding_output = \"features\""));
+    let (_d, m) = tiny_copy(|t| {
+        t.replace(
+            "embedding_output = \"embedding\"",
+            "embedding_output = \"features\"",
+        )
+    });
     let e = Backbone::load(&m, false).expect_err("output");
     let msg = e.to_string();
-    assert!(msg.contains("features") && msg.contains("embedding") && msg.contains("logits"), "{msg}");
+    assert!(
+        msg.contains("features") && msg.contains("embedding") && msg.contains("logits"),
+        "{msg}"
+    );
     // A node name works as an output too.
-    let (_d, m) = tiny_copy(|t| t.replace("embedding_output = \"embedding\"", "embedding_output = \"pool\""));
-    assert_eq!(Backbone::load(&m, false).expect("node name").info().embedding_dim, 4);
+    let (_d, m) = tiny_copy(|t| {
+        t.replace(
+            "embedding_output = \"embedding\"",
+            "embedding_output = \"pool\"",
+        )
+    });
+    assert_eq!(
+        Backbone::load(&m, false)
+            .expect("node name")
+            .info()
+            .embedding_dim,
+        4
+    );
 
     let (_d, m) = tiny_copy(|t| t.to_string());
     let p = Pipeline::load(m, false).expect("tiny");
     // Tensor of the wrong length.
-    assert_eq!(p.backbone.embed(&[0.0; 10]).expect_err("len").code(), "shape_mismatch");
-    assert_eq!(p.embed_payload(b"[1, 2, 3]").expect_err("json len").code(), "shape_mismatch");
+    assert_eq!(
+        p.backbone.embed(&[0.0; 10]).expect_err("len").code(),
+        "shape_mismatch"
+    );
+    assert_eq!(
+        p.embed_payload(b"[1, 2, 3]").expect_err("json len").code(),
+        "shape_mismatch"
+    );
     // NaN in a tensor.
     let mut nan = vec![0.5f64; 192];
     nan[3] = f64::NAN;
@@ -199,10 +256,20 @@ fn errors_are_clear_not_panics() {
         assert_eq!(e.code(), "bad_payload", "cut {cut}: {e}");
     }
     let png = std::fs::read(fixtures().join("cutout.png")).expect("png");
-    assert_eq!(p.embed_payload(&png[..png.len() / 3]).expect_err("png").code(), "bad_payload");
+    assert_eq!(
+        p.embed_payload(&png[..png.len() / 3])
+            .expect_err("png")
+            .code(),
+        "bad_payload"
+    );
     let mut header_gone = jpeg.clone();
     header_gone[2..400].fill(0);
-    assert_eq!(p.embed_payload(&header_gone).expect_err("corrupt header").code(), "bad_payload");
+    assert_eq!(
+        p.embed_payload(&header_gone)
+            .expect_err("corrupt header")
+            .code(),
+        "bad_payload"
+    );
     // The whole image works.
     assert_eq!(p.embed_payload(&jpeg).expect("jpeg").len(), 4);
 }
@@ -210,5 +277,8 @@ fn errors_are_clear_not_panics() {
 #[test]
 fn missing_model_directory_is_a_clear_error() {
     let e = ModelDir::load(Path::new("/nonexistent/model")).expect_err("missing dir");
-    assert!(e.to_string().contains("/nonexistent/model/model.toml"), "{e}");
+    assert!(
+        e.to_string().contains("/nonexistent/model/model.toml"),
+        "{e}"
+    );
 }

@@ -1,0 +1,430 @@
+//! Test harness: a real mosquitto on a free loopback port, the real adaptd binary as a child
+//! process, and an MQTT client that records what adaptd publishes.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+/// Generous bound for anything to happen (no test asserts durations).
+pub const WAIT: Duration = Duration::from_secs(120);
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Path of a test fixture.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// A mosquitto broker owned by the test.
+pub struct Mosquitto {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    /// Starts mosquitto on a free port with persistence (sessions survive a restart).
+    pub fn start() -> Mosquitto {
+        Mosquitto::start_with("")
+    }
+
+    /// Starts mosquitto with extra configuration lines.
+    pub fn start_with(extra: &str) -> Mosquitto {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let conf = format!(
+            "user root\nlistener {port} 127.0.0.1\nallow_anonymous true\n\
+             persistence true\npersistence_location {}/\nautosave_interval 1\n\
+             autosave_on_changes true\nmax_queued_messages 0\nmax_inflight_messages 20\n\
+             log_dest file {}/mosquitto.log\n{extra}\n",
+            dir.path().display(),
+            dir.path().display()
+        );
+        std::fs::write(dir.path().join("mosquitto.conf"), conf).expect("conf");
+        let mut m = Mosquitto {
+            port,
+            dir,
+            child: None,
+        };
+        m.restart();
+        m
+    }
+
+    /// (Re)starts the broker process on the same port and persistence directory.
+    pub fn restart(&mut self) {
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(self.dir.path().join("mosquitto.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto (apt-get install mosquitto)");
+        self.child = Some(child);
+        let deadline = Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "mosquitto did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the broker with SIGTERM (it saves its sessions) and waits for it to exit.
+    pub fn stop_graceful(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+            let _ = c.wait();
+        }
+    }
+
+    /// Kills the broker (SIGKILL).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The broker URL for adaptd.
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The adaptd binary running as a child process.
+pub struct Daemon {
+    pub state: PathBuf,
+    pub device: String,
+    env: Vec<(String, String)>,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts adaptd against `broker_url` with its state in `state`.
+    pub fn start(broker_url: &str, state: &Path, device: &str, extra: &[(&str, &str)]) -> Daemon {
+        let mut env: Vec<(String, String)> = vec![
+            ("ADAPTD_BROKER_URL".into(), broker_url.into()),
+            ("ADAPTD_STATE_DIR".into(), state.display().to_string()),
+            ("ADAPTD_DEVICE_ID".into(), device.into()),
+            ("ADAPTD_PUBLISH_HEAD_INTERVAL_SECS".into(), "0".into()),
+            ("ADAPTD_PUBLISH_STATS_INTERVAL_SECS".into(), "1".into()),
+            ("ADAPTD_BROKER_RECONNECT_MIN_MS".into(), "100".into()),
+            ("ADAPTD_BROKER_RECONNECT_MAX_MS".into(), "1000".into()),
+            ("ADAPTD_SERVICE_WORKERS".into(), "2".into()),
+        ];
+        for (k, v) in extra {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.to_string(), v.to_string()));
+        }
+        let log = state.with_extension("log");
+        let mut d = Daemon {
+            state: state.to_path_buf(),
+            device: device.into(),
+            env,
+            child: None,
+            log,
+        };
+        d.restart();
+        d
+    }
+
+    /// Starts the process again with the same settings.
+    pub fn restart(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_adaptd"))
+            .arg("run")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("ADAPTD_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("adaptd binary");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status success.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return true;
+        };
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// True while the process runs.
+    pub fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `adaptd/<device>`.
+    pub fn root(&self) -> String {
+        format!("adaptd/{}", self.device)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// One received message.
+#[derive(Debug, Clone)]
+pub struct Msg {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub retain: bool,
+}
+
+impl Msg {
+    /// The payload as JSON (panics with the payload when it is not JSON).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.payload)
+            .unwrap_or_else(|e| panic!("{}: not JSON ({e}): {:?}", self.topic, self.payload))
+    }
+}
+
+/// A test MQTT client recording every message on the topics it subscribed to.
+pub struct Client {
+    pub client: AsyncClient,
+    seen: Arc<Mutex<Vec<Msg>>>,
+    pub puback: Arc<Mutex<u64>>,
+}
+
+impl Client {
+    /// Connects to 127.0.0.1:`port` and subscribes to `filters`.
+    pub async fn connect(port: u16, filters: &[&str]) -> Client {
+        let id = format!("test-{}", rand_id());
+        let mut o = MqttOptions::new(id, "127.0.0.1", port);
+        o.set_keep_alive(Duration::from_secs(30));
+        o.set_max_packet_size(64 << 20, 64 << 20);
+        o.set_inflight(20);
+        let (client, mut eventloop) = AsyncClient::new(o, 1024);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let puback = Arc::new(Mutex::new(0u64));
+        let (s, p) = (seen.clone(), puback.clone());
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let mut ready_tx = Some(ready_tx);
+        let subs: Vec<String> = filters.iter().map(|f| f.to_string()).collect();
+        let c2 = client.clone();
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        for f in &subs {
+                            let _ = c2.subscribe(f.clone(), QoS::AtLeastOnce).await;
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        if let Some(tx) = ready_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        *p.lock().expect("lock") += 1;
+                    }
+                    Ok(Event::Incoming(Packet::Publish(m))) => {
+                        s.lock().expect("lock").push(Msg {
+                            topic: m.topic.clone(),
+                            payload: m.payload.to_vec(),
+                            retain: m.retain,
+                        });
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        });
+        if subs_empty(filters) {
+            return Client {
+                client,
+                seen,
+                puback,
+            };
+        }
+        tokio::time::timeout(WAIT, ready_rx)
+            .await
+            .expect("subscribed in time")
+            .expect("subscribed");
+        // One SubAck per filter; give the rest a moment.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Client {
+            client,
+            seen,
+            puback,
+        }
+    }
+
+    /// Publishes with QoS 1.
+    pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .expect("publish");
+    }
+
+    /// Everything received so far on `topic`.
+    pub fn on(&self, topic: &str) -> Vec<Msg> {
+        self.seen
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|m| m.topic == topic)
+            .cloned()
+            .collect()
+    }
+
+    /// Forgets what was received.
+    pub fn clear(&self) {
+        self.seen.lock().expect("lock").clear();
+    }
+
+    /// Waits until a message on `topic` satisfies `pred`; returns it.
+    pub async fn wait_for(&self, topic: &str, pred: impl Fn(&Msg) -> bool) -> Msg {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(m) = self.on(topic).into_iter().find(|m| pred(m)) {
+                return m;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nothing on {topic} matched in time; got {:?}",
+                self.on(topic)
+                    .iter()
+                    .map(|m| String::from_utf8_lossy(&m.payload)
+                        .chars()
+                        .take(200)
+                        .collect::<String>())
+                    .collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until `n` messages arrived on `topic`.
+    pub async fn wait_count(&self, topic: &str, n: usize) -> Vec<Msg> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let got = self.on(topic);
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {n} messages on {topic}",
+                got.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn subs_empty(filters: &[&str]) -> bool {
+    filters.is_empty()
+}
+
+fn rand_id() -> String {
+    use rand::Rng;
+    format!("{:08x}", rand::thread_rng().gen::<u32>())
+}
+
+/// Reads a JPEG fixture and makes `n` distinct variants of it (crops, flips, brightness),
+/// JPEG-encoded: real images of one class that are not byte-identical.
+pub fn variants(name: &str, n: usize, seed: u64) -> Vec<Vec<u8>> {
+    use rand::{Rng, SeedableRng};
+    let img = image::open(fixture(name)).expect("fixture image");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| {
+            let (w, h) = (img.width(), img.height());
+            let cw = rng.gen_range(w * 7 / 10..=w);
+            let ch = rng.gen_range(h * 7 / 10..=h);
+            let x = rng.gen_range(0..=w - cw);
+            let y = rng.gen_range(0..=h - ch);
+            let mut v = img.crop_imm(x, y, cw, ch);
+            if rng.gen_bool(0.5) {
+                v = v.fliph();
+            }
+            let v = v.brighten(rng.gen_range(-20..20));
+            let mut out = Vec::new();
+            v.to_rgb8()
+                .write_to(
+                    &mut std::io::Cursor::new(&mut out),
+                    image::ImageFormat::Jpeg,
+                )
+                .expect("jpeg");
+            out
+        })
+        .collect()
+}
+
+/// Counts of each class in an `{root}/info` document.
+pub fn class_counts(info: &serde_json::Value) -> HashMap<String, u64> {
+    info["head"]["classes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|c| {
+                    (
+                        c["name"].as_str().unwrap_or_default().to_string(),
+                        c["samples"].as_u64().unwrap_or(0),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}

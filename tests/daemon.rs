@@ -1,0 +1,479 @@
+//! The daemon driven as a user would: the real binary, the real shipped model, a real mosquitto,
+//! through MQTT only.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use adaptd::head::{Expect, Head};
+use common::{class_counts, variants, Client, Daemon, Mosquitto, Msg};
+
+async fn info(
+    c: &Client,
+    root: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    c.wait_for(&format!("{root}/info"), |m| pred(&m.json()))
+        .await
+        .json()
+}
+
+async fn learn_all(c: &Client, root: &str, label: &str, images: &[Vec<u8>]) {
+    for img in images {
+        c.publish(&format!("{root}/learn/{label}"), img.clone())
+            .await;
+    }
+}
+
+fn label_of(m: &Msg) -> String {
+    m.json()["label"].as_str().unwrap_or_default().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn learns_predicts_takes_feedback_publishes_and_rolls_back() {
+    let broker = Mosquitto::start();
+    let state = tempfile::tempdir().expect("tmp");
+    let mut d = Daemon::start(&broker.url(), &state.path().join("s"), "cam1", &[]);
+    let root = d.root();
+    let c = Client::connect(broker.port, &[&format!("{root}/#")]).await;
+    c.wait_for(&format!("{root}/status"), |m| m.payload == b"online")
+        .await;
+
+    // Nothing learned yet: an inference is answered with a clear error.
+    let cats = variants("chelsea.jpg", 6, 1);
+    let cups = variants("coffee.jpg", 6, 2);
+    c.publish(&format!("{root}/infer"), cats[5].clone()).await;
+    let e = c.wait_for(&format!("{root}/error"), |_| true).await.json();
+    assert_eq!(e["code"], "no_classes");
+
+    learn_all(&c, &root, "cat", &cats[..4]).await;
+    learn_all(&c, &root, "cup", &cups[..4]).await;
+    let learned = c.wait_count(&format!("{root}/learned"), 8).await;
+    assert!(learned
+        .iter()
+        .all(|m| m.json()["head_version"].as_u64().is_some()));
+    let i = info(&c, &root, |i| i["head"]["samples"] == 8).await;
+    assert_eq!(class_counts(&i).get("cat"), Some(&4));
+    assert_eq!(i["backbone"]["embedding_dim"], 1280);
+
+    // Predictions follow the labels, with ids echoed (two workers: order is not guaranteed).
+    let ask = |id: &str, img: &[u8]| {
+        serde_json::json!({"id": id, "image": base64_encode(img)}).to_string()
+    };
+    c.publish(&format!("{root}/infer"), ask("c5", &cats[5]))
+        .await;
+    c.publish(&format!("{root}/infer"), ask("u5", &cups[5]))
+        .await;
+    let cat = c
+        .wait_for(&format!("{root}/prediction"), |m| m.json()["id"] == "c5")
+        .await;
+    let cup = c
+        .wait_for(&format!("{root}/prediction"), |m| m.json()["id"] == "u5")
+        .await;
+    assert_eq!(label_of(&cat), "cat");
+    assert_eq!(label_of(&cup), "cup");
+    let p = cat.json();
+    assert!(p["top"].as_array().is_some_and(|t| t.len() == 2));
+    assert!(p["score"].as_f64().unwrap_or(0.0) > 0.5);
+
+    // Feedback by id teaches a new class without resending the image.
+    let astronaut = variants("astronaut.jpg", 2, 3);
+    let req = serde_json::json!({
+        "id": "frame-42",
+        "image": base64_encode(&astronaut[0]),
+    });
+    c.publish(&format!("{root}/infer"), req.to_string()).await;
+    let p = c
+        .wait_for(&format!("{root}/prediction"), |m| {
+            m.json()["id"] == "frame-42"
+        })
+        .await;
+    assert_ne!(label_of(&p), "person");
+    c.publish(
+        &format!("{root}/feedback"),
+        r#"{"id": "frame-42", "label": "person"}"#,
+    )
+    .await;
+    c.wait_for(&format!("{root}/learned"), |m| m.json()["id"] == "frame-42")
+        .await;
+    c.publish(
+        &format!("{root}/infer"),
+        serde_json::json!({"id": "frame-43", "image": base64_encode(&astronaut[0])}).to_string(),
+    )
+    .await;
+    let p = c
+        .wait_for(&format!("{root}/prediction"), |m| {
+            m.json()["id"] == "frame-43"
+        })
+        .await;
+    assert_eq!(label_of(&p), "person");
+
+    // The head is published retained and loads back for this backbone.
+    let i = info(&c, &root, |i| i["head"]["samples"] == 9).await;
+    let sha = i["backbone"]["sha256"].as_str().expect("sha").to_string();
+    let late = Client::connect(broker.port, &[&format!("{root}/head")]).await;
+    let head_msg = late.wait_for(&format!("{root}/head"), |m| m.retain).await;
+    let head = Head::from_bytes(
+        &head_msg.payload,
+        &Expect {
+            backbone_sha256: Some(&sha),
+            dim: Some(1280),
+            max_bytes: 64 << 20,
+        },
+    )
+    .expect("retained head loads");
+    assert_eq!(head.samples(), 9);
+
+    // Snapshot, learn more, roll back to the snapshot.
+    c.publish(&format!("{root}/cmd/snapshot"), "").await;
+    let r = c
+        .wait_for(&format!("{root}/result"), |m| {
+            m.json()["command"] == "snapshot"
+        })
+        .await
+        .json();
+    let snap_version = r["head_version"].as_u64().expect("version");
+    learn_all(&c, &root, "cup", &cups[4..5]).await;
+    info(&c, &root, |i| i["head"]["samples"] == 10).await;
+    c.publish(&format!("{root}/cmd/snapshot"), "").await;
+    c.wait_count(&format!("{root}/result"), 2).await;
+    c.publish(
+        &format!("{root}/cmd/rollback"),
+        format!("{{\"version\": {snap_version}}}"),
+    )
+    .await;
+    let r = c
+        .wait_for(&format!("{root}/result"), |m| {
+            m.json()["command"] == "rollback"
+        })
+        .await
+        .json();
+    assert_eq!(r["restored"].as_u64(), Some(snap_version));
+    assert!(
+        r["head_version"].as_u64().unwrap_or(0) > snap_version,
+        "versions stay monotonic"
+    );
+    let i = info(&c, &root, |i| i["head"]["samples"] == 9).await;
+    assert_eq!(class_counts(&i).get("cup"), Some(&4));
+
+    // A clean stop publishes offline; a restart keeps the head.
+    assert!(d.stop(), "clean exit");
+    c.wait_for(&format!("{root}/status"), |m| m.payload == b"offline")
+        .await;
+    c.clear();
+    d.restart();
+    c.wait_for(&format!("{root}/status"), |m| m.payload == b"online")
+        .await;
+    let i = info(&c, &root, |i| i["head"]["samples"] == 9).await;
+    assert_eq!(class_counts(&i).get("person"), Some(&1));
+    c.publish(&format!("{root}/infer"), cats[5].clone()).await;
+    let p = c.wait_for(&format!("{root}/prediction"), |_| true).await;
+    assert_eq!(label_of(&p), "cat");
+    assert!(d.stop());
+}
+
+fn base64_encode(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_loses_no_acknowledged_sample_and_learns_redeliveries_once() {
+    let broker = Mosquitto::start();
+    let state = tempfile::tempdir().expect("tmp");
+    let mut d = Daemon::start(&broker.url(), &state.path().join("s"), "k9", &[]);
+    let root = d.root();
+    let c = Client::connect(broker.port, &[&format!("{root}/#")]).await;
+    c.wait_for(&format!("{root}/status"), |m| m.payload == b"online")
+        .await;
+    let images: Vec<Vec<u8>> = variants("chelsea.jpg", 20, 10)
+        .into_iter()
+        .chain(variants("coffee.jpg", 20, 11))
+        .collect();
+    for (i, img) in images.iter().enumerate() {
+        let label = if i < 20 { "cat" } else { "cup" };
+        c.publish(&format!("{root}/learn/{label}"), img.clone())
+            .await;
+    }
+    // Kill -9 once some, not all, are acknowledged.
+    c.wait_count(&format!("{root}/learned"), 8).await;
+    d.kill9();
+    let acked_before = c.on(&format!("{root}/learned")).len();
+    d.restart();
+    // Everything sent ends up in the head exactly once: the acknowledged ones from the WAL, the
+    // rest redelivered by the broker's persistent session (duplicates dropped).
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let i = loop {
+        let infos = c.on(&format!("{root}/info"));
+        if let Some(m) = infos
+            .iter()
+            .find(|m| m.json()["head"]["samples"].as_u64() >= Some(40))
+        {
+            break m.json();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not all learned: {:?}\nlog:\n{}",
+            infos.last().map(|m| m.json()["head"].clone()),
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let last = c.on(&format!("{root}/info"));
+    let last = last.last().expect("info").json();
+    assert_eq!(last["head"]["samples"], 40, "first full info: {i}");
+    let counts = class_counts(&last);
+    assert_eq!(counts.get("cat"), Some(&20));
+    assert_eq!(counts.get("cup"), Some(&20));
+    assert!(acked_before < 40, "the kill came too late to test anything");
+    assert!(d.stop());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_mid_stream_loses_nothing() {
+    let mut broker = Mosquitto::start();
+    let state = tempfile::tempdir().expect("tmp");
+    let mut d = Daemon::start(&broker.url(), &state.path().join("s"), "br", &[]);
+    let root = d.root();
+    let c = Client::connect(broker.port, &[&format!("{root}/#")]).await;
+    c.wait_for(&format!("{root}/status"), |m| m.payload == b"online")
+        .await;
+    let images = variants("coffee.jpg", 30, 20);
+    for img in &images[..15] {
+        c.publish(&format!("{root}/learn/cup"), img.clone()).await;
+    }
+    c.wait_count(&format!("{root}/learned"), 3).await;
+    // Stop the broker mid-stream (SIGTERM: mosquitto saves its sessions), restart it.
+    broker.stop_graceful();
+    broker.restart();
+    let c = Client::connect(broker.port, &[&format!("{root}/#")]).await;
+    for img in &images[15..] {
+        c.publish(&format!("{root}/learn/cup"), img.clone()).await;
+    }
+    c.wait_for(&format!("{root}/status"), |m| m.payload == b"online")
+        .await;
+    c.wait_for(&format!("{root}/info"), |m| {
+        m.json()["head"]["samples"] == 30
+    })
+    .await;
+    assert!(d.alive());
+    assert!(d.stop());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_errors_and_change_nothing() {
+    let broker = Mosquitto::start();
+    let state = tempfile::tempdir().expect("tmp");
+    let mut d = Daemon::start(
+        &broker.url(),
+        &state.path().join("s"),
+        "bad",
+        &[("ADAPTD_SERVICE_MAX_PAYLOAD_BYTES", "4194304")],
+    );
+    let root = d.root();
+    let c = Client::connect(broker.port, &[&format!("{root}/#")]).await;
+    c.wait_for(&format!("{root}/status"), |m| m.payload == b"online")
+        .await;
+    let cats = variants("chelsea.jpg", 3, 30);
+    learn_all(&c, &root, "cat", &cats[..2]).await;
+    learn_all(&c, &root, "cup", &variants("coffee.jpg", 2, 31)).await;
+    let before = info(&c, &root, |i| i["head"]["samples"] == 4).await;
+    let version = before["head"]["version"].clone();
+    c.clear();
+
+    let jpeg = &cats[2];
+    let mut nan = vec![0f32; 3 * 224 * 224];
+    nan[17] = f32::NAN;
+    let nan: Vec<u8> = nan.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let other_head = {
+        let cfg = adaptd::head::HeadConfig::default();
+        let mut h = Head::new(&cfg, 1280, &"0".repeat(64));
+        h.update(&vec![0.5; 1280], "x").expect("update");
+        h.to_bytes().expect("bytes")
+    };
+    let long = "x".repeat(300);
+    let cases: Vec<(String, Vec<u8>, &str)> = vec![
+        (
+            format!("{root}/infer"),
+            jpeg[..jpeg.len() / 2].to_vec(),
+            "bad_payload",
+        ),
+        (format!("{root}/infer"), vec![], "bad_payload"),
+        (
+            format!("{root}/infer"),
+            vec![0xFF, 0xD8, 0xFF, 0x00],
+            "bad_payload",
+        ),
+        (
+            format!("{root}/infer"),
+            b"\x89PNG\r\n\x1a\n garbage".to_vec(),
+            "bad_payload",
+        ),
+        (format!("{root}/infer"), vec![0u8; 1000], "bad_payload"),
+        (
+            format!("{root}/infer"),
+            b"[1, 2, 3]".to_vec(),
+            "shape_mismatch",
+        ),
+        (
+            format!("{root}/infer"),
+            b"{\"tensor\": [1, 2]}".to_vec(),
+            "shape_mismatch",
+        ),
+        (format!("{root}/infer"), nan.clone(), "non_finite"),
+        (format!("{root}/infer"), vec![7u8; 10 << 20], "too_large"),
+        (
+            format!("{root}/infer"),
+            b"{\"image\": 1".to_vec(),
+            "bad_json",
+        ),
+        (
+            format!("{root}/infer"),
+            b"{\"imgae\": \"\"}".to_vec(),
+            "bad_json",
+        ),
+        (
+            format!("{root}/infer"),
+            b"{\"image\": \"!!!\"}".to_vec(),
+            "bad_request",
+        ),
+        (
+            format!("{root}/learn/cat"),
+            jpeg[..100].to_vec(),
+            "bad_payload",
+        ),
+        (format!("{root}/learn/cat"), nan, "non_finite"),
+        (
+            format!("{root}/learn"),
+            b"{\"label\": \"a#b\", \"tensor\": []}".to_vec(),
+            "bad_label",
+        ),
+        (
+            format!("{root}/learn"),
+            b"{\"label\": \"a+b\", \"tensor\": []}".to_vec(),
+            "bad_label",
+        ),
+        (
+            format!("{root}/learn"),
+            b"{\"label\": \"a/b\", \"tensor\": []}".to_vec(),
+            "bad_label",
+        ),
+        (
+            format!("{root}/learn"),
+            format!("{{\"label\": \"{long}\", \"tensor\": []}}").into_bytes(),
+            "bad_label",
+        ),
+        (
+            format!("{root}/learn"),
+            b"{\"tensor\": [1]}".to_vec(),
+            "bad_request",
+        ),
+        (
+            format!("{root}/feedback"),
+            b"{\"id\": \"nope\", \"label\": \"cat\"}".to_vec(),
+            "unknown_id",
+        ),
+        (
+            format!("{root}/feedback"),
+            format!("{{\"id\": \"x\", \"label\": \"{long}\"}}").into_bytes(),
+            "bad_label",
+        ),
+        (
+            format!("{root}/feedback"),
+            b"{\"id\": \"x\", \"label\": \"a#\"}".to_vec(),
+            "bad_label",
+        ),
+        (format!("{root}/feedback"), b"not json".to_vec(), "bad_json"),
+        (
+            format!("{root}/cmd/explode"),
+            b"".to_vec(),
+            "unknown_command",
+        ),
+        (
+            format!("{root}/cmd/import"),
+            other_head,
+            "backbone_mismatch",
+        ),
+        (
+            format!("{root}/cmd/import"),
+            b"\xa1\x61x\x9b\xff\xff\xff\xff\xff\xff\xff\xff".to_vec(),
+            "bad_head",
+        ),
+        (
+            format!("{root}/cmd/forget"),
+            b"unicorn".to_vec(),
+            "unknown_label",
+        ),
+        (
+            format!("{root}/cmd/rollback"),
+            b"{\"version\": 999999}".to_vec(),
+            "no_such_version",
+        ),
+        (
+            format!("{root}/cmd/algorithm"),
+            b"quantum".to_vec(),
+            "bad_config",
+        ),
+    ];
+    for (i, (topic, payload, code)) in cases.iter().enumerate() {
+        c.publish(topic, payload.clone()).await;
+        let errors = c.wait_count(&format!("{root}/error"), i + 1).await;
+        let e = errors[i].json();
+        assert_eq!(e["code"], *code, "case {i} on {topic}: {e}");
+        assert_eq!(e["topic"], *topic);
+        assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    // Still serving, head unchanged.
+    assert!(d.alive());
+    c.publish(&format!("{root}/cmd/snapshot"), "").await;
+    let after = info(&c, &root, |_| true).await;
+    assert_eq!(after["head"]["version"], version);
+    assert_eq!(after["head"]["samples"], 4);
+    c.publish(&format!("{root}/infer"), cats[2].clone()).await;
+    let p = c.wait_for(&format!("{root}/prediction"), |_| true).await;
+    assert_eq!(label_of(&p), "cat");
+    let seen: HashSet<String> = c
+        .on(&format!("{root}/error"))
+        .iter()
+        .map(|m| m.json()["code"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(seen.len() >= 10, "{seen:?}");
+    assert!(d.stop());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_broker_serves_alone() {
+    let state = tempfile::tempdir().expect("tmp");
+    let port = common::free_port();
+    let mut d = Daemon::start(
+        "",
+        &state.path().join("s"),
+        "solo",
+        &[("ADAPTD_BROKER_EMBEDDED_PORT", &port.to_string())],
+    );
+    let root = d.root();
+    // The broker comes up with the daemon; connect once it listens.
+    let deadline = std::time::Instant::now() + common::WAIT;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "embedded broker: {}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let c = Client::connect(port, &[&format!("{root}/#")]).await;
+    learn_all(&c, &root, "cat", &variants("chelsea.jpg", 2, 40)).await;
+    learn_all(&c, &root, "cup", &variants("coffee.jpg", 2, 41)).await;
+    c.wait_count(&format!("{root}/learned"), 4).await;
+    c.publish(
+        &format!("{root}/infer"),
+        variants("coffee.jpg", 1, 42)[0].clone(),
+    )
+    .await;
+    let p = c.wait_for(&format!("{root}/prediction"), |_| true).await;
+    assert_eq!(label_of(&p), "cup");
+    assert!(d.stop());
+}
