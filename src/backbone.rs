@@ -14,6 +14,20 @@ use tract_onnx::tract_hir::internal::Framework;
 
 use crate::model::ModelDir;
 
+/// The tract version adaptd is built with (pinned in Cargo.toml).
+pub const TRACT_VERSION: &str = "0.23.9";
+
+/// Sets how many threads tract uses inside one forward pass (matrix products). 1 = none; the
+/// daemon instead runs independent requests on parallel workers.
+pub fn set_threads(threads: usize) {
+    use tract_onnx::prelude::multithread::{set_default_executor, Executor};
+    set_default_executor(if threads <= 1 {
+        Executor::SingleThread
+    } else {
+        Executor::multithread(threads)
+    });
+}
+
 /// Errors of the backbone layer. `code()` is the stable machine-readable kind.
 #[derive(Debug, thiserror::Error)]
 pub enum BackboneError {

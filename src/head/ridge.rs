@@ -1,0 +1,76 @@
+//! `ridge`: regularized least squares on one-hot targets with an unpenalized bias, from the
+//! shared scatter statistics (see [`super::scatter`]), solved by Cholesky at snapshot time, so
+//! the streaming result equals batch ridge regression.
+
+use nalgebra::DMatrix;
+
+use super::linalg::{centered_transform, cholesky_solve, unpack_scaled};
+use super::predictor::PredictorParts;
+use super::scatter::ScatterState;
+use super::slda::{parts_from, Solution};
+use super::Ctx;
+
+/// Minimizes `Σ_i |Wᵀ z_i + b − y_i|² + λ |W|²` over the samples of the current classes, with
+/// `z = (x − shift) ⊙ scale` (centered on the source mean, scaled when standardizing) and one-hot `y`:
+/// `W = (Z_cᵀ Z_c + λ I)⁻¹ Z_cᵀ Y_c` (centered), `b = ȳ − Wᵀ z̄`. `None` if the solve failed.
+pub(crate) fn solve(scatter: &ScatterState, ctx: &Ctx<'_>) -> Option<Solution> {
+    let d = ctx.dim;
+    let c = ctx.classes.len();
+    let (shift, scale) = centered_transform(ctx.source, ctx.config.standardize);
+    let total: f64 = ctx.classes.iter().map(|k| k.stats.count() as f64).sum();
+    if c == 0 || total == 0.0 {
+        return Some(Solution {
+            w: DMatrix::zeros(d, c),
+            b: vec![0.0; c],
+            shift,
+            scale,
+        });
+    }
+    let mut mean = vec![0.0; d];
+    for class in ctx.classes {
+        for (m, s) in mean.iter_mut().zip(class.stats.sum()) {
+            *m += s / total;
+        }
+    }
+    // Between-class part of the centered second moment (D Dᵀ) and the centered XᵀY (B).
+    let mut between = DMatrix::<f64>::zeros(d, c);
+    let mut xty = DMatrix::<f64>::zeros(d, c);
+    for (k, class) in ctx.classes.iter().enumerate() {
+        let n = class.stats.count() as f64;
+        if n == 0.0 {
+            continue;
+        }
+        for (j, s) in class.stats.sum().iter().enumerate() {
+            let diff = (s / n - mean[j]) * scale[j];
+            between[(j, k)] = n.sqrt() * diff;
+            xty[(j, k)] = n * diff;
+        }
+    }
+    let mut a = unpack_scaled(&scatter.packed, &scale);
+    a.gemm(1.0, &between, &between.transpose(), 1.0);
+    let lambda = ctx.config.effective_ridge_lambda();
+    for i in 0..d {
+        a[(i, i)] += lambda;
+    }
+    let w = cholesky_solve(a, &xty)?;
+    let zbar: Vec<f64> = mean
+        .iter()
+        .zip(&shift)
+        .zip(&scale)
+        .map(|((m, s), k)| (m - s) * k)
+        .collect();
+    let zbar = nalgebra::DVector::from_vec(zbar);
+    let b = ctx
+        .classes
+        .iter()
+        .enumerate()
+        .map(|(k, class)| class.stats.count() as f64 / total - w.column(k).dot(&zbar))
+        .collect();
+    Some(Solution { w, b, shift, scale })
+}
+
+/// Predictor parts for `ridge`: the regression outputs divided by `ridge_temperature`.
+pub(crate) fn snapshot(scatter: &ScatterState, ctx: &Ctx<'_>) -> PredictorParts {
+    let t = f64::from(ctx.config.effective_ridge_temperature());
+    parts_from(solve(scatter, ctx), ctx, t, "ridge")
+}

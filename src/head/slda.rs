@@ -1,0 +1,88 @@
+//! `slda`: streaming linear discriminant analysis (Hayes & Kanan, CVPR-W 2020): class means and
+//! one shared covariance (see [`super::scatter`]); the precision matrix is solved at snapshot
+//! time only.
+
+use nalgebra::DMatrix;
+
+use super::linalg::{centered_transform, cholesky_solve, unpack_scaled};
+use super::predictor::PredictorParts;
+use super::scatter::ScatterState;
+use super::Ctx;
+
+/// A solved linear head in the (shifted, scaled) input space: `logits = Wᵀ z + b` with
+/// `z = (x − shift) ⊙ scale`; `w` is `d × C` (column `c` = class `c`).
+#[derive(Clone, Debug)]
+pub(crate) struct Solution {
+    pub w: DMatrix<f64>,
+    pub b: Vec<f64>,
+    pub shift: Vec<f64>,
+    pub scale: Vec<f64>,
+}
+
+/// `Σ = S / count`, `Λ = ((1 − ε) Σ + ε I)⁻¹`, `W_c = Λ μ_c`, `b_c = −½ μ_cᵀ Λ μ_c` (equal
+/// priors), all in the transformed space. `None` if the solve failed.
+pub(crate) fn solve(scatter: &ScatterState, ctx: &Ctx<'_>) -> Option<Solution> {
+    let d = ctx.dim;
+    let (shift, scale) = centered_transform(ctx.source, ctx.config.standardize);
+    let eps = ctx.config.effective_slda_shrinkage();
+    let mut a = unpack_scaled(&scatter.packed, &scale);
+    let inv_n = if scatter.count > 0 {
+        1.0 / scatter.count as f64
+    } else {
+        0.0
+    };
+    a *= (1.0 - eps) * inv_n;
+    for i in 0..d {
+        a[(i, i)] += eps;
+    }
+    let mut m = DMatrix::<f64>::zeros(d, ctx.classes.len());
+    for (k, class) in ctx.classes.iter().enumerate() {
+        let n = class.stats.count().max(1) as f64;
+        for (j, s) in class.stats.sum().iter().enumerate() {
+            m[(j, k)] = (s / n - shift[j]) * scale[j];
+        }
+    }
+    let w = cholesky_solve(a, &m)?;
+    let b = (0..ctx.classes.len())
+        .map(|k| -0.5 * m.column(k).dot(&w.column(k)))
+        .collect();
+    Some(Solution { w, b, shift, scale })
+}
+
+/// Predictor parts for `slda` (uniform scores with a warning if the solve failed).
+pub(crate) fn snapshot(scatter: &ScatterState, ctx: &Ctx<'_>) -> PredictorParts {
+    parts_from(solve(scatter, ctx), ctx, 1.0, "slda")
+}
+
+/// Turns a solution into predictor parts, dividing the logits by `temperature`.
+pub(crate) fn parts_from(
+    sol: Option<Solution>,
+    ctx: &Ctx<'_>,
+    temperature: f64,
+    what: &str,
+) -> PredictorParts {
+    let labels: Vec<String> = ctx.classes.iter().map(|c| c.name.clone()).collect();
+    let c = labels.len();
+    match sol {
+        Some(sol) => PredictorParts::from_f64(
+            labels,
+            sol.w.as_slice().iter().map(|v| v / temperature),
+            sol.b.iter().map(|v| v / temperature),
+            &sol.shift,
+            &sol.scale,
+            false,
+        ),
+        None => {
+            tracing::warn!(learner = what, "head solve failed; predictions are uniform");
+            let (shift, scale) = centered_transform(ctx.source, ctx.config.standardize);
+            PredictorParts::from_f64(
+                labels,
+                std::iter::repeat_n(0.0, c * ctx.dim),
+                std::iter::repeat_n(0.0, c),
+                &shift,
+                &scale,
+                false,
+            )
+        }
+    }
+}
