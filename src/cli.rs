@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::backbone;
+pub use crate::eval::EvalArgs;
 use crate::model::ModelDir;
 use crate::pipeline::Pipeline;
 
@@ -44,6 +45,30 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Time the backbone: load-to-ready and median latency of forward passes.
+    Bench {
+        /// Model directory (with model.toml); default: the shipped model.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Preprocessed input as raw little-endian f32 (default: zeros).
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// Timed runs.
+        #[arg(long, default_value_t = 100)]
+        runs: usize,
+        /// Untimed warm-up runs.
+        #[arg(long, default_value_t = 10)]
+        warmup: usize,
+        /// Threads inside one forward pass.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Print one JSON line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Benchmark the learners on a labeled dataset: accuracy, few-shot and prequential
+    /// accuracy, costs, head size, learning curves.
+    Eval(EvalArgs),
     /// Print the embedding of each image.
     Embed(ImageArgs),
     /// Print the top-5 labels of each image through the model's logits.
@@ -70,6 +95,32 @@ pub fn model_dir(path: Option<&Path>) -> Result<ModelDir> {
         Some(p) => ModelDir::load(p).with_context(|| format!("loading model {}", p.display()))?,
         None => ModelDir::shipped()?,
     })
+}
+
+/// `adaptd bench`.
+pub fn bench(
+    model: Option<&Path>,
+    input: Option<&Path>,
+    runs: usize,
+    warmup: usize,
+    threads: usize,
+    json: bool,
+) -> Result<()> {
+    let r = crate::bench::backbone(&model_dir(model)?, input, runs, warmup, threads)?;
+    if json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "{} {} on {}: {} thread(s), load {:.0} ms, median {:.2} ms, p90 {:.2} ms, min {:.2} ms over {} runs",
+            r.runtime, r.version, r.model, r.threads, r.load_ms, r.median_ms, r.p90_ms, r.min_ms, r.runs
+        );
+    }
+    Ok(())
+}
+
+/// `adaptd eval`.
+pub fn eval(args: &EvalArgs) -> Result<()> {
+    crate::eval::run(args)
 }
 
 /// `adaptd inspect`.

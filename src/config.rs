@@ -514,6 +514,9 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         reconnect_max: Duration::from_millis(b.reconnect_max_ms),
         max_packet_bytes: b.max_packet_bytes.max(64 * 1024),
     };
+    raw.head
+        .validate()
+        .map_err(|e| invalid("head", e.to_string()))?;
     let p = raw.publish;
     if p.top_k == 0 {
         return Err(invalid("publish.top_k", "must be at least 1"));
@@ -665,6 +668,20 @@ mod tests {
         let e = Settings::from_parts(Some("[broker]\nkeepalive_secs = \"x\"\n"), "f", env(&[]))
             .expect_err("type");
         assert!(matches!(e, ConfigError::Parse { .. }));
+    }
+
+    #[test]
+    fn shipped_head_defaults_equal_the_code_defaults() {
+        let s =
+            Settings::from_parts(None, "", env(&[("ADAPTD_STATE_DIR", "/tmp")])).expect("defaults");
+        assert_eq!(s.head, HeadConfig::default());
+        let e = Settings::from_parts(
+            Some("[head]\nslda_shrinkage = 2.0\n"),
+            "f",
+            env(&[("ADAPTD_STATE_DIR", "/tmp")]),
+        )
+        .expect_err("bad shrinkage");
+        assert!(e.to_string().contains("head"), "{e}");
     }
 
     #[test]

@@ -473,9 +473,9 @@ mod tests {
     #[test]
     fn wrong_length_nan_and_garbage_are_errors() {
         let p = Preprocessor::new(spec());
-        let short = serde_json::to_vec(&vec![1.0; 47]).expect("json");
+        let short = serde_json::to_vec(&[1.0; 47][..]).expect("json");
         assert_eq!(p.decode(&short).unwrap_err().code(), "shape_mismatch");
-        let mut vals = vec![0f32; 48];
+        let mut vals = [0f32; 48];
         vals[7] = f32::NAN;
         let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
         assert!(matches!(

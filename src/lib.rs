@@ -9,8 +9,10 @@
 //! | [`model`] | `model.toml`: which ONNX file, outputs, preprocessing, labels; finding the shipped model |
 //! | [`input`] | payload bytes → input tensor (JPEG/PNG/raw f32/JSON, resize, crop, normalize) |
 //! | [`backbone`] | the only tract module: load, fix shape, optimize, embed |
+//! | [`bench`] | `adaptd bench`: backbone latency and load time |
 //! | [`pipeline`] | payload → embedding (input + backbone) |
 //! | [`head`] | streaming linear heads, snapshots, merge, head file format |
+//! | [`eval`] | `adaptd eval`: the learning benchmark (datasets, embedding cache, prequential runs, reports) |
 //! | [`samples`] | stored labeled embeddings (per-class reservoirs) for retraining |
 //! | [`store`] | the state directory: write-ahead log, atomic snapshots, kept heads |
 //! | [`service`] | topics, request decoding, inference workers, error replies |
@@ -21,11 +23,13 @@
 //! | [`error`] | request errors with stable codes |
 //! | [`daemon`] | `adaptd run`: wiring, systemd notify/watchdog, orderly shutdown |
 pub mod backbone;
+pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod error;
+pub mod eval;
 pub mod head;
 pub mod input;
 pub mod learner;

@@ -24,6 +24,22 @@ fn main() -> std::process::ExitCode {
             .map(|s| println!("{s:#?}"))
             .map_err(Into::into),
         Command::Inspect { model, json } => cli::inspect(model, *json),
+        Command::Bench {
+            model,
+            input,
+            runs,
+            warmup,
+            threads,
+            json,
+        } => cli::bench(
+            model.as_deref(),
+            input.as_deref(),
+            *runs,
+            *warmup,
+            *threads,
+            *json,
+        ),
+        Command::Eval(a) => cli::eval(a),
         Command::Embed(a) => cli::embed(a),
         Command::Classify(a) => cli::classify(a),
     };

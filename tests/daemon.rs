@@ -138,6 +138,7 @@ async fn learns_predicts_takes_feedback_publishes_and_rolls_back() {
     info(&c, &root, |i| i["head"]["samples"] == 10).await;
     c.publish(&format!("{root}/cmd/snapshot"), "").await;
     c.wait_count(&format!("{root}/result"), 2).await;
+    c.clear();
     c.publish(
         &format!("{root}/cmd/rollback"),
         format!("{{\"version\": {snap_version}}}"),
@@ -157,6 +158,32 @@ async fn learns_predicts_takes_feedback_publishes_and_rolls_back() {
     let i = info(&c, &root, |i| i["head"]["samples"] == 9).await;
     assert_eq!(class_counts(&i).get("cup"), Some(&4));
 
+    // Switch the learner: retrained from the stored samples, predictions still follow.
+    c.publish(&format!("{root}/cmd/algorithm"), "slda").await;
+    let r = c
+        .wait_for(&format!("{root}/result"), |m| {
+            m.json()["command"] == "algorithm"
+        })
+        .await
+        .json();
+    assert_eq!(
+        r["retrained_samples"], 10,
+        "stored samples include the rolled-back one: {r}"
+    );
+    let i = info(&c, &root, |i| i["head"]["algorithm"] == "slda").await;
+    assert_eq!(i["head"]["samples"], 10);
+    c.publish(&format!("{root}/infer"), ask("c6", &cats[5]))
+        .await;
+    let p = c
+        .wait_for(&format!("{root}/prediction"), |m| m.json()["id"] == "c6")
+        .await;
+    assert_eq!(label_of(&p), "cat");
+    // Forget a class.
+    c.clear();
+    c.publish(&format!("{root}/cmd/forget"), "person").await;
+    let i = info(&c, &root, |i| !class_counts(i).contains_key("person")).await;
+    assert_eq!(class_counts(&i).len(), 2);
+
     // A clean stop publishes offline; a restart keeps the head.
     assert!(d.stop(), "clean exit");
     c.wait_for(&format!("{root}/status"), |m| m.payload == b"offline")
@@ -166,7 +193,8 @@ async fn learns_predicts_takes_feedback_publishes_and_rolls_back() {
     c.wait_for(&format!("{root}/status"), |m| m.payload == b"online")
         .await;
     let i = info(&c, &root, |i| i["head"]["samples"] == 9).await;
-    assert_eq!(class_counts(&i).get("person"), Some(&1));
+    assert_eq!(i["head"]["algorithm"], "slda");
+    assert!(!class_counts(&i).contains_key("person"));
     c.publish(&format!("{root}/infer"), cats[5].clone()).await;
     let p = c.wait_for(&format!("{root}/prediction"), |_| true).await;
     assert_eq!(label_of(&p), "cat");

@@ -1,0 +1,327 @@
+//! Datasets for `adaptd eval`: folder-per-class discovery, the seeded stratified split, the
+//! seeded stream order, and the portable random generator behind both.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use super::npy;
+
+/// Image file extensions embedded through the backbone (case-insensitive).
+pub const IMAGE_EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
+
+/// Embedding file extensions read as vectors (case-insensitive).
+pub const VECTOR_EXTENSIONS: [&str; 2] = ["npy", "csv"];
+
+/// Where a sample comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Origin {
+    /// An image to embed.
+    Image(PathBuf),
+    /// A precomputed embedding (one row of an `.npy` or `.csv` file).
+    Vector(Vec<f32>),
+}
+
+/// One labeled sample before embedding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Item {
+    /// The class label (the folder name).
+    pub label: String,
+    /// The file, with `#row` for multi-vector files; for messages and ordering.
+    pub id: String,
+    /// Image or vector.
+    pub origin: Origin,
+}
+
+/// What a folder scan found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Samples, sorted by label then file then row.
+    pub items: Vec<Item>,
+    /// Files skipped because of their extension.
+    pub skipped: usize,
+}
+
+/// Reads a folder-per-class directory: every sub-folder is a class named after it; every image
+/// (`.jpg`, `.jpeg`, `.png`) or embedding file (`.npy`, `.csv`) below it (recursively) gives
+/// samples of that class. Hidden entries (starting with `.`) are ignored; other files are
+/// counted as skipped.
+pub fn scan(dir: &Path) -> Result<Scan> {
+    let mut scan = Scan::default();
+    let mut classes: Vec<(String, PathBuf)> = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        if entry.path().is_dir() {
+            crate::head::validate_label(&name).with_context(|| {
+                format!(
+                    "class folder {} is not a valid label",
+                    entry.path().display()
+                )
+            })?;
+            classes.push((name, entry.path()));
+        } else {
+            scan.skipped += 1;
+        }
+    }
+    classes.sort();
+    anyhow::ensure!(
+        !classes.is_empty(),
+        "{} has no class folders (expected DIR/<label>/<files>)",
+        dir.display()
+    );
+    for (label, path) in classes {
+        let mut files = Vec::new();
+        collect_files(&path, &mut files, &mut scan.skipped)?;
+        files.sort();
+        for file in files {
+            let ext = npy::extension(&file).unwrap_or_default();
+            let id = file.display().to_string();
+            if IMAGE_EXTENSIONS.contains(&ext.as_str()) {
+                scan.items.push(Item {
+                    label: label.clone(),
+                    id,
+                    origin: Origin::Image(file),
+                });
+            } else {
+                let m = npy::read_vectors(&file)?;
+                let many = m.rows > 1;
+                for (row, v) in m.iter_rows().enumerate() {
+                    scan.items.push(Item {
+                        label: label.clone(),
+                        id: if many { format!("{id}#{row}") } else { id.clone() },
+                        origin: Origin::Vector(v.to_vec()),
+                    });
+                }
+            }
+        }
+    }
+    Ok(scan)
+}
+
+fn collect_files(dir: &Path, out: &mut Vec<PathBuf>, skipped: &mut usize) -> Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        if path.is_dir() {
+            collect_files(&path, out, skipped)?;
+            continue;
+        }
+        let ext = npy::extension(&path).unwrap_or_default();
+        if IMAGE_EXTENSIONS.contains(&ext.as_str()) || VECTOR_EXTENSIONS.contains(&ext.as_str()) {
+            out.push(path);
+        } else {
+            *skipped += 1;
+        }
+    }
+    Ok(())
+}
+
+/// SplitMix64: a tiny, portable generator (the same numbers on every platform and every
+/// version of this program), so that a seed names one split and one stream order everywhere.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator for `seed` and a purpose (`stream`), so that the split and the order drawn
+    /// from one seed are independent.
+    pub fn new(seed: u64, stream: u64) -> Rng {
+        let mut r = Rng(seed ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03));
+        r.next_u64();
+        r
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (unbiased; `n` > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        let threshold = n.wrapping_neg() % n;
+        loop {
+            let m = u128::from(self.next_u64()) * u128::from(n);
+            if (m as u64) >= threshold {
+                return (m >> 64) as u64;
+            }
+        }
+    }
+
+    /// Fisher–Yates shuffle.
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = self.below(i as u64 + 1) as usize;
+            v.swap(i, j);
+        }
+    }
+
+    /// A standard normal number (Box–Muller), for tests and synthetic data.
+    pub fn normal(&mut self) -> f64 {
+        let u = ((self.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+        let v = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    }
+}
+
+/// Stream ids for [`Rng::new`].
+pub const SPLIT_STREAM: u64 = 1;
+/// Stream id of the training order.
+pub const ORDER_STREAM: u64 = 2;
+
+/// Test samples of a class of `n`: `round(n · fraction)`, but at least one and leaving at
+/// least one for training when the class has two or more samples; none for a single sample.
+pub fn test_count(n: usize, fraction: f64) -> usize {
+    if n < 2 {
+        return 0;
+    }
+    let want = (n as f64 * fraction).round() as usize;
+    want.clamp(1, n - 1)
+}
+
+/// Seeded stratified split of samples labeled `labels` (class indices): per class, the samples
+/// are shuffled and the first [`test_count`] go to the test split. Returns the train and test
+/// indices, each in ascending order. The same labels, fraction and seed give the same split.
+pub fn stratified_split(labels: &[usize], fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let mut by_class: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (i, &c) in labels.iter().enumerate() {
+        by_class.entry(c).or_default().push(i);
+    }
+    let mut rng = Rng::new(seed, SPLIT_STREAM);
+    let (mut train, mut test) = (Vec::new(), Vec::new());
+    for members in by_class.values_mut() {
+        rng.shuffle(members);
+        let k = test_count(members.len(), fraction);
+        test.extend_from_slice(&members[..k]);
+        train.extend_from_slice(&members[k..]);
+    }
+    train.sort_unstable();
+    test.sort_unstable();
+    (train, test)
+}
+
+/// The seeded order in which the training samples are streamed: a permutation of `0..n`.
+pub fn stream_order(n: usize, seed: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    Rng::new(seed, ORDER_STREAM).shuffle(&mut order);
+    order
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rng_is_fixed_and_uniform() {
+        // Fixed numbers: the split of a seed must not change between versions or platforms.
+        let mut r = Rng::new(0, 0);
+        let first: Vec<u64> = (0..3).map(|_| r.next_u64()).collect();
+        let mut again = Rng::new(0, 0);
+        assert_eq!(first, (0..3).map(|_| again.next_u64()).collect::<Vec<_>>());
+        assert_ne!(Rng::new(0, 1).next_u64(), Rng::new(0, 2).next_u64());
+        assert_ne!(Rng::new(1, 1).next_u64(), Rng::new(0, 1).next_u64());
+        let mut counts = [0usize; 7];
+        let mut r = Rng::new(42, 0);
+        for _ in 0..70_000 {
+            counts[r.below(7) as usize] += 1;
+        }
+        assert!(counts.iter().all(|&c| (9_000..11_000).contains(&c)), "{counts:?}");
+        let mut v: Vec<usize> = (0..100).collect();
+        r.shuffle(&mut v);
+        let mut sorted = v.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..100).collect::<Vec<_>>());
+        assert_ne!(v, sorted);
+    }
+
+    #[test]
+    fn test_count_rules() {
+        assert_eq!(test_count(0, 0.3), 0);
+        assert_eq!(test_count(1, 0.3), 0);
+        assert_eq!(test_count(2, 0.3), 1);
+        assert_eq!(test_count(2, 0.9), 1);
+        assert_eq!(test_count(10, 0.3), 3);
+        assert_eq!(test_count(100, 0.25), 25);
+        assert_eq!(test_count(5, 0.01), 1);
+    }
+
+    #[test]
+    fn split_is_stratified_seeded_and_deterministic() {
+        // 3 classes of 11, 19 and 3 samples, interleaved.
+        let mut labels = Vec::new();
+        for i in 0..33 {
+            labels.push(match i % 3 {
+                0 if i < 9 => 2,
+                0 | 1 => 1,
+                _ => 0,
+            });
+        }
+        let count = |idx: &[usize], c: usize| idx.iter().filter(|&&i| labels[i] == c).count();
+        let (train, test) = stratified_split(&labels, 0.3, 7);
+        for c in 0..3 {
+            let n = labels.iter().filter(|&&l| l == c).count();
+            assert_eq!(count(&test, c), test_count(n, 0.3), "class {c}");
+            assert_eq!(count(&train, c) + count(&test, c), n);
+        }
+        let mut all: Vec<usize> = train.iter().chain(&test).copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..labels.len()).collect::<Vec<_>>());
+        assert!(train.windows(2).all(|w| w[0] < w[1]));
+        // Same seed, same split; another seed, another split.
+        assert_eq!(stratified_split(&labels, 0.3, 7), (train.clone(), test.clone()));
+        assert_ne!(stratified_split(&labels, 0.3, 8).1, test);
+    }
+
+    #[test]
+    fn stream_order_is_a_seeded_permutation() {
+        let a = stream_order(50, 3);
+        assert_eq!(a, stream_order(50, 3));
+        assert_ne!(a, stream_order(50, 4));
+        let mut s = a.clone();
+        s.sort_unstable();
+        assert_eq!(s, (0..50).collect::<Vec<_>>());
+        assert!(stream_order(0, 1).is_empty());
+    }
+
+    #[test]
+    fn scans_folder_per_class() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("b/sub")).unwrap();
+        std::fs::create_dir_all(root.join("a")).unwrap();
+        std::fs::create_dir_all(root.join(".hidden")).unwrap();
+        std::fs::write(root.join("a/x.csv"), "1,2\n3,4\n").unwrap();
+        std::fs::write(root.join("b/sub/y.npy"), npy::encode_f32(1, 2, &[5.0, 6.0])).unwrap();
+        std::fs::write(root.join("b/z.PNG"), b"not really a png").unwrap();
+        std::fs::write(root.join("b/notes.txt"), "ignored").unwrap();
+        std::fs::write(root.join("README"), "ignored").unwrap();
+        let s = scan(root).unwrap();
+        assert_eq!(s.skipped, 2);
+        let labels: Vec<&str> = s.items.iter().map(|i| i.label.as_str()).collect();
+        assert_eq!(labels, ["a", "a", "b", "b"]);
+        assert_eq!(s.items[1].origin, Origin::Vector(vec![3.0, 4.0]));
+        assert!(s.items[1].id.ends_with("x.csv#1"));
+        assert!(matches!(s.items[2].origin, Origin::Vector(_)));
+        assert!(matches!(s.items[3].origin, Origin::Image(_)));
+        // A malformed embedding file is an error naming the file.
+        std::fs::write(root.join("a/bad.csv"), "1,2\n3\n").unwrap();
+        let err = format!("{:#}", scan(root).unwrap_err());
+        assert!(err.contains("bad.csv"), "{err}");
+        // Invalid labels and empty roots are errors.
+        let dir2 = tempfile::tempdir().unwrap();
+        assert!(scan(dir2.path()).is_err());
+        std::fs::create_dir_all(dir2.path().join("a+b")).unwrap();
+        assert!(scan(dir2.path()).is_err());
+        assert!(scan(&dir2.path().join("missing")).is_err());
+    }
+}
