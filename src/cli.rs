@@ -68,7 +68,7 @@ pub enum Command {
     },
     /// Benchmark the learners on a labeled dataset: accuracy, few-shot and prequential
     /// accuracy, costs, head size, learning curves.
-    Eval(EvalArgs),
+    Eval(Box<EvalArgs>),
     /// Print the embedding of each image.
     Embed(ImageArgs),
     /// Print the top-5 labels of each image through the model's logits.

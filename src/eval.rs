@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 
-use crate::head::Algorithm;
+use crate::head::{Algorithm, HeadConfig};
 use bench::{Data, Plan};
 use data::{Item, Origin};
 use embed::{Cache, EmbedStats, ModelId};
@@ -99,6 +99,11 @@ pub struct EvalArgs {
     /// reach this fraction of all samples seen (0: after every sample; ncm/sgd always do).
     #[arg(long, default_value_t = 0.05)]
     pub refresh_growth: f64,
+    /// Head settings (TOML: the fields of the daemon's `[head]` section, at the top level or
+    /// in a `[head]` table); `algorithm` and `standardize` are ignored (see --learners,
+    /// --standardize). Default: the daemon's defaults.
+    #[arg(long, value_name = "FILE.toml")]
+    pub head_config: Option<PathBuf>,
     /// Dataset name in the report; default: the folder name.
     #[arg(long)]
     pub name: Option<String>,
@@ -302,7 +307,10 @@ fn export(dir: &Path, name: &str, data: &Data, args: &EvalArgs, backbone: &str) 
         std::fs::write(&p, bytes).with_context(|| format!("writing {}", p.display()))
     };
     for (split, samples) in [("train", &data.train), ("test", &data.test)] {
-        let x: Vec<f32> = samples.iter().flat_map(|(x, _)| x.iter().copied()).collect();
+        let x: Vec<f32> = samples
+            .iter()
+            .flat_map(|(x, _)| x.iter().copied())
+            .collect();
         let y: Vec<i64> = samples.iter().map(|(_, y)| *y as i64).collect();
         write(
             &format!("{split}_x.npy"),
@@ -310,7 +318,10 @@ fn export(dir: &Path, name: &str, data: &Data, args: &EvalArgs, backbone: &str) 
         )?;
         write(&format!("{split}_y.npy"), npy::encode_i64(&y))?;
     }
-    write("classes.txt", format!("{}\n", data.classes.join("\n")).into_bytes())?;
+    write(
+        "classes.txt",
+        format!("{}\n", data.classes.join("\n")).into_bytes(),
+    )?;
     let meta = serde_json::json!({
         "dataset": name,
         "dim": data.dim,
@@ -326,6 +337,25 @@ fn export(dir: &Path, name: &str, data: &Data, args: &EvalArgs, backbone: &str) 
     Ok(())
 }
 
+/// Reads `--head-config`: `HeadConfig` fields at the top level or in a `[head]` table.
+fn read_head_config(path: &Path) -> Result<HeadConfig> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    parse_head_config(&text).with_context(|| format!("reading {}", path.display()))
+}
+
+fn parse_head_config(text: &str) -> Result<HeadConfig> {
+    let mut value: toml::Table = toml::from_str(text)?;
+    let table = match value.remove("head") {
+        Some(toml::Value::Table(t)) => t,
+        Some(_) => anyhow::bail!("[head] is not a table"),
+        None => value,
+    };
+    let config: HeadConfig = toml::Value::Table(table).try_into()?;
+    config.validate()?;
+    Ok(config)
+}
+
 /// `adaptd eval`.
 pub fn run(args: &EvalArgs) -> Result<()> {
     anyhow::ensure!(!args.learners.is_empty(), "--learners is empty");
@@ -333,6 +363,10 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         args.refresh_growth.is_finite() && args.refresh_growth >= 0.0,
         "--refresh-growth must be ≥ 0"
     );
+    let head = match &args.head_config {
+        Some(p) => read_head_config(p)?,
+        None => HeadConfig::default(),
+    };
     let baseline = args.baseline.as_deref().map(Baseline::read).transpose()?;
     let (name, data, stats, backbone) = load(args)?;
     if let Some(b) = &baseline {
@@ -346,6 +380,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         curve_points: args.curve_points,
         refresh_growth: args.refresh_growth,
         backbone_sha256: backbone.clone(),
+        head: head.clone(),
     };
     let mut results = Vec::new();
     let mut learners: Vec<Algorithm> = Vec::new();
@@ -384,6 +419,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         seed: args.seed,
         backbone_sha256: backbone,
         embedding: stats,
+        head_config: head,
         baseline,
         results,
     };
@@ -440,9 +476,21 @@ mod tests {
     fn parses_arguments() {
         let a = args(&["--data", "d"]);
         assert_eq!(a.learners, Algorithm::ALL.to_vec());
-        assert_eq!((a.test_fraction, a.seed, a.standardize), (0.3, 0, Standardize::No));
+        assert_eq!(
+            (a.test_fraction, a.seed, a.standardize),
+            (0.3, 0, Standardize::No)
+        );
         assert_eq!(a.shots, vec![1, 5, 10]);
-        let a = args(&["--train", "a", "--test", "b", "--learners", "sgd,ncm", "--standardize", "both"]);
+        let a = args(&[
+            "--train",
+            "a",
+            "--test",
+            "b",
+            "--learners",
+            "sgd,ncm",
+            "--standardize",
+            "both",
+        ]);
         assert_eq!(a.learners, vec![Algorithm::Sgd, Algorithm::Ncm]);
         assert_eq!(a.standardize.variants(), &[false, true]);
         let bad = |v: &[&str]| {
@@ -495,14 +543,32 @@ mod tests {
         ]);
         let (_, d, _, _) = load(&g).unwrap();
         assert_eq!((d.train.len(), d.test.len()), (90, 90));
-        let r = bench::run(&d, Algorithm::Slda, false, &Plan {
-            shots: vec![1],
-            curve_points: 5,
-            refresh_growth: 0.05,
-            backbone_sha256: NO_BACKBONE.into(),
-        })
+        let r = bench::run(
+            &d,
+            Algorithm::Slda,
+            false,
+            &Plan {
+                shots: vec![1],
+                curve_points: 5,
+                refresh_growth: 0.05,
+                backbone_sha256: NO_BACKBONE.into(),
+                head: HeadConfig::default(),
+            },
+        )
         .unwrap();
         assert!(r.accuracy > 0.95, "{}", r.accuracy);
+    }
+
+    #[test]
+    fn head_config_files() {
+        let c = parse_head_config("ridge_lambda = 100.0\n").unwrap();
+        assert_eq!(c.ridge_lambda, 100.0);
+        let c = parse_head_config("[head]\nslda_shrinkage = 0.1\n[other]\nx = 1\n").unwrap();
+        assert_eq!(c.slda_shrinkage, 0.1);
+        assert!(parse_head_config("ridge_lambda = -1.0\n").is_err());
+        assert!(parse_head_config("no_such_field = 1\n").is_err());
+        assert!(parse_head_config("head = 3\n").is_err());
+        assert!(parse_head_config("not toml [").is_err());
     }
 
     #[test]
@@ -515,7 +581,12 @@ mod tests {
         let a = args(&["--data", dir.path().to_str().unwrap()]);
         let err = format!("{:#}", load(&a).err().unwrap());
         assert!(err.contains("different dimensions"), "{err}");
-        let bad_fraction = args(&["--data", dir.path().to_str().unwrap(), "--test-fraction", "1"]);
+        let bad_fraction = args(&[
+            "--data",
+            dir.path().to_str().unwrap(),
+            "--test-fraction",
+            "1",
+        ]);
         assert!(load(&bad_fraction).is_err());
     }
 }

@@ -37,6 +37,8 @@ pub struct Plan {
     pub refresh_growth: f64,
     /// Backbone hash recorded in the heads.
     pub backbone_sha256: String,
+    /// Head settings; `algorithm` and `standardize` are set per run.
+    pub head: HeadConfig,
 }
 
 /// Median and mean of a set of timings.
@@ -181,11 +183,16 @@ impl Scorer {
 }
 
 /// Runs one learner over the data.
-pub fn run(data: &Data, algorithm: Algorithm, standardize: bool, plan: &Plan) -> Result<LearnerResult> {
+pub fn run(
+    data: &Data,
+    algorithm: Algorithm,
+    standardize: bool,
+    plan: &Plan,
+) -> Result<LearnerResult> {
     let config = HeadConfig {
         algorithm,
         standardize,
-        ..HeadConfig::default()
+        ..plan.head.clone()
     };
     let index: HashMap<&str, usize> = data
         .classes
@@ -352,6 +359,7 @@ mod tests {
             curve_points: 20,
             refresh_growth: 0.05,
             backbone_sha256: "0".repeat(64),
+            head: HeadConfig::default(),
         }
     }
 
@@ -381,7 +389,11 @@ mod tests {
         for algorithm in Algorithm::ALL {
             for standardize in [false, true] {
                 let r = run(&d, algorithm, standardize, &plan()).unwrap();
-                assert!(r.accuracy >= 0.95, "{algorithm} {standardize}: {}", r.accuracy);
+                assert!(
+                    r.accuracy >= 0.95,
+                    "{algorithm} {standardize}: {}",
+                    r.accuracy
+                );
                 // 120 training samples, 4 of them necessarily wrong (first of each class).
                 assert!(
                     r.prequential_accuracy >= 0.85,
@@ -425,7 +437,14 @@ mod tests {
         p.shots = vec![1, 100];
         let r = run(&d, Algorithm::Ncm, false, &p).unwrap();
         assert!(r.accuracy < 1.0);
-        assert_eq!(r.shots[1], Shot { k: 100, samples: None, accuracy: None });
+        assert_eq!(
+            r.shots[1],
+            Shot {
+                k: 100,
+                samples: None,
+                accuracy: None
+            }
+        );
         assert!(r.shots[0].samples.is_some());
     }
 
@@ -438,7 +457,11 @@ mod tests {
         assert_eq!(every.prequential_refreshes, 120);
         p.refresh_growth = 0.25;
         let sparse = run(&d, Algorithm::Ridge, false, &p).unwrap();
-        assert!(sparse.prequential_refreshes < 60, "{}", sparse.prequential_refreshes);
+        assert!(
+            sparse.prequential_refreshes < 60,
+            "{}",
+            sparse.prequential_refreshes
+        );
         assert_eq!(sparse.accuracy, every.accuracy);
     }
 }

@@ -93,7 +93,11 @@ pub fn scan(dir: &Path) -> Result<Scan> {
                 for (row, v) in m.iter_rows().enumerate() {
                     scan.items.push(Item {
                         label: label.clone(),
-                        id: if many { format!("{id}#{row}") } else { id.clone() },
+                        id: if many {
+                            format!("{id}#{row}")
+                        } else {
+                            id.clone()
+                        },
                         origin: Origin::Vector(v.to_vec()),
                     });
                 }
@@ -235,7 +239,10 @@ mod tests {
         for _ in 0..70_000 {
             counts[r.below(7) as usize] += 1;
         }
-        assert!(counts.iter().all(|&c| (9_000..11_000).contains(&c)), "{counts:?}");
+        assert!(
+            counts.iter().all(|&c| (9_000..11_000).contains(&c)),
+            "{counts:?}"
+        );
         let mut v: Vec<usize> = (0..100).collect();
         r.shuffle(&mut v);
         let mut sorted = v.clone();
@@ -278,7 +285,10 @@ mod tests {
         assert_eq!(all, (0..labels.len()).collect::<Vec<_>>());
         assert!(train.windows(2).all(|w| w[0] < w[1]));
         // Same seed, same split; another seed, another split.
-        assert_eq!(stratified_split(&labels, 0.3, 7), (train.clone(), test.clone()));
+        assert_eq!(
+            stratified_split(&labels, 0.3, 7),
+            (train.clone(), test.clone())
+        );
         assert_ne!(stratified_split(&labels, 0.3, 8).1, test);
     }
 

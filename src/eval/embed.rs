@@ -81,7 +81,9 @@ impl Cache {
     }
 
     fn path(&self, key: &str) -> PathBuf {
-        self.dir.join(&key[..2.min(key.len())]).join(format!("{key}.f32"))
+        self.dir
+            .join(&key[..2.min(key.len())])
+            .join(format!("{key}.f32"))
     }
 
     /// The cached embedding, if present and well-formed (a corrupt entry is a miss).

@@ -391,7 +391,10 @@ mod tests {
         let m = parse_npy(&npy("<f4", true, "(2, 3)", &f4(&[1., 4., 2., 5., 3., 6.]))).unwrap();
         assert_eq!(m.data, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
         // Big-endian.
-        let be: Vec<u8> = [1.5f32, -2.0].iter().flat_map(|x| x.to_be_bytes()).collect();
+        let be: Vec<u8> = [1.5f32, -2.0]
+            .iter()
+            .flat_map(|x| x.to_be_bytes())
+            .collect();
         let m = parse_npy(&npy(">f4", false, "(2,)", &be)).unwrap();
         assert_eq!(m.data, vec![1.5, -2.0]);
     }

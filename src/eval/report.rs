@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::bench::LearnerResult;
 use super::embed::EmbedStats;
+use crate::head::HeadConfig;
 
 /// Offline baselines written by `scripts/ref_offline.py`.
 #[derive(Debug, Clone, Serialize)]
@@ -31,8 +32,8 @@ impl Baseline {
                 .and_then(serde_json::Value::as_f64)
                 .filter(|a| (0.0..=1.0).contains(a))
         };
-        let logreg =
-            acc("logreg").context("no logreg.accuracy in [0, 1] (expected ref_offline.py output)")?;
+        let logreg = acc("logreg")
+            .context("no logreg.accuracy in [0, 1] (expected ref_offline.py output)")?;
         Ok(Baseline {
             logreg,
             ridge: acc("ridge"),
@@ -90,6 +91,8 @@ pub struct Report {
     /// Image embedding statistics, when the dataset had images.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub embedding: Option<EmbedStats>,
+    /// Head settings (`algorithm` and `standardize` vary per result).
+    pub head_config: HeadConfig,
     /// The offline baselines, when given.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub baseline: Option<Baseline>,
@@ -127,7 +130,10 @@ impl Report {
             .first()
             .map(|r| r.shots.iter().map(|s| s.k).collect())
             .unwrap_or_default();
-        let mut header = format!("{:<8} {:<4} {:>8} {:>8}", "learner", "std", "accuracy", "/logreg");
+        let mut header = format!(
+            "{:<8} {:<4} {:>8} {:>8}",
+            "learner", "std", "accuracy", "/logreg"
+        );
         for k in &shots {
             let _ = write!(header, " {:>8}", format!("{k}/class"));
         }
@@ -214,7 +220,7 @@ pub fn plot_svg(report: &Report) -> String {
     );
     // Grid and y ticks.
     let step = if 1.0 - y_min > 0.5 { 0.2 } else { 0.1 };
-    let mut y = y_min;
+    let mut y = (y_min / step - 1e-9).ceil() * step;
     while y <= 1.0 + 1e-9 {
         let py = y_of(y);
         let _ = writeln!(
@@ -260,15 +266,15 @@ pub fn plot_svg(report: &Report) -> String {
         r#"<text transform="translate(18 {}) rotate(-90)" text-anchor="middle">test accuracy</text>"#,
         (top + bottom) / 2.0
     );
-    // Legend entries: (label, color, dashed).
-    let mut legend: Vec<(String, &str, bool)> = Vec::new();
+    // Legend entries: (label, color, dash pattern or "").
+    let mut legend: Vec<(String, &str, &str)> = Vec::new();
     if let Some(b) = &report.baseline {
         let py = y_of(b.logreg);
         let _ = writeln!(
             s,
             r##"<line x1="{left}" y1="{py:.1}" x2="{right}" y2="{py:.1}" stroke="#555" stroke-width="1.5" stroke-dasharray="2 3"/>"##
         );
-        legend.push((format!("offline logreg {:.3}", b.logreg), "#555", true));
+        legend.push((format!("offline logreg {:.3}", b.logreg), "#555", "2 3"));
     }
     for r in &report.results {
         let c = color(&r.learner);
@@ -300,15 +306,15 @@ pub fn plot_svg(report: &Report) -> String {
         } else {
             format!("{} {:.3}", r.learner, r.accuracy)
         };
-        legend.push((name, c, r.standardize));
+        legend.push((name, c, if r.standardize { "6 4" } else { "" }));
     }
     for (i, (label, c, dashed)) in legend.iter().enumerate() {
         let ly = top + 10.0 + 20.0 * i as f64;
         let lx = right + 16.0;
-        let dash = if *dashed {
-            r#" stroke-dasharray="6 4""#
+        let dash = if dashed.is_empty() {
+            String::new()
         } else {
-            ""
+            format!(r#" stroke-dasharray="{dashed}""#)
         };
         let _ = writeln!(
             s,
@@ -374,7 +380,10 @@ mod tests {
             seed: 0,
             backbone_sha256: "0".repeat(64),
             embedding: None,
-            baseline: Some(Baseline::parse(r#"{"logreg": {"accuracy": 0.947, "C": 1.0}}"#).unwrap()),
+            head_config: HeadConfig::default(),
+            baseline: Some(
+                Baseline::parse(r#"{"logreg": {"accuracy": 0.947, "C": 1.0}}"#).unwrap(),
+            ),
             results: vec![result("ncm", false), result("sgd", true)],
         }
     }
@@ -395,8 +404,12 @@ mod tests {
         let r = report();
         let t = r.table();
         assert!(t.contains("logistic regression 0.947"), "{t}");
-        assert!(t.lines().any(|l| l.starts_with("ncm ") && l.contains("0.950")));
-        assert!(t.lines().any(|l| l.starts_with("sgd ") && l.contains("yes")));
+        assert!(t
+            .lines()
+            .any(|l| l.starts_with("ncm ") && l.contains("0.950")));
+        assert!(t
+            .lines()
+            .any(|l| l.starts_with("sgd ") && l.contains("yes")));
         assert!(t.contains("1/class"));
         let v: serde_json::Value = serde_json::to_value(&r).unwrap();
         assert_eq!(v["results"][0]["learner"], "ncm");
