@@ -39,8 +39,8 @@ pub enum Command {
     },
     /// Describe an ONNX model: inputs, outputs, shapes, operator histogram, SHA-256.
     Inspect {
-        /// The .onnx file, or a model directory with a model.toml.
-        model: PathBuf,
+        /// The .onnx file, or a model directory with a model.toml; default: the shipped model.
+        model: Option<PathBuf>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -124,11 +124,10 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
 }
 
 /// `adaptd inspect`.
-pub fn inspect(model: &Path, json: bool) -> Result<()> {
-    let onnx = if model.is_dir() {
-        ModelDir::load(model)?.onnx_path()
-    } else {
-        model.to_path_buf()
+pub fn inspect(model: Option<&Path>, json: bool) -> Result<()> {
+    let onnx = match model {
+        Some(m) if !m.is_dir() => m.to_path_buf(),
+        other => model_dir(other)?.onnx_path(),
     };
     let report = backbone::inspect(&onnx)?;
     if json {

@@ -9,7 +9,9 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ADAPTD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // rumqttd (the embedded broker) logs every connection at INFO and our own
+                // readiness probe as an ERROR: silent unless asked for (ADAPTD_LOG=rumqttd=info).
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -23,7 +25,7 @@ fn main() -> std::process::ExitCode {
         Command::Config { config, .. } => Settings::load(config.as_deref())
             .map(|s| println!("{s:#?}"))
             .map_err(Into::into),
-        Command::Inspect { model, json } => cli::inspect(model, *json),
+        Command::Inspect { model, json } => cli::inspect(model.as_deref(), *json),
         Command::Bench {
             model,
             input,
