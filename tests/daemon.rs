@@ -231,7 +231,7 @@ async fn kill9_loses_no_acknowledged_sample_and_learns_redeliveries_once() {
     d.restart();
     // Everything sent ends up in the head exactly once: the acknowledged ones from the WAL, the
     // rest redelivered by the broker's persistent session (duplicates dropped).
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let deadline = std::time::Instant::now() + common::wait_bound();
     let i = loop {
         let infos = c.on(&format!("{root}/info"));
         if let Some(m) = infos
@@ -483,7 +483,7 @@ async fn embedded_broker_serves_alone() {
     );
     let root = d.root();
     // The broker comes up with the daemon; connect once it listens.
-    let deadline = std::time::Instant::now() + common::WAIT;
+    let deadline = std::time::Instant::now() + common::wait_bound();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
             std::time::Instant::now() < deadline,

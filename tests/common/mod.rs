@@ -11,8 +11,15 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
-/// Generous bound for anything to happen (no test asserts durations).
-pub const WAIT: Duration = Duration::from_secs(120);
+/// Generous bound for anything to happen (no test asserts durations): 120 s, or
+/// `ADAPTD_TEST_WAIT_SECS` (scripts/arm-check raises it: under qemu the backbone is ~100× slower).
+pub fn wait_bound() -> Duration {
+    let secs = std::env::var("ADAPTD_TEST_WAIT_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(120);
+    Duration::from_secs(secs)
+}
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
@@ -74,7 +81,7 @@ impl Mosquitto {
             .spawn()
             .expect("mosquitto (apt-get install mosquitto)");
         self.child = Some(child);
-        let deadline = Instant::now() + WAIT;
+        let deadline = Instant::now() + wait_bound();
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(Instant::now() < deadline, "mosquitto did not start");
             std::thread::sleep(Duration::from_millis(50));
@@ -185,7 +192,7 @@ impl Daemon {
         unsafe {
             libc::kill(c.id() as i32, libc::SIGTERM);
         }
-        let deadline = Instant::now() + WAIT;
+        let deadline = Instant::now() + wait_bound();
         loop {
             if let Ok(Some(status)) = c.try_wait() {
                 return status.success();
@@ -296,7 +303,7 @@ impl Client {
                 puback,
             };
         }
-        tokio::time::timeout(WAIT, ready_rx)
+        tokio::time::timeout(wait_bound(), ready_rx)
             .await
             .expect("subscribed in time")
             .expect("subscribed");
@@ -335,7 +342,7 @@ impl Client {
 
     /// Waits until a message on `topic` satisfies `pred`; returns it.
     pub async fn wait_for(&self, topic: &str, pred: impl Fn(&Msg) -> bool) -> Msg {
-        let deadline = Instant::now() + WAIT;
+        let deadline = Instant::now() + wait_bound();
         loop {
             if let Some(m) = self.on(topic).into_iter().find(|m| pred(m)) {
                 return m;
@@ -357,7 +364,7 @@ impl Client {
 
     /// Waits until `n` messages arrived on `topic`.
     pub async fn wait_count(&self, topic: &str, n: usize) -> Vec<Msg> {
-        let deadline = Instant::now() + WAIT;
+        let deadline = Instant::now() + wait_bound();
         loop {
             let got = self.on(topic);
             if got.len() >= n {
