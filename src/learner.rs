@@ -25,6 +25,8 @@ use crate::store::{LearnRecord, Recovered, SnapshotData, Store};
 const DEDUP_KEYS: usize = 8192;
 /// Most learn messages committed with one fsync.
 const BATCH: usize = 64;
+/// Longest a prepared sample waits for its fsync and acknowledgement within a batch.
+const COMMIT_EVERY: Duration = Duration::from_millis(500);
 /// Largest head file accepted by import/merge/rollback.
 const MAX_HEAD_BYTES: usize = 64 * 1024 * 1024;
 /// Format tag of snapshots.
@@ -247,7 +249,17 @@ impl Learner {
                 }
             }
             let mut pending = Vec::new();
+            let mut since_commit = Instant::now();
             for m in batch {
+                // On a slow board a batch of embeddings takes long: commit (fsync + ack) what
+                // is ready at least every COMMIT_EVERY instead of only at the end.
+                if !pending.is_empty() && since_commit.elapsed() >= COMMIT_EVERY {
+                    self.commit(std::mem::take(&mut pending));
+                    since_commit = Instant::now();
+                }
+                // Progress per message, not per batch: a backlog of slow embeddings on a board
+                // must not starve the watchdog.
+                self.heartbeat.fetch_add(1, Ordering::Relaxed);
                 match m {
                     LearnerMsg::Stop => stop = true,
                     LearnerMsg::Job(job) => {

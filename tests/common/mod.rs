@@ -168,6 +168,8 @@ impl Daemon {
             .arg("run")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("ADAPTD_LOG", "info")
+            // A test knob, not a config key: adaptd refuses unknown ADAPTD_* variables.
+            .env_remove("ADAPTD_TEST_WAIT_SECS")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
