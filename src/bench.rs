@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::backbone::{self, Backbone};
 use crate::model::ModelDir;
+use crate::stats::quantile;
 
 /// One benchmark result.
 #[derive(Debug, Serialize)]
@@ -63,7 +64,7 @@ pub fn backbone(
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
     times.sort_by(f64::total_cmp);
-    let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+    let at = |q: f64| quantile(&times, q);
     Ok(BenchReport {
         runtime: "tract",
         version: backbone::TRACT_VERSION,

@@ -221,22 +221,10 @@ pub struct Settings {
     pub sources: Vec<SourceSettings>,
 }
 
-/// Validates a label or device id for use in topics: 1..=64 bytes, no `+`, `#`, `/`, NUL or
-/// control characters.
+/// Validates a device id (or other name used in topics) with the same rule as class labels
+/// ([`crate::head::validate_label`]): 1..=64 bytes, no `+`, `#`, `/`, NUL or control characters.
 pub fn validate_name(kind: &str, s: &str) -> Result<(), String> {
-    if s.is_empty() {
-        return Err(format!("{kind} is empty"));
-    }
-    if s.len() > 64 {
-        return Err(format!("{kind} is {} bytes long (at most 64)", s.len()));
-    }
-    if let Some(c) = s
-        .chars()
-        .find(|c| matches!(c, '+' | '#' | '/') || c.is_control())
-    {
-        return Err(format!("{kind} contains the forbidden character {c:?}"));
-    }
-    Ok(())
+    crate::head::validate_label(s).map_err(|e| format!("{kind}: {e}"))
 }
 
 // ---------------------------------------------------------------- loading

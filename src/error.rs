@@ -17,8 +17,6 @@ pub enum RequestError {
     BadJson(String),
     #[error("invalid request: {0}")]
     BadRequest(String),
-    #[error("invalid label: {0}")]
-    BadLabel(String),
     #[error("no class {0:?}")]
     UnknownLabel(String),
     #[error("no recent prediction has id {0:?} (it may have left the feedback ring)")]
@@ -44,7 +42,6 @@ impl RequestError {
             RequestError::TooLarge { .. } => "too_large",
             RequestError::BadJson(_) => "bad_json",
             RequestError::BadRequest(_) => "bad_request",
-            RequestError::BadLabel(_) => "bad_label",
             RequestError::UnknownId(_) => "unknown_id",
             RequestError::UnknownLabel(_) => "unknown_label",
             RequestError::UnknownCommand(_) => "unknown_command",

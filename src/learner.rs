@@ -12,6 +12,7 @@ use rumqttc::{Publish, QoS};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+use crate::cbor::{Bytes, F32s};
 use crate::error::RequestError;
 use crate::head::{Algorithm, Expect, Head, HeadConfig};
 use crate::samples::SampleStore;
@@ -129,10 +130,10 @@ pub fn restore(
     let mut dedup = Dedup::default();
     let (mut head, mut samples) = match &rec.snapshot {
         Some(s) => {
-            let head = if s.head.is_empty() {
+            let head = if s.head.0.is_empty() {
                 Head::new(config, dim, sha256)
             } else {
-                Head::from_bytes(&s.head, &expect).map_err(|e| {
+                Head::from_bytes(&s.head.0, &expect).map_err(|e| {
                     anyhow::anyhow!(
                         "the state directory holds a head this model cannot use ({e}); \
                          restore the model it was trained with, or move the state directory \
@@ -140,7 +141,7 @@ pub fn restore(
                     )
                 })?
             };
-            let samples = SampleStore::from_bytes(&s.samples, dim, samples_budget, config.seed)
+            let samples = SampleStore::from_bytes(&s.samples.0, dim, samples_budget, config.seed)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             for k in &s.dedup {
                 dedup.insert(*k);
@@ -170,9 +171,9 @@ pub fn restore(
     }
     let replayed = rec.records.len();
     for r in rec.records {
-        head.update(&r.embedding, &r.label)
+        head.update(&r.embedding.0, &r.label)
             .map_err(|e| anyhow::anyhow!("replaying WAL record {}: {e}", r.seq))?;
-        samples.add(&r.label, &r.embedding);
+        samples.add(&r.label, &r.embedding.0);
         if let Some(k) = r.key {
             dedup.insert(k);
         }
@@ -408,64 +409,63 @@ impl Learner {
         if batch.is_empty() {
             return;
         }
-        let records: Vec<LearnRecord> = batch
-            .iter()
-            .map(|p| LearnRecord {
+        let mut records = Vec::with_capacity(batch.len());
+        let mut sources = Vec::with_capacity(batch.len());
+        for p in batch {
+            records.push(LearnRecord {
                 seq: self.store.next_seq(),
-                label: p.label.clone(),
-                embedding: p.embedding.clone(),
+                label: p.label,
+                embedding: F32s(p.embedding),
                 key: Some(p.key),
-            })
-            .collect();
+            });
+            sources.push((p.publish, p.id));
+        }
         if let Err(e) = self.store.append(&records) {
             // Not durable: no ack, so the broker redelivers after a restart.
             tracing::error!("write-ahead log append failed: {e}");
-            for p in &batch {
+            for (publish, id) in &sources {
                 self.shared.reply_error(
-                    &p.publish.topic,
-                    Some(&p.id),
+                    &publish.topic,
+                    Some(id),
                     &RequestError::Storage(std::io::Error::new(e.kind(), e.to_string())),
                 );
             }
             return;
         }
         let predictor = self.shared.predictor();
-        for p in batch {
-            self.shared.ack(&p.publish);
+        for (r, (publish, id)) in records.iter().zip(sources) {
+            self.shared.ack(&publish);
+            let x = &r.embedding.0;
             if !predictor.is_empty() {
-                if let Ok(pred) = predictor.predict(&p.embedding, 1) {
+                if let Ok(pred) = predictor.predict(x, 1) {
                     bump(&self.shared.stats.prequential_total);
-                    if pred.top.first().is_some_and(|s| s.label == p.label) {
+                    if pred.top.first().is_some_and(|s| s.label == r.label) {
                         bump(&self.shared.stats.prequential_correct);
                     }
                 }
             }
-            if let Err(e) = self.head.update(&p.embedding, &p.label) {
+            if let Err(e) = self.head.update(x, &r.label) {
                 // The record is in the WAL but the head refused it (e.g. class limit): the
                 // replay refuses it the same way. Report it.
                 self.shared
-                    .reply_error(&p.publish.topic, Some(&p.id), &RequestError::Head(e));
+                    .reply_error(&publish.topic, Some(&id), &RequestError::Head(e));
                 continue;
             }
-            self.samples.add(&p.label, &p.embedding);
-            self.dedup.insert(p.key);
+            self.samples.add(&r.label, x);
+            if let Some(k) = r.key {
+                self.dedup.insert(k);
+            }
             bump(&self.shared.stats.learned);
             self.since_snapshot += 1;
             self.unpublished += 1;
             self.head_dirty = true;
             self.predictor_stale = true;
-            let samples = self
-                .head
-                .classes()
-                .iter()
-                .find(|c| c.name == p.label)
-                .map_or(0, |c| c.samples);
-            let topic = self.shared.topics.learned.clone();
+            let samples = self.head.class_stats(&r.label).map_or(0, |c| c.count());
             self.shared.publish_json(
-                &topic,
+                &self.shared.topics.learned,
                 &json!({
-                    "id": p.id,
-                    "label": p.label,
+                    "id": id,
+                    "label": r.label,
                     "samples": samples,
                     "head_version": self.head.version(),
                 }),
@@ -486,8 +486,8 @@ impl Learner {
         let data = SnapshotData {
             format: SNAPSHOT_FORMAT.into(),
             last_seq: self.store.last_seq(),
-            head,
-            samples: self.samples.to_bytes(),
+            head: Bytes(head),
+            samples: Bytes(self.samples.to_bytes()),
             dedup: self.dedup.order.iter().copied().collect(),
         };
         self.store.snapshot(&data, self.head.version())?;
@@ -507,17 +507,18 @@ impl Learner {
     fn publish_head_and_info(&mut self) {
         match self.head.to_bytes() {
             Ok(bytes) => {
-                let topic = self.shared.topics.head.clone();
-                if !self.shared.publish(&topic, QoS::AtLeastOnce, true, bytes) {
+                if !self
+                    .shared
+                    .publish(&self.shared.topics.head, QoS::AtLeastOnce, true, bytes)
+                {
                     return; // stays dirty: retried on the next turn
                 }
             }
             Err(e) => tracing::error!("cannot encode head: {e}"),
         }
         let info = self.info();
-        let topic = self.shared.topics.info.clone();
         if self.shared.publish(
-            &topic,
+            &self.shared.topics.info,
             QoS::AtLeastOnce,
             true,
             info.to_string().into_bytes(),
@@ -585,8 +586,7 @@ impl Learner {
                 "connected": self.shared.connected.load(Ordering::Relaxed),
             });
             let doc = self.shared.stats.to_json(extra);
-            let topic = self.shared.topics.stats.clone();
-            self.shared.publish_json(&topic, &doc);
+            self.shared.publish_json(&self.shared.topics.stats, &doc);
         }
     }
 
@@ -603,8 +603,7 @@ impl Learner {
                 if let (Some(d), serde_json::Value::Object(extra)) = (doc.as_object_mut(), detail) {
                     d.extend(extra);
                 }
-                let topic = self.shared.topics.result.clone();
-                self.shared.publish_json(&topic, &doc);
+                self.shared.publish_json(&self.shared.topics.result, &doc);
             }
             Err(e) => self.shared.reply_error(&publish.topic, None, &e),
         }

@@ -19,12 +19,14 @@
 //! | [`learner`] | the learner thread: durable learning, commands, head publishing |
 //! | [`mqtt`] | client options and the event-loop driver |
 //! | [`broker`] | the embedded rumqttd broker |
+//! | [`cbor`] | CBOR byte strings (raw, f32) shared by the head format, WAL and snapshots |
 //! | [`stats`] | counters, latency percentiles, RSS |
 //! | [`error`] | request errors with stable codes |
 //! | [`daemon`] | `adaptd run`: wiring, systemd notify/watchdog, orderly shutdown |
 pub mod backbone;
 pub mod bench;
 pub mod broker;
+pub mod cbor;
 pub mod cli;
 pub mod config;
 pub mod daemon;

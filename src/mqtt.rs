@@ -163,13 +163,16 @@ fn forward(shared: &Shared, learner: &Sender<LearnerMsg>, publish: rumqttc::Publ
     let route = shared
         .topics
         .route(&publish.topic, &shared.settings.sources);
+    if route == Route::Ignore {
+        shared.ack(&publish);
+        return;
+    }
     let job = |route| Job {
         publish,
         route,
         received: Instant::now(),
     };
     match route {
-        Route::Ignore => shared.ack(&job(Route::Ignore).publish),
         Route::Infer => {
             bump(&shared.stats.infer_received);
             let j = job(Route::Infer);

@@ -7,6 +7,8 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use crate::cbor::F32s;
+
 /// One class's reservoir.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Reservoir {
@@ -29,7 +31,7 @@ pub struct SampleStore {
 #[derive(Serialize, Deserialize)]
 struct Persisted {
     dim: usize,
-    classes: BTreeMap<String, (u64, serde_bytes_f32::F32s)>,
+    classes: BTreeMap<String, (u64, F32s)>,
 }
 
 impl SampleStore {
@@ -133,7 +135,7 @@ impl SampleStore {
             classes: self
                 .classes
                 .iter()
-                .map(|(l, r)| (l.clone(), (r.seen, serde_bytes_f32::F32s(r.data.clone()))))
+                .map(|(l, r)| (l.clone(), (r.seen, F32s(r.data.clone()))))
                 .collect(),
         };
         let mut out = Vec::new();
@@ -171,46 +173,6 @@ impl SampleStore {
         }
         store.shrink();
         Ok(store)
-    }
-}
-
-mod serde_bytes_f32 {
-    use serde::de::{Error, Visitor};
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    /// f32 values stored as one little-endian byte string.
-    #[derive(Debug, Clone)]
-    pub struct F32s(pub Vec<f32>);
-
-    impl Serialize for F32s {
-        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            let bytes: Vec<u8> = self.0.iter().flat_map(|x| x.to_le_bytes()).collect();
-            s.serialize_bytes(&bytes)
-        }
-    }
-
-    struct V;
-    impl<'de> Visitor<'de> for V {
-        type Value = F32s;
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a byte string of little-endian f32")
-        }
-        fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<F32s, E> {
-            if v.len() % 4 != 0 {
-                return Err(E::custom("length not a multiple of 4"));
-            }
-            Ok(F32s(
-                v.chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-            ))
-        }
-    }
-
-    impl<'de> Deserialize<'de> for F32s {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<F32s, D::Error> {
-            d.deserialize_byte_buf(V)
-        }
     }
 }
 

@@ -340,8 +340,7 @@ impl Shared {
             "topic": topic,
             "id": id,
         });
-        let topic_out = self.topics.error.clone();
-        self.publish_json(&topic_out, &doc);
+        self.publish_json(&self.topics.error, &doc);
     }
 }
 
@@ -454,7 +453,7 @@ pub fn parse_request(payload: &bytes::Bytes) -> Result<Request, RequestError> {
 
 /// Validates a label (topic-safe, ≤ 64 bytes).
 pub fn check_label(label: &str) -> Result<(), RequestError> {
-    crate::config::validate_name("label", label).map_err(RequestError::BadLabel)
+    Ok(crate::head::validate_label(label)?)
 }
 
 /// Turns a request's input into an embedding (decode, preprocess, backbone).
@@ -478,8 +477,7 @@ pub fn infer_worker(shared: Arc<Shared>) {
         match infer(&shared, &job) {
             Ok(doc) => {
                 bump(&shared.stats.infer_done);
-                let out = shared.topics.prediction.clone();
-                shared.publish_json(&out, &doc);
+                shared.publish_json(&shared.topics.prediction, &doc);
                 shared
                     .stats
                     .latency

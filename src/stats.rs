@@ -40,9 +40,13 @@ impl Window {
             return None;
         }
         v.sort_by(f64::total_cmp);
-        let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
-        Some((at(0.5), at(0.99)))
+        Some((quantile(&v, 0.5), quantile(&v, 0.99)))
     }
+}
+
+/// The `q` quantile (nearest rank) of sorted, non-empty values.
+pub fn quantile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
 /// Counters shared by the driver, the workers and the learner.

@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::cbor::{Bytes, F32s};
+
 /// Largest WAL record accepted when reading (a record holds one embedding and a label).
 pub const MAX_RECORD_BYTES: usize = 4 * 1024 * 1024;
 /// Largest snapshot accepted when reading.
@@ -30,9 +32,8 @@ pub struct LearnRecord {
     pub seq: u64,
     /// Class label.
     pub label: String,
-    /// The embedding, little-endian f32.
-    #[serde(with = "f32_bytes")]
-    pub embedding: Vec<f32>,
+    /// The embedding (a little-endian f32 byte string on disk).
+    pub embedding: F32s,
     /// Content key of the MQTT message (to drop broker redeliveries), if any.
     pub key: Option<[u8; 16]>,
 }
@@ -45,11 +46,9 @@ pub struct SnapshotData {
     /// Highest WAL sequence number included.
     pub last_seq: u64,
     /// The head file (see `head::Head::to_bytes`), empty when there is no head yet.
-    #[serde(with = "serde_bytes_vec")]
-    pub head: Vec<u8>,
+    pub head: Bytes,
     /// The stored labeled samples (see `samples::SampleStore::to_bytes`).
-    #[serde(with = "serde_bytes_vec")]
-    pub samples: Vec<u8>,
+    pub samples: Bytes,
     /// Recently learned message keys.
     pub dedup: Vec<[u8; 16]>,
 }
@@ -283,10 +282,10 @@ impl Store {
         ciborium::into_writer(data, &mut bytes)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
         write_atomic(&self.dir.join(SNAPSHOT), &bytes)?;
-        if !data.head.is_empty() {
+        if !data.head.0.is_empty() {
             let kept = self.dir.join(HEADS).join(format!("{head_version}.cbor"));
             if !kept.exists() {
-                write_atomic(&kept, &data.head)?;
+                write_atomic(&kept, &data.head.0)?;
             }
             self.prune_heads()?;
         }
@@ -320,56 +319,6 @@ impl Store {
     }
 }
 
-mod f32_bytes {
-    use serde::{Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &[f32], s: S) -> Result<S::Ok, S::Error> {
-        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-        s.serialize_bytes(&bytes)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f32>, D::Error> {
-        let bytes = super::serde_bytes_vec::deserialize(d)?;
-        if bytes.len() % 4 != 0 {
-            return Err(serde::de::Error::custom(
-                "f32 byte string length not a multiple of 4",
-            ));
-        }
-        Ok(bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect())
-    }
-}
-
-mod serde_bytes_vec {
-    use serde::de::{Error, Visitor};
-    use serde::{Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(v)
-    }
-
-    struct BytesVisitor;
-
-    impl<'de> Visitor<'de> for BytesVisitor {
-        type Value = Vec<u8>;
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a byte string")
-        }
-        fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
-            Ok(v.to_vec())
-        }
-        fn visit_byte_buf<E: Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
-            Ok(v)
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        d.deserialize_byte_buf(BytesVisitor)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -379,7 +328,7 @@ mod tests {
             seq,
             label: format!("c{}", seq % 3),
             // Large enough that CBOR byte strings exceed ciborium's 4 KiB scratch buffer.
-            embedding: vec![seq as f32; if seq % 2 == 0 { 1280 } else { 8 }],
+            embedding: F32s(vec![seq as f32; if seq % 2 == 0 { 1280 } else { 8 }]),
             key: Some([seq as u8; 16]),
         }
     }
@@ -388,8 +337,8 @@ mod tests {
         SnapshotData {
             format: "adaptd-state-1".into(),
             last_seq,
-            head: vec![1, 2, 3],
-            samples: vec![],
+            head: Bytes(vec![1, 2, 3]),
+            samples: Bytes::default(),
             dedup: vec![[7; 16]],
         }
     }

@@ -9,6 +9,33 @@ use std::time::Duration;
 use adaptd::head::{Expect, Head};
 use common::{class_counts, variants, Client, Daemon, Mosquitto, Msg};
 
+/// A broker, a running adaptd with a fresh state directory, and a client watching `{root}/#`
+/// that has seen the daemon come online.
+struct Setup {
+    broker: Mosquitto,
+    state: tempfile::TempDir,
+    d: Daemon,
+    c: Client,
+    root: String,
+}
+
+async fn setup(device: &str, extra: &[(&str, &str)]) -> Setup {
+    let broker = Mosquitto::start();
+    let state = tempfile::tempdir().expect("tmp");
+    let d = Daemon::start(&broker.url(), &state.path().join("s"), device, extra);
+    let root = d.root();
+    let c = Client::connect(broker.port, &[&format!("{root}/#")]).await;
+    c.wait_for(&format!("{root}/status"), |m| m.payload == b"online")
+        .await;
+    Setup {
+        broker,
+        state,
+        d,
+        c,
+        root,
+    }
+}
+
 async fn info(
     c: &Client,
     root: &str,
@@ -32,13 +59,13 @@ fn label_of(m: &Msg) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn learns_predicts_takes_feedback_publishes_and_rolls_back() {
-    let broker = Mosquitto::start();
-    let state = tempfile::tempdir().expect("tmp");
-    let mut d = Daemon::start(&broker.url(), &state.path().join("s"), "cam1", &[]);
-    let root = d.root();
-    let c = Client::connect(broker.port, &[&format!("{root}/#")]).await;
-    c.wait_for(&format!("{root}/status"), |m| m.payload == b"online")
-        .await;
+    let Setup {
+        broker,
+        state: _state,
+        mut d,
+        c,
+        root,
+    } = setup("cam1", &[]).await;
 
     // Nothing learned yet: an inference is answered with a clear error.
     let cats = variants("chelsea.jpg", 6, 1);
@@ -208,13 +235,13 @@ fn base64_encode(b: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_loses_no_acknowledged_sample_and_learns_redeliveries_once() {
-    let broker = Mosquitto::start();
-    let state = tempfile::tempdir().expect("tmp");
-    let mut d = Daemon::start(&broker.url(), &state.path().join("s"), "k9", &[]);
-    let root = d.root();
-    let c = Client::connect(broker.port, &[&format!("{root}/#")]).await;
-    c.wait_for(&format!("{root}/status"), |m| m.payload == b"online")
-        .await;
+    let Setup {
+        broker: _broker,
+        state: _state,
+        mut d,
+        c,
+        root,
+    } = setup("k9", &[]).await;
     let images: Vec<Vec<u8>> = variants("chelsea.jpg", 20, 10)
         .into_iter()
         .chain(variants("coffee.jpg", 20, 11))
@@ -261,13 +288,13 @@ async fn kill9_loses_no_acknowledged_sample_and_learns_redeliveries_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_mid_stream_loses_nothing() {
-    let mut broker = Mosquitto::start();
-    let state = tempfile::tempdir().expect("tmp");
-    let mut d = Daemon::start(&broker.url(), &state.path().join("s"), "br", &[]);
-    let root = d.root();
-    let c = Client::connect(broker.port, &[&format!("{root}/#")]).await;
-    c.wait_for(&format!("{root}/status"), |m| m.payload == b"online")
-        .await;
+    let Setup {
+        mut broker,
+        state: _state,
+        mut d,
+        c,
+        root,
+    } = setup("br", &[]).await;
     let images = variants("coffee.jpg", 30, 20);
     for img in &images[..15] {
         c.publish(&format!("{root}/learn/cup"), img.clone()).await;
@@ -292,18 +319,13 @@ async fn broker_restart_mid_stream_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_get_errors_and_change_nothing() {
-    let broker = Mosquitto::start();
-    let state = tempfile::tempdir().expect("tmp");
-    let mut d = Daemon::start(
-        &broker.url(),
-        &state.path().join("s"),
-        "bad",
-        &[("ADAPTD_SERVICE_MAX_PAYLOAD_BYTES", "4194304")],
-    );
-    let root = d.root();
-    let c = Client::connect(broker.port, &[&format!("{root}/#")]).await;
-    c.wait_for(&format!("{root}/status"), |m| m.payload == b"online")
-        .await;
+    let Setup {
+        broker: _broker,
+        state: _state,
+        mut d,
+        c,
+        root,
+    } = setup("bad", &[("ADAPTD_SERVICE_MAX_PAYLOAD_BYTES", "4194304")]).await;
     let cats = variants("chelsea.jpg", 3, 30);
     learn_all(&c, &root, "cat", &cats[..2]).await;
     learn_all(&c, &root, "cup", &variants("coffee.jpg", 2, 31)).await;

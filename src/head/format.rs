@@ -2,10 +2,9 @@
 //! full validation; hostile input gives errors, never panics or length-driven allocations.
 
 use std::collections::HashSet;
-use std::fmt;
 
-use serde::de::{self, Deserializer, Visitor};
-use serde::{Deserialize, Serialize, Serializer};
+use serde::de;
+use serde::{Deserialize, Serialize};
 
 use super::linalg::packed_len;
 use super::ncm::NcmState;
@@ -25,36 +24,7 @@ pub const FORMAT_VERSION: u64 = 1;
 /// Longest accepted backbone hash field, in bytes.
 const MAX_BACKBONE_BYTES: usize = 256;
 
-/// A CBOR byte string (serde's `Vec<u8>` would be an array of integers).
-#[derive(Clone, Debug, PartialEq)]
-pub(crate) struct Bytes(pub Vec<u8>);
-
-impl Serialize for Bytes {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for Bytes {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = Bytes;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a byte string")
-            }
-            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
-                Ok(Bytes(v.to_vec()))
-            }
-            fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
-                Ok(Bytes(v))
-            }
-        }
-        // ciborium reads byte strings in chunks as they arrive: no allocation from the
-        // declared length.
-        d.deserialize_byte_buf(V)
-    }
-}
+pub(crate) use crate::cbor::Bytes;
 
 /// A little-endian array with its dtype (`"f32"` or `"f64"`) and row-major shape.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

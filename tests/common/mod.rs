@@ -251,7 +251,6 @@ impl Msg {
 pub struct Client {
     pub client: AsyncClient,
     seen: Arc<Mutex<Vec<Msg>>>,
-    pub puback: Arc<Mutex<u64>>,
 }
 
 impl Client {
@@ -264,8 +263,7 @@ impl Client {
         o.set_inflight(20);
         let (client, mut eventloop) = AsyncClient::new(o, 1024);
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let puback = Arc::new(Mutex::new(0u64));
-        let (s, p) = (seen.clone(), puback.clone());
+        let s = seen.clone();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let mut ready_tx = Some(ready_tx);
         let subs: Vec<String> = filters.iter().map(|f| f.to_string()).collect();
@@ -283,9 +281,6 @@ impl Client {
                             let _ = tx.send(());
                         }
                     }
-                    Ok(Event::Incoming(Packet::PubAck(_))) => {
-                        *p.lock().expect("lock") += 1;
-                    }
                     Ok(Event::Incoming(Packet::Publish(m))) => {
                         s.lock().expect("lock").push(Msg {
                             topic: m.topic.clone(),
@@ -298,12 +293,8 @@ impl Client {
                 }
             }
         });
-        if subs_empty(filters) {
-            return Client {
-                client,
-                seen,
-                puback,
-            };
+        if filters.is_empty() {
+            return Client { client, seen };
         }
         tokio::time::timeout(wait_bound(), ready_rx)
             .await
@@ -311,11 +302,7 @@ impl Client {
             .expect("subscribed");
         // One SubAck per filter; give the rest a moment.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        Client {
-            client,
-            seen,
-            puback,
-        }
+        Client { client, seen }
     }
 
     /// Publishes with QoS 1.
@@ -380,10 +367,6 @@ impl Client {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-}
-
-fn subs_empty(filters: &[&str]) -> bool {
-    filters.is_empty()
 }
 
 fn rand_id() -> String {
