@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::adapt::AdaptConfig;
 use crate::head::HeadConfig;
 
 /// The shipped, fully commented default configuration (`systemd/adaptd.toml`).
@@ -46,6 +47,7 @@ struct RawConfig {
     broker: RawBroker,
     model: RawModel,
     head: HeadConfig,
+    adapt: AdaptConfig,
     publish: RawPublish,
     state: RawState,
     service: RawService,
@@ -215,6 +217,7 @@ pub struct Settings {
     /// Model directory; `None` = the shipped model.
     pub model_dir: Option<PathBuf>,
     pub head: HeadConfig,
+    pub adapt: AdaptConfig,
     pub publish: PublishSettings,
     pub state: StateSettings,
     pub service: ServiceSettings,
@@ -505,6 +508,7 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
     raw.head
         .validate()
         .map_err(|e| invalid("head", e.to_string()))?;
+    raw.adapt.validate().map_err(|e| invalid("adapt", e))?;
     let p = raw.publish;
     if p.top_k == 0 {
         return Err(invalid("publish.top_k", "must be at least 1"));
@@ -552,6 +556,7 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         broker,
         model_dir: non_empty(&raw.model.dir).map(PathBuf::from),
         head: raw.head,
+        adapt: raw.adapt,
         publish: PublishSettings {
             head_interval: Duration::from_secs(p.head_interval_secs),
             head_every_samples: p.head_every_samples.max(1),

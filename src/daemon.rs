@@ -10,6 +10,8 @@ use anyhow::Context;
 use rumqttc::{AsyncClient, QoS};
 use sd_notify::NotifyState;
 
+use crate::adapt::online::{self, AdaptHandle};
+use crate::adapt::Adapter;
 use crate::config::{BrokerTarget, Settings};
 use crate::learner::{restore, Learner, LearnerMsg};
 use crate::model::ModelDir;
@@ -82,9 +84,31 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     let options = mqtt::options(&settings.broker, &host, port, &topics.status)?;
     let (client, eventloop) = AsyncClient::new(options, mqtt::REQUEST_CAPACITY);
     let predictor = restored.head.snapshot();
+    let (adapt, adapt_rx) = AdaptHandle::new(settings.adapt.clone());
+    let (sha, dim) = (info.sha256.clone(), info.embedding_dim);
+    let (target, note) = online::restore(&settings.state.dir, &settings.adapt, &sha, dim);
+    if let Some(n) = note {
+        tracing::warn!("{n}");
+    }
+    let adapter = Adapter::with_target(settings.adapt.clone(), target);
+    let adapt_dir = settings.state.dir.clone();
     let backoff = (settings.broker.reconnect_min, settings.broker.reconnect_max);
     let workers = settings.service.workers;
-    let shared = Arc::new(Shared::new(settings, client.clone(), pipeline, predictor));
+    let shared = Arc::new(Shared::new(
+        settings,
+        client.clone(),
+        pipeline,
+        predictor,
+        adapt,
+    ));
+    let adapt_thread = {
+        let s = shared.clone();
+        let sha = sha.clone();
+        std::thread::Builder::new()
+            .name("adapt".into())
+            .spawn(move || online::run(s, adapt_rx, adapter, &adapt_dir, sha))
+            .context("spawning the adaptation thread")?
+    };
 
     let (learn_tx, learn_rx) = std::sync::mpsc::channel();
     let learner = Learner::new(shared.clone(), restored, store);
@@ -158,11 +182,13 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     shared.stopping.store(true, Ordering::Relaxed);
     shared.infer_queue.close();
     let _ = learn_tx.send(LearnerMsg::Stop);
+    shared.adapt.stop();
     tokio::task::spawn_blocking(move || {
         for w in worker_threads {
             let _ = w.join();
         }
         let _ = learner_thread.join();
+        let _ = adapt_thread.join();
     })
     .await?;
     shared.publish(

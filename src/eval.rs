@@ -11,6 +11,7 @@ pub mod data;
 pub mod embed;
 pub mod npy;
 pub mod report;
+pub mod shift;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -119,6 +120,16 @@ pub struct EvalArgs {
     /// Write the train/test embeddings and labels as .npy (for scripts/ref_offline.py).
     #[arg(long, value_name = "DIR")]
     pub export_embeddings: Option<PathBuf>,
+    /// Domain-adaptation benchmark: corrupt the images (NAME[:SEVERITY], severity 1-5,
+    /// default 3; names: brightness, contrast, colour, noise, blur, jpeg, or all), stream
+    /// the corrupted test split as unlabeled traffic through each adaptation method, and
+    /// compare with the clean accuracy and a head trained on corrupted data. Needs --data.
+    #[arg(long, value_delimiter = ',', value_name = "NAME[:SEVERITY]")]
+    pub shift: Vec<String>,
+    /// Adaptation settings for --shift (TOML: the fields of the daemon's `[adapt]` section);
+    /// `method` is ignored (every method runs). Default: the daemon's defaults.
+    #[arg(long, value_name = "FILE.toml")]
+    pub adapt_config: Option<PathBuf>,
 }
 
 /// A sample after embedding: embedding and class label.
@@ -367,6 +378,19 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         Some(p) => read_head_config(p)?,
         None => HeadConfig::default(),
     };
+    if !args.shift.is_empty() {
+        let report = shift::run(args, &head)?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", report.table());
+        }
+        if let Some(p) = &args.plot {
+            std::fs::write(p, shift::plot_svg(&report))
+                .with_context(|| format!("writing {}", p.display()))?;
+        }
+        return Ok(());
+    }
     let baseline = args.baseline.as_deref().map(Baseline::read).transpose()?;
     let (name, data, stats, backbone) = load(args)?;
     if let Some(b) = &baseline {

@@ -499,6 +499,10 @@ impl Learner {
         let started = Instant::now();
         let p = self.head.snapshot();
         self.shared.set_predictor(p);
+        let full = self.shared.adapt.wants_covariance();
+        self.shared
+            .adapt
+            .set_source(crate::adapt::Source::of(&self.head, full));
         self.last_refresh_cost = started.elapsed();
         self.last_refresh = Instant::now();
         self.predictor_stale = false;
@@ -557,6 +561,7 @@ impl Learner {
                     .collect::<Vec<_>>(),
             },
             "stored_samples": self.samples.len(),
+            "adapt": self.shared.adapt.status_json(),
         })
     }
 
@@ -584,6 +589,7 @@ impl Learner {
                 "classes": self.head.classes().len(),
                 "stored_samples": self.samples.len(),
                 "connected": self.shared.connected.load(Ordering::Relaxed),
+                "adapt": self.shared.adapt.status_json(),
             });
             let doc = self.shared.stats.to_json(extra);
             self.shared.publish_json(&self.shared.topics.stats, &doc);
@@ -728,6 +734,14 @@ impl Learner {
                 head.merge(&other)?;
                 self.install(head)?;
                 Ok(json!({ "classes": self.head.classes().len() }))
+            }
+            "adapt-reset" => {
+                if !self.shared.adapt.reset() {
+                    return Err(RequestError::Storage(std::io::Error::other(
+                        "the adaptation thread stopped",
+                    )));
+                }
+                Ok(json!({}))
             }
             other => Err(RequestError::UnknownCommand(other.to_string())),
         }

@@ -12,6 +12,7 @@
 //! | [`bench`] | `adaptd bench`: backbone latency and load time |
 //! | [`pipeline`] | payload → embedding (input + backbone) |
 //! | [`head`] | streaming linear heads, snapshots, merge, head file format |
+//! | [`adapt`] | domain adaptation: target statistics, mean/coral/t3a corrections, drift; its daemon thread |
 //! | [`eval`] | `adaptd eval`: the learning benchmark (datasets, embedding cache, prequential runs, reports) |
 //! | [`samples`] | stored labeled embeddings (per-class reservoirs) for retraining |
 //! | [`store`] | the state directory: write-ahead log, atomic snapshots, kept heads |
@@ -23,6 +24,7 @@
 //! | [`stats`] | counters, latency percentiles, RSS |
 //! | [`error`] | request errors with stable codes |
 //! | [`daemon`] | `adaptd run`: wiring, systemd notify/watchdog, orderly shutdown |
+pub mod adapt;
 pub mod backbone;
 pub mod bench;
 pub mod broker;

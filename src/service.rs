@@ -11,6 +11,7 @@ use rumqttc::{AsyncClient, Publish, QoS};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::adapt::online::AdaptHandle;
 use crate::config::{Settings, SourceSettings};
 use crate::error::RequestError;
 use crate::head::Predictor;
@@ -26,6 +27,7 @@ pub const COMMANDS: &[&str] = &[
     "algorithm",
     "import",
     "merge",
+    "adapt-reset",
 ];
 
 /// Longest request id accepted (bytes).
@@ -48,6 +50,7 @@ pub struct Topics {
     pub status: String,
     pub error: String,
     pub stats: String,
+    pub drift: String,
 }
 
 impl Topics {
@@ -69,6 +72,7 @@ impl Topics {
             status: t("status"),
             error: t("error"),
             stats: t("stats"),
+            drift: t("drift"),
         }
     }
 
@@ -241,6 +245,8 @@ pub struct Shared {
     pub client: AsyncClient,
     pub pipeline: Arc<Pipeline>,
     pub predictor: RwLock<Predictor>,
+    /// Domain adaptation: the correction inference applies, and the adaptation thread's inbox.
+    pub adapt: AdaptHandle,
     pub ring: Mutex<FeedbackRing>,
     pub infer_queue: InferQueue,
     pub stats: Stats,
@@ -260,6 +266,7 @@ impl Shared {
         client: AsyncClient,
         pipeline: Arc<Pipeline>,
         predictor: Predictor,
+        adapt: AdaptHandle,
     ) -> Shared {
         let topics = Topics::new(&settings.root);
         let ring = FeedbackRing::new(settings.service.feedback_ring);
@@ -270,6 +277,7 @@ impl Shared {
             client,
             pipeline,
             predictor: RwLock::new(predictor),
+            adapt,
             ring: Mutex::new(ring),
             infer_queue: queue,
             stats: Stats::default(),
@@ -510,15 +518,19 @@ fn infer(shared: &Shared, job: &Job) -> Result<serde_json::Value, Failed> {
             root: shared.topics.root.clone(),
         }));
     }
-    let prediction = predictor
-        .predict(&embedding, shared.settings.publish.top_k)
+    let adapted = shared.adapt.snapshot();
+    let prediction = adapted
+        .predict(&predictor, &embedding, shared.settings.publish.top_k)
         .map_err(|e| fail(e.into()))?;
     let id = id.unwrap_or_else(|| shared.new_id());
+    // The raw embedding is what feedback learns from and what adaptation observes.
+    let embedding = Arc::new(embedding);
     shared
         .ring
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .insert(id.clone(), Arc::new(embedding));
+        .insert(id.clone(), embedding.clone());
+    shared.adapt.offer(embedding);
     let best = prediction.top.first();
     Ok(json!({
         "id": id,
@@ -526,6 +538,7 @@ fn infer(shared: &Shared, job: &Job) -> Result<serde_json::Value, Failed> {
         "score": best.map(|s| s.score),
         "top": prediction.top,
         "head_version": predictor.version(),
+        "adapted": adapted.is_active().then_some(adapted.method),
         "latency_ms": job.received.elapsed().as_secs_f64() * 1e3,
         "backbone_ms": backbone_ms,
         "source": job.publish.topic,

@@ -527,3 +527,140 @@ async fn embedded_broker_serves_alone() {
     assert_eq!(label_of(&p), "cup");
     assert!(d.stop());
 }
+
+/// Sends `img` for inference with `id` and waits for its prediction.
+async fn predict(c: &Client, root: &str, id: &str, img: &[u8]) -> serde_json::Value {
+    let req = serde_json::json!({"id": id, "image": base64_encode(img)}).to_string();
+    c.publish(&format!("{root}/infer"), req).await;
+    c.wait_for(&format!("{root}/prediction"), |m| m.json()["id"] == id)
+        .await
+        .json()
+}
+
+/// A camera whose images turned dark and colour-cast (what the board sees after moving).
+fn shifted(images: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    use adaptd::eval::shift::{corrupt, prepare, Corruption, Shift};
+    images
+        .iter()
+        .map(|b| {
+            let img = prepare(b, (224, 224)).expect("fixture decodes");
+            let cast = corrupt(
+                &img,
+                Some(Shift {
+                    corruption: Corruption::Colour,
+                    severity: 5,
+                }),
+                0,
+            )
+            .expect("corrupt");
+            let img = prepare(&cast, (224, 224)).expect("decodes");
+            corrupt(
+                &img,
+                Some(Shift {
+                    corruption: Corruption::Contrast,
+                    severity: 2,
+                }),
+                0,
+            )
+            .expect("corrupt")
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adapts_to_a_shifted_camera_raises_drift_and_keeps_its_statistics() {
+    let env = [
+        ("ADAPTD_ADAPT_METHOD", "mean"),
+        ("ADAPTD_ADAPT_MIN_SAMPLES", "4"),
+        ("ADAPTD_ADAPT_RECOMPUTE_EVERY", "2"),
+        ("ADAPTD_ADAPT_WINDOW", "10"),
+        ("ADAPTD_ADAPT_DRIFT_THRESHOLD", "0.3"),
+        ("ADAPTD_PUBLISH_STATS_INTERVAL_SECS", "1"),
+    ];
+    let Setup {
+        broker: _broker,
+        state,
+        mut d,
+        c,
+        root,
+    } = setup("cam-adapt", &env).await;
+    let cats = variants("chelsea.jpg", 20, 11);
+    let cups = variants("coffee.jpg", 20, 12);
+    learn_all(&c, &root, "cat", &cats[..6]).await;
+    learn_all(&c, &root, "cup", &cups[..6]).await;
+    info(&c, &root, |i| i["head"]["samples"] == 12).await;
+
+    // Held-out images of the training domain: the drift alarm is computed and stays off.
+    for k in 0..6 {
+        predict(&c, &root, &format!("a{k}"), &cats[6 + k]).await;
+        predict(&c, &root, &format!("b{k}"), &cups[6 + k]).await;
+    }
+    let quiet = c
+        .wait_for(&format!("{root}/drift"), |m| {
+            m.retain || m.json()["alarm"] == false
+        })
+        .await
+        .json();
+    assert_eq!(quiet["alarm"], false, "{quiet}");
+    let quiet_distance = quiet["distance"].as_f64().expect("distance");
+
+    // The camera moves: the alarm fires and predictions are corrected.
+    let (scats, scups) = (shifted(&cats[12..20]), shifted(&cups[12..20]));
+    for k in 0..8 {
+        predict(&c, &root, &format!("sa{k}"), &scats[k]).await;
+        predict(&c, &root, &format!("sb{k}"), &scups[k]).await;
+    }
+    let st = c
+        .wait_for(&format!("{root}/stats"), |m| {
+            m.json()["adapt"]["target_samples"].as_u64() >= Some(28)
+        })
+        .await
+        .json();
+    assert!(st["adapt"]["active"] == true, "{st}");
+    let loud = c
+        .wait_for(&format!("{root}/drift"), |m| m.json()["alarm"] == true)
+        .await
+        .json();
+    let loud_distance = loud["distance"].as_f64().expect("distance");
+    eprintln!("drift: same domain {quiet_distance:.3}, shifted {loud_distance:.3}");
+    assert!(quiet_distance < 0.3 && loud_distance > 0.3);
+    let p = predict(&c, &root, "sa-last", &scats[0]).await;
+    assert_eq!(p["adapted"], "mean", "{p}");
+    let stats = c
+        .wait_for(&format!("{root}/stats"), |m| {
+            m.json()["adapt"]["target_samples"].as_u64() >= Some(20)
+        })
+        .await
+        .json();
+    assert_eq!(stats["adapt"]["drift_alarm"], true, "{stats}");
+
+    // Reset (the camera was re-aimed on purpose): the alarm clears, corrections stop.
+    c.clear();
+    c.publish(&format!("{root}/cmd/adapt-reset"), "").await;
+    let r = c
+        .wait_for(&format!("{root}/result"), |m| {
+            m.json()["command"] == "adapt-reset"
+        })
+        .await
+        .json();
+    assert_eq!(r["ok"], true);
+    c.wait_for(&format!("{root}/drift"), |m| m.json()["alarm"] == false)
+        .await;
+    let p = predict(&c, &root, "after-reset", &scats[1]).await;
+    assert!(p["adapted"].is_null(), "{p}");
+
+    // Statistics survive a restart.
+    for (k, img) in scups.iter().take(5).enumerate() {
+        predict(&c, &root, &format!("r{k}"), img).await;
+    }
+    assert!(d.stop(), "clean stop");
+    assert!(state.path().join("s").join("adapt.cbor").exists());
+    c.clear();
+    d.restart();
+    let s = c
+        .wait_for(&format!("{root}/stats"), |m| m.json()["adapt"].is_object())
+        .await
+        .json();
+    // One prediction right after the reset, five before the stop.
+    assert_eq!(s["adapt"]["target_samples"], 6, "{s}");
+}

@@ -201,17 +201,40 @@ pub fn embed_images(
     cache: Option<&Cache>,
     jobs: usize,
 ) -> Result<(Vec<Option<Vec<f32>>>, EmbedStats)> {
+    let load = |i: usize| -> Result<Vec<u8>> {
+        let path = &images[i];
+        std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+    };
+    let name = |i: usize| images[i].display().to_string();
+    embed_with(images.len(), &load, &name, model, id, cache, jobs)
+}
+
+/// Produces the bytes of image `i` (a file, or a generated image such as a corrupted copy).
+pub type Loader<'a> = dyn Fn(usize) -> Result<Vec<u8>> + Sync + 'a;
+
+/// Like [`embed_images`] for `n` images whose bytes come from `load` (called once for the
+/// cache key and again for each cache miss, so it must be deterministic); `name` names image
+/// `i` in messages.
+pub fn embed_with(
+    n: usize,
+    load: &Loader<'_>,
+    name: &(dyn Fn(usize) -> String + Sync),
+    model: &ModelDir,
+    id: &ModelId,
+    cache: Option<&Cache>,
+    jobs: usize,
+) -> Result<(Vec<Option<Vec<f32>>>, EmbedStats)> {
     let mut stats = EmbedStats {
-        images: images.len(),
+        images: n,
         ..EmbedStats::default()
     };
-    let mut out: Vec<Option<Vec<f32>>> = vec![None; images.len()];
+    let mut out: Vec<Option<Vec<f32>>> = vec![None; n];
     let mut misses: Vec<(usize, String)> = Vec::new();
-    for (i, path) in images.iter().enumerate() {
-        let bytes = match std::fs::read(path) {
+    for (i, slot) in out.iter_mut().enumerate() {
+        let bytes = match load(i) {
             Ok(b) => b,
             Err(e) => {
-                tracing::warn!("{}: {e}", path.display());
+                tracing::warn!("{}: {e:#}", name(i));
                 stats.failed += 1;
                 continue;
             }
@@ -219,7 +242,7 @@ pub fn embed_images(
         let key = id.key(&bytes);
         match cache.and_then(|c| c.get(&key)) {
             Some(v) => {
-                out[i] = Some(v);
+                *slot = Some(v);
                 stats.cache_hits += 1;
             }
             None => misses.push((i, key)),
@@ -234,7 +257,7 @@ pub fn embed_images(
         pipeline.backbone.info().sha256 == id.backbone_sha256,
         "the model file changed while it was being read"
     );
-    let mut progress = Progress::new(images.len() - stats.failed);
+    let mut progress = Progress::new(n - stats.failed);
     let started = Instant::now();
     let next = AtomicUsize::new(0);
     let jobs = jobs.clamp(1, misses.len());
@@ -246,10 +269,7 @@ pub fn embed_images(
             s.spawn(move || loop {
                 let m = next.fetch_add(1, Ordering::Relaxed);
                 let Some((i, _)) = misses.get(m) else { break };
-                let path = &images[*i];
-                let result = std::fs::read(path)
-                    .with_context(|| format!("reading {}", path.display()))
-                    .and_then(|b| Ok(pipeline.embed_payload(&b)?));
+                let result = load(*i).and_then(|b| Ok(pipeline.embed_payload(&b)?));
                 if tx.send((m, result)).is_err() {
                     break;
                 }
@@ -271,7 +291,7 @@ pub fn embed_images(
                     stats.embedded += 1;
                 }
                 Err(e) => {
-                    tracing::warn!("{}: {e:#}", images[*i].display());
+                    tracing::warn!("{}: {e:#}", name(*i));
                     stats.failed += 1;
                 }
             }

@@ -13,7 +13,7 @@
 
 mod error;
 mod format;
-mod linalg;
+pub(crate) mod linalg;
 mod ncm;
 mod predictor;
 mod ridge;
@@ -32,11 +32,11 @@ use serde::{Deserialize, Serialize};
 
 pub use error::{validate_label, HeadError, MAX_LABEL_BYTES};
 pub use format::{FORMAT_NAME, FORMAT_VERSION};
+pub(crate) use predictor::PredictorParts;
 pub use predictor::{Prediction, Predictor, Scored};
 pub use stats::SourceStats;
 
 use ncm::NcmState;
-use predictor::PredictorParts;
 use scatter::ScatterState;
 use sgd::SgdState;
 
@@ -447,6 +447,32 @@ impl Head {
     /// Statistics of all embeddings currently learned from (the union of the classes).
     pub fn source_stats(&self) -> &SourceStats {
         &self.source
+    }
+
+    /// Covariance of all learned embeddings, `(S_w + Σ_c n_c (μ_c − μ)(μ_c − μ)ᵀ) / n`, for
+    /// the learners that keep the within-class scatter (`slda`, `ridge`); `None` for the
+    /// others or with fewer than two samples. O(C·d²).
+    pub fn covariance(&self) -> Option<nalgebra::DMatrix<f64>> {
+        let s = match &self.learner {
+            Learner::Slda(s) | Learner::Ridge(s) => s,
+            Learner::Ncm(_) | Learner::Sgd(_) => return None,
+        };
+        let n = self.source.count();
+        if n < 2 {
+            return None;
+        }
+        let mut m = linalg::unpack_scaled(&s.packed, &vec![1.0; self.dim]);
+        let mu = nalgebra::DVector::from_vec(self.source.mean());
+        for c in &self.classes {
+            let k = c.stats.count();
+            if k == 0 {
+                continue;
+            }
+            let delta = nalgebra::DVector::from_vec(c.stats.mean()) - &mu;
+            m.ger(k as f64, &delta, &delta, 1.0);
+        }
+        m /= n as f64;
+        Some(m)
     }
 
     /// Statistics of the embeddings of one class.
