@@ -69,6 +69,13 @@ pub enum Command {
     /// Benchmark the learners on a labeled dataset: accuracy, few-shot and prequential
     /// accuracy, costs, head size, learning curves.
     Eval(Box<EvalArgs>),
+    /// Print this board's fleet public key (hex), creating the key in the state directory on
+    /// first use: collect these to fill `[fleet] trusted_keys` on the other boards.
+    FleetKey {
+        /// Config file (for the state directory); default: as `run`.
+        #[arg(long, env = "ADAPTD_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Print the embedding of each image.
     Embed(ImageArgs),
     /// Print the top-5 labels of each image through the model's logits.
@@ -262,4 +269,13 @@ pub fn top_k_softmax(logits: &[f32], k: usize) -> Vec<(usize, f32)> {
         .take(k)
         .map(|i| (i, (exps[i] / sum) as f32))
         .collect()
+}
+
+/// `adaptd fleet-key`.
+pub fn fleet_key(config: Option<&Path>) -> Result<()> {
+    let settings = crate::config::Settings::load(config)?;
+    let id = crate::fleet::Identity::load_or_create(&settings.state.dir)
+        .with_context(|| format!("fleet key in {}", settings.state.dir.display()))?;
+    println!("{}", id.public_hex());
+    Ok(())
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::adapt::AdaptConfig;
+use crate::fleet::FleetConfig;
 use crate::head::HeadConfig;
 
 /// The shipped, fully commented default configuration (`systemd/adaptd.toml`).
@@ -48,6 +49,7 @@ struct RawConfig {
     model: RawModel,
     head: HeadConfig,
     adapt: AdaptConfig,
+    fleet: FleetConfig,
     publish: RawPublish,
     state: RawState,
     service: RawService,
@@ -218,6 +220,7 @@ pub struct Settings {
     pub model_dir: Option<PathBuf>,
     pub head: HeadConfig,
     pub adapt: AdaptConfig,
+    pub fleet: FleetConfig,
     pub publish: PublishSettings,
     pub state: StateSettings,
     pub service: ServiceSettings,
@@ -509,6 +512,7 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         .validate()
         .map_err(|e| invalid("head", e.to_string()))?;
     raw.adapt.validate().map_err(|e| invalid("adapt", e))?;
+    raw.fleet.validate().map_err(|e| invalid("fleet", e))?;
     let p = raw.publish;
     if p.top_k == 0 {
         return Err(invalid("publish.top_k", "must be at least 1"));
@@ -557,6 +561,7 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         model_dir: non_empty(&raw.model.dir).map(PathBuf::from),
         head: raw.head,
         adapt: raw.adapt,
+        fleet: raw.fleet,
         publish: PublishSettings {
             head_interval: Duration::from_secs(p.head_interval_secs),
             head_every_samples: p.head_every_samples.max(1),

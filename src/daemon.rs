@@ -13,6 +13,7 @@ use sd_notify::NotifyState;
 use crate::adapt::online::{self, AdaptHandle};
 use crate::adapt::Adapter;
 use crate::config::{BrokerTarget, Settings};
+use crate::fleet::FleetState;
 use crate::learner::{restore, Learner, LearnerMsg};
 use crate::model::ModelDir;
 use crate::mqtt;
@@ -111,7 +112,13 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     };
 
     let (learn_tx, learn_rx) = std::sync::mpsc::channel();
-    let learner = Learner::new(shared.clone(), restored, store);
+    let fleet = FleetState::load(&shared.settings.fleet, &shared.settings.state.dir)?;
+    tracing::info!(
+        public_key = %fleet.identity.public_hex(),
+        group = %shared.settings.fleet.group,
+        "fleet identity"
+    );
+    let learner = Learner::new(shared.clone(), restored, store, fleet);
     let heartbeat = learner.heartbeat.clone();
     let learner_thread = std::thread::Builder::new()
         .name("learner".into())

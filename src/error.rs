@@ -31,6 +31,8 @@ pub enum RequestError {
     Busy,
     #[error("state directory: {0}")]
     Storage(#[from] std::io::Error),
+    #[error("fleet: {0}")]
+    Fleet(#[from] crate::fleet::FleetError),
 }
 
 impl RequestError {
@@ -49,6 +51,7 @@ impl RequestError {
             RequestError::NoSuchVersion(_) => "no_such_version",
             RequestError::Busy => "busy",
             RequestError::Storage(_) => "storage",
+            RequestError::Fleet(e) => e.code(),
         }
     }
 }

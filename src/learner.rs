@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 use crate::cbor::{Bytes, F32s};
 use crate::error::RequestError;
+use crate::fleet::{Accepted, FleetState};
 use crate::head::{Algorithm, Expect, Head, HeadConfig};
 use crate::samples::SampleStore;
 use crate::service::{
@@ -100,6 +101,8 @@ pub struct Learner {
     last_refresh: Instant,
     last_refresh_cost: Duration,
     last_stats: Instant,
+    /// Fleet identity and peers (the key exists even without a group).
+    fleet: FleetState,
     /// Incremented on every loop turn: the watchdog checks it moves.
     pub heartbeat: Arc<AtomicU64>,
 }
@@ -204,7 +207,12 @@ fn json_or_text(payload: &[u8], field: &str) -> Option<String> {
 
 impl Learner {
     /// A learner over restored state.
-    pub fn new(shared: Arc<Shared>, restored: Restored, store: Store) -> Learner {
+    pub fn new(
+        shared: Arc<Shared>,
+        restored: Restored,
+        store: Store,
+        fleet: FleetState,
+    ) -> Learner {
         let now = Instant::now();
         Learner {
             shared,
@@ -220,6 +228,7 @@ impl Learner {
             last_refresh: now,
             last_refresh_cost: Duration::ZERO,
             last_stats: now,
+            fleet,
             heartbeat: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -280,6 +289,10 @@ impl Learner {
                                 // Commands see every sample received before them.
                                 self.commit(std::mem::take(&mut pending));
                                 self.command(&name, job.publish);
+                            }
+                            Route::Peer(peer) => {
+                                self.commit(std::mem::take(&mut pending));
+                                self.peer_head(&peer, job.publish);
                             }
                             Route::Infer | Route::Ignore => {}
                         }
@@ -497,12 +510,20 @@ impl Learner {
 
     fn refresh_predictor(&mut self) {
         let started = Instant::now();
-        let p = self.head.snapshot();
-        self.shared.set_predictor(p);
         let full = self.shared.adapt.wants_covariance();
-        self.shared
-            .adapt
-            .set_source(crate::adapt::Source::of(&self.head, full));
+        if self.fleet.peers.heads.is_empty() {
+            self.shared.set_predictor(self.head.snapshot());
+            self.shared
+                .adapt
+                .set_source(crate::adapt::Source::of(&self.head, full));
+        } else {
+            // Predict with the fleet head: local statistics merged with every peer's.
+            let fleet = self.fleet.peers.fleet_head(&self.head);
+            self.shared.set_predictor(fleet.snapshot());
+            self.shared
+                .adapt
+                .set_source(crate::adapt::Source::of(&fleet, full));
+        }
         self.last_refresh_cost = started.elapsed();
         self.last_refresh = Instant::now();
         self.predictor_stale = false;
@@ -519,6 +540,21 @@ impl Learner {
                 }
             }
             Err(e) => tracing::error!("cannot encode head: {e}"),
+        }
+        if let Some(f) = &self.shared.topics.fleet {
+            let device = &self.shared.settings.device_id;
+            match self
+                .fleet
+                .identity
+                .seal(device, &self.fleet.config.group, &self.head)
+            {
+                Ok(env) => {
+                    if !self.shared.publish(&f.mine, QoS::AtLeastOnce, true, env) {
+                        return;
+                    }
+                }
+                Err(e) => tracing::error!("cannot seal the fleet head: {e}"),
+            }
         }
         let info = self.info();
         if self.shared.publish(
@@ -562,7 +598,37 @@ impl Learner {
             },
             "stored_samples": self.samples.len(),
             "adapt": self.shared.adapt.status_json(),
+            "fleet": self.fleet.info(),
         })
+    }
+
+    /// A fleet peer's signed head: verified, then merged into the prediction head.
+    fn peer_head(&mut self, peer: &str, publish: Publish) {
+        let (sha, dim) = self.expect();
+        let expect = Expect {
+            backbone_sha256: Some(&sha),
+            dim: Some(dim),
+            max_bytes: MAX_HEAD_BYTES,
+        };
+        match self
+            .fleet
+            .on_peer(peer, &publish.payload, &expect, self.head.algorithm())
+        {
+            Ok(Accepted::Updated) => {
+                tracing::info!(peer, "fleet head updated");
+                self.predictor_stale = true;
+                self.head_dirty = true;
+                // Predictions follow peers at once, not at the next duty-cycle slot.
+                self.refresh_predictor();
+            }
+            Ok(Accepted::Unchanged) => {}
+            Err(e) => {
+                tracing::warn!(peer, "rejected fleet head: {e}");
+                self.shared
+                    .reply_error(&publish.topic, None, &RequestError::Fleet(e));
+            }
+        }
+        self.shared.ack(&publish);
     }
 
     fn housekeeping(&mut self, stopping: bool) {
@@ -590,6 +656,10 @@ impl Learner {
                 "stored_samples": self.samples.len(),
                 "connected": self.shared.connected.load(Ordering::Relaxed),
                 "adapt": self.shared.adapt.status_json(),
+                "fleet": {
+                    "peers": self.fleet.peers.heads.len(),
+                    "rejected": self.fleet.peers.rejected,
+                },
             });
             let doc = self.shared.stats.to_json(extra);
             self.shared.publish_json(&self.shared.topics.stats, &doc);
@@ -742,6 +812,18 @@ impl Learner {
                     )));
                 }
                 Ok(json!({}))
+            }
+            "fleet-leave" => {
+                check_size(payload, 1024)?;
+                let peer = json_or_text(payload, "peer")
+                    .filter(|p| !p.is_empty())
+                    .ok_or_else(|| {
+                        RequestError::BadRequest("fleet-leave needs a peer device id".into())
+                    })?;
+                crate::config::validate_name("peer", &peer).map_err(RequestError::BadRequest)?;
+                let was_merged = self.fleet.peers.exclude(&peer);
+                self.after_change();
+                Ok(json!({ "peer": peer, "was_merged": was_merged }))
             }
             other => Err(RequestError::UnknownCommand(other.to_string())),
         }

@@ -12,6 +12,7 @@
 //! | [`bench`] | `adaptd bench`: backbone latency and load time |
 //! | [`pipeline`] | payload → embedding (input + backbone) |
 //! | [`head`] | streaming linear heads, snapshots, merge, head file format |
+//! | [`fleet`] | fleet learning: board key, signed head envelopes, peer verification, the fleet head |
 //! | [`adapt`] | domain adaptation: target statistics, mean/coral/t3a corrections, drift; its daemon thread |
 //! | [`eval`] | `adaptd eval`: the learning benchmark (datasets, embedding cache, prequential runs, reports) |
 //! | [`samples`] | stored labeled embeddings (per-class reservoirs) for retraining |
@@ -34,6 +35,7 @@ pub mod config;
 pub mod daemon;
 pub mod error;
 pub mod eval;
+pub mod fleet;
 pub mod head;
 pub mod input;
 pub mod learner;

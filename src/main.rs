@@ -42,6 +42,7 @@ fn main() -> std::process::ExitCode {
             *json,
         ),
         Command::Eval(a) => cli::eval(a),
+        Command::FleetKey { config } => cli::fleet_key(config.as_deref()),
         Command::Embed(a) => cli::embed(a),
         Command::Classify(a) => cli::classify(a),
     };

@@ -129,6 +129,14 @@ pub async fn drive(
                     if let Err(e) = shared.client.try_subscribe_many(filters) {
                         tracing::error!("subscribe failed: {e}");
                     }
+                } else if let Some(f) = &topics.fleet {
+                    // A stored session does not replay retained messages, and a restarted
+                    // process has no peer heads: subscribing again makes the broker send every
+                    // peer's retained head (unchanged ones are no-ops).
+                    let filter = format!("{}+", f.heads_prefix);
+                    if let Err(e) = shared.client.try_subscribe(filter, QoS::AtLeastOnce) {
+                        tracing::error!("subscribe failed: {e}");
+                    }
                 }
                 if !shared.stopping.load(Ordering::Relaxed) {
                     shared.publish(&topics.status, QoS::AtLeastOnce, true, b"online".to_vec());

@@ -28,6 +28,7 @@ pub const COMMANDS: &[&str] = &[
     "import",
     "merge",
     "adapt-reset",
+    "fleet-leave",
 ];
 
 /// Longest request id accepted (bytes).
@@ -51,6 +52,19 @@ pub struct Topics {
     pub error: String,
     pub stats: String,
     pub drift: String,
+    /// Fleet topics, when `[fleet] group` is set.
+    pub fleet: Option<FleetTopics>,
+}
+
+/// The topics of one fleet group.
+#[derive(Debug, Clone)]
+pub struct FleetTopics {
+    /// `{prefix}/{group}/heads/` (+ device id: a board's signed local head, retained).
+    pub heads_prefix: String,
+    /// This board's signed head topic.
+    pub mine: String,
+    /// `{prefix}/{group}/cmd/`: group-wide commands (only `forget`).
+    pub cmd_prefix: String,
 }
 
 impl Topics {
@@ -73,7 +87,21 @@ impl Topics {
             error: t("error"),
             stats: t("stats"),
             drift: t("drift"),
+            fleet: None,
         }
+    }
+
+    /// Adds the fleet topics of `fleet` (if it names a group) for this device.
+    pub fn with_fleet(mut self, fleet: &crate::fleet::FleetConfig, device_id: &str) -> Topics {
+        if fleet.enabled() {
+            let base = format!("{}/{}", fleet.topic_prefix, fleet.group);
+            self.fleet = Some(FleetTopics {
+                heads_prefix: format!("{base}/heads/"),
+                mine: format!("{base}/heads/{device_id}"),
+                cmd_prefix: format!("{base}/cmd/"),
+            });
+        }
+        self
     }
 
     /// Subscriptions: adaptd's input topics and the configured sources.
@@ -85,6 +113,10 @@ impl Topics {
             (self.feedback.clone(), QoS::AtLeastOnce),
             (format!("{}+", self.cmd_prefix), QoS::AtLeastOnce),
         ];
+        if let Some(f) = &self.fleet {
+            subs.push((format!("{}+", f.heads_prefix), QoS::AtLeastOnce));
+            subs.push((format!("{}forget", f.cmd_prefix), QoS::AtLeastOnce));
+        }
         for s in sources {
             let qos = if s.qos == 0 {
                 QoS::AtMostOnce
@@ -113,6 +145,17 @@ impl Topics {
         if let Some(cmd) = topic.strip_prefix(&self.cmd_prefix) {
             return Route::Command(cmd.to_string());
         }
+        if let Some(f) = &self.fleet {
+            if topic == f.mine {
+                return Route::Ignore;
+            }
+            if let Some(peer) = topic.strip_prefix(&f.heads_prefix) {
+                return Route::Peer(peer.to_string());
+            }
+            if topic.strip_prefix(&f.cmd_prefix) == Some("forget") {
+                return Route::Command("forget".into());
+            }
+        }
         if sources.iter().any(|s| rumqttc::matches(topic, &s.topic)) {
             return Route::Infer;
         }
@@ -128,6 +171,8 @@ pub enum Route {
     Learn(Option<String>),
     Feedback,
     Command(String),
+    /// A fleet peer's signed head, with the peer's device id.
+    Peer(String),
     Ignore,
 }
 
@@ -268,7 +313,7 @@ impl Shared {
         predictor: Predictor,
         adapt: AdaptHandle,
     ) -> Shared {
-        let topics = Topics::new(&settings.root);
+        let topics = Topics::new(&settings.root).with_fleet(&settings.fleet, &settings.device_id);
         let ring = FeedbackRing::new(settings.service.feedback_ring);
         let queue = InferQueue::new(settings.service.infer_queue);
         Shared {

@@ -318,7 +318,9 @@ impl Adapted {
     pub fn predict(&self, head: &Predictor, x: &[f32], k: usize) -> Result<Prediction, HeadError> {
         let z = self.apply(x);
         match &self.classifier {
-            Some(c) if c.version() == head.version() => c.predict(&z, k),
+            Some(c) if c.version() == head.version() && c.labels() == head.labels() => {
+                c.predict(&z, k)
+            }
             _ => head.predict(&z, k),
         }
     }

@@ -78,7 +78,7 @@ impl T3a {
 
     /// Follows the head's class table (supports of labels that remain are kept).
     fn sync(&mut self, head: &Predictor) {
-        if self.version == Some(head.version()) {
+        if self.version == Some(head.version()) && self.labels == head.labels() {
             return;
         }
         let mut old: Vec<(String, Vec<Entry>)> = std::mem::take(&mut self.labels)

@@ -313,6 +313,15 @@ impl Client {
             .expect("publish");
     }
 
+    /// Publishes with QoS 1 and the retain flag.
+    #[allow(dead_code)]
+    pub async fn publish_retained(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, true, payload)
+            .await
+            .expect("publish");
+    }
+
     /// Everything received so far on `topic`.
     pub fn on(&self, topic: &str) -> Vec<Msg> {
         self.seen

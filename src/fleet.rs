@@ -1,0 +1,619 @@
+//! Fleet learning: this board's Ed25519 identity, signed head envelopes on the group topic,
+//! verification of peers' heads (trusted key, signature, replay, backbone, algorithm, bounded
+//! statistics), the peer table and the fleet head (local statistics merged with every peer's
+//! latest local head). See `docs/fleet.md`.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use ring::rand::SystemRandom;
+use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::cbor::Bytes;
+use crate::head::{Algorithm, Expect, Head, HeadError};
+
+/// Largest |mean| of an embedding dimension a peer head may claim (and its square for the
+/// variance): far beyond any real backbone's outputs, small enough to keep merges finite.
+const MAX_ABS_MEAN: f64 = 1e6;
+
+/// File of this board's private key (PKCS#8) in the state directory.
+pub const KEY_FILE: &str = "fleet.key";
+/// File of the peers' last accepted versions and keys in the state directory.
+pub const PEERS_FILE: &str = "fleet-peers.json";
+/// Envelope format name and version.
+pub const ENVELOPE_FORMAT: &str = "adaptd-fleet-head";
+const ENVELOPE_VERSION: u32 = 1;
+/// Domain separation of the signed message.
+const SIGNING_TAG: &[u8] = b"adaptd fleet head v1\0";
+
+fn d_prefix() -> String {
+    "adaptd/fleet".into()
+}
+fn d_max_peer_samples() -> u64 {
+    1_000_000
+}
+fn d_max_peers() -> usize {
+    64
+}
+
+/// The `[fleet]` section of the config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    /// Fleet group name; empty = no fleet (the board learns alone).
+    #[serde(default)]
+    pub group: String,
+    /// Topic prefix of the fleet: heads on `{prefix}/{group}/heads/{device_id}`.
+    #[serde(default = "d_prefix")]
+    pub topic_prefix: String,
+    /// Public keys (hex, 64 characters) whose heads are merged.
+    #[serde(default)]
+    pub trusted_keys: Vec<String>,
+    /// A file with more trusted keys, one hex key per line (`#` comments).
+    #[serde(default)]
+    pub trusted_keys_file: String,
+    /// Peer device ids never merged.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Largest sample count a peer head may claim; heads above it are rejected.
+    #[serde(default = "d_max_peer_samples")]
+    pub max_peer_samples: u64,
+    /// Most peers merged.
+    #[serde(default = "d_max_peers")]
+    pub max_peers: usize,
+}
+
+impl Default for FleetConfig {
+    fn default() -> FleetConfig {
+        FleetConfig {
+            group: String::new(),
+            topic_prefix: d_prefix(),
+            trusted_keys: Vec::new(),
+            trusted_keys_file: String::new(),
+            exclude: Vec::new(),
+            max_peer_samples: d_max_peer_samples(),
+            max_peers: d_max_peers(),
+        }
+    }
+}
+
+impl FleetConfig {
+    /// Whether the board is in a fleet.
+    pub fn enabled(&self) -> bool {
+        !self.group.is_empty()
+    }
+
+    /// Checks names and keys (not the keys file, read at start).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.enabled() {
+            crate::head::validate_label(&self.group).map_err(|e| format!("group: {e}"))?;
+            if self.topic_prefix.is_empty()
+                || self.topic_prefix.contains(['+', '#'])
+                || self.topic_prefix.ends_with('/')
+            {
+                return Err("topic_prefix must be a topic without wildcards or trailing /".into());
+            }
+        }
+        for k in &self.trusted_keys {
+            parse_key(k)?;
+        }
+        if self.max_peers == 0 || self.max_peer_samples == 0 {
+            return Err("max_peers and max_peer_samples must be ≥ 1".into());
+        }
+        Ok(())
+    }
+
+    /// The trusted keys: the list plus the file.
+    pub fn load_trusted(&self) -> Result<Vec<[u8; 32]>, String> {
+        let mut keys: Vec<[u8; 32]> = self
+            .trusted_keys
+            .iter()
+            .map(|k| parse_key(k))
+            .collect::<Result<_, _>>()?;
+        if !self.trusted_keys_file.is_empty() {
+            let text = std::fs::read_to_string(&self.trusted_keys_file)
+                .map_err(|e| format!("{}: {e}", self.trusted_keys_file))?;
+            for (n, line) in text.lines().enumerate() {
+                let line = line.split('#').next().unwrap_or("").trim();
+                if line.is_empty() {
+                    continue;
+                }
+                keys.push(
+                    parse_key(line)
+                        .map_err(|e| format!("{} line {}: {e}", self.trusted_keys_file, n + 1))?,
+                );
+            }
+        }
+        Ok(keys)
+    }
+}
+
+/// Parses a hex Ed25519 public key.
+pub fn parse_key(s: &str) -> Result<[u8; 32], String> {
+    let bytes = hex::decode(s.trim()).map_err(|e| format!("key {s:?}: not hex ({e})"))?;
+    bytes
+        .try_into()
+        .map_err(|_| format!("key {s:?}: an Ed25519 public key is 32 bytes (64 hex digits)"))
+}
+
+/// Why a peer's head was refused. Stable codes for `{root}/error`.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("not a signed fleet head envelope: {0}")]
+    Unsigned(String),
+    #[error("head signed by a key that is not trusted ({0})")]
+    Untrusted(String),
+    #[error("bad signature (tampered or corrupted head)")]
+    BadSignature,
+    #[error("envelope for {got:?} arrived on the topic of {topic:?}")]
+    WrongPeer { topic: String, got: String },
+    #[error("peer {peer} is bound to another key")]
+    KeyChanged { peer: String },
+    #[error("replayed or stale head: version {got} of {peer}, already have {have}")]
+    Replay { peer: String, have: u64, got: u64 },
+    #[error("peer head claims {got} samples, above the cap of {cap} (fleet.max_peer_samples)")]
+    TooManySamples { got: u64, cap: u64 },
+    #[error("absurd statistics: {0}")]
+    Absurd(String),
+    #[error("too many peers (fleet.max_peers = {0})")]
+    TooManyPeers(usize),
+    #[error("peer {0} is excluded")]
+    Excluded(String),
+    #[error(transparent)]
+    Head(#[from] HeadError),
+}
+
+impl FleetError {
+    /// Stable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            FleetError::Unsigned(_) => "fleet_unsigned",
+            FleetError::Untrusted(_) => "fleet_untrusted",
+            FleetError::BadSignature => "fleet_bad_signature",
+            FleetError::WrongPeer { .. } => "fleet_wrong_peer",
+            FleetError::KeyChanged { .. } => "fleet_key_changed",
+            FleetError::Replay { .. } => "fleet_replay",
+            FleetError::TooManySamples { .. } => "fleet_too_many_samples",
+            FleetError::TooManyPeers(_) => "fleet_too_many_peers",
+            FleetError::Absurd(_) => "fleet_absurd",
+            FleetError::Excluded(_) => "fleet_excluded",
+            FleetError::Head(e) => e.code(),
+        }
+    }
+}
+
+/// This board's signing key.
+pub struct Identity {
+    pair: Ed25519KeyPair,
+}
+
+impl Identity {
+    /// Loads `dir/fleet.key`, creating it (mode 0600) on first start.
+    pub fn load_or_create(dir: &Path) -> std::io::Result<Identity> {
+        let path = dir.join(KEY_FILE);
+        let other = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        match std::fs::read(&path) {
+            Ok(pkcs8) => Ed25519KeyPair::from_pkcs8(&pkcs8)
+                .map(|pair| Identity { pair })
+                .map_err(|e| {
+                    other(format!(
+                        "{}: not an Ed25519 PKCS#8 key: {e}",
+                        path.display()
+                    ))
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(dir)?;
+                let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
+                    .map_err(|_| other("cannot generate a key".into()))?;
+                write_private(&path, pkcs8.as_ref())?;
+                let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
+                    .map_err(|e| other(format!("generated key unreadable: {e}")))?;
+                tracing::info!(path = %path.display(), "generated this board's fleet key");
+                Ok(Identity { pair })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The public key, hex.
+    pub fn public_hex(&self) -> String {
+        hex::encode(self.pair.public_key().as_ref())
+    }
+
+    /// Seals `head` (the board's local head) for the group.
+    pub fn seal(&self, device_id: &str, group: &str, head: &Head) -> Result<Vec<u8>, HeadError> {
+        let bytes = head.to_bytes()?;
+        let version = head.version();
+        let msg = signed_message(device_id, group, version, &bytes);
+        let env = Envelope {
+            format: ENVELOPE_FORMAT.into(),
+            envelope_version: ENVELOPE_VERSION,
+            device_id: device_id.into(),
+            group: group.into(),
+            version,
+            head: Bytes(bytes),
+            public_key: Bytes(self.pair.public_key().as_ref().to_vec()),
+            signature: Bytes(self.pair.sign(&msg).as_ref().to_vec()),
+        };
+        let mut out = Vec::new();
+        ciborium::into_writer(&env, &mut out)
+            .map_err(|e| HeadError::Encode(format!("fleet envelope: {e}")))?;
+        Ok(out)
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// The signed message: tag, device id, group, version, SHA-256 of the head file.
+fn signed_message(device_id: &str, group: &str, version: u64, head: &[u8]) -> Vec<u8> {
+    let mut m = SIGNING_TAG.to_vec();
+    for s in [device_id, group] {
+        m.extend((s.len() as u32).to_le_bytes());
+        m.extend(s.as_bytes());
+    }
+    m.extend(version.to_le_bytes());
+    m.extend(Sha256::digest(head));
+    m
+}
+
+/// A signed head as it travels on the fleet topic (CBOR).
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    pub format: String,
+    pub envelope_version: u32,
+    pub device_id: String,
+    pub group: String,
+    pub version: u64,
+    pub head: Bytes,
+    pub public_key: Bytes,
+    pub signature: Bytes,
+}
+
+/// A verified peer head.
+pub struct Verified {
+    pub version: u64,
+    pub head: Head,
+    pub key: String,
+    pub head_sha256: String,
+}
+
+/// Checks an envelope from `peer`'s topic: format, group, trusted key, signature, then the
+/// head itself (backbone, dimension, values) and the sample cap. Replay is checked by
+/// [`Peers::accept`].
+pub fn open(
+    bytes: &[u8],
+    peer: &str,
+    group: &str,
+    trusted: &[[u8; 32]],
+    expect: &Expect<'_>,
+    algorithm: Algorithm,
+    max_samples: u64,
+) -> Result<Verified, FleetError> {
+    if bytes.len() > expect.max_bytes.saturating_add(4096) {
+        return Err(FleetError::Head(HeadError::TooLarge {
+            got: bytes.len(),
+            limit: expect.max_bytes,
+        }));
+    }
+    let env: Envelope =
+        ciborium::from_reader(bytes).map_err(|e| FleetError::Unsigned(e.to_string()))?;
+    if env.format != ENVELOPE_FORMAT || env.envelope_version != ENVELOPE_VERSION {
+        return Err(FleetError::Unsigned(format!(
+            "format {:?} v{}",
+            env.format, env.envelope_version
+        )));
+    }
+    if env.device_id != peer || env.group != group {
+        return Err(FleetError::WrongPeer {
+            topic: peer.into(),
+            got: format!("{}@{}", env.device_id, env.group),
+        });
+    }
+    let key: [u8; 32] = env
+        .public_key
+        .0
+        .as_slice()
+        .try_into()
+        .map_err(|_| FleetError::Unsigned("public key is not 32 bytes".into()))?;
+    let key_hex = hex::encode(key);
+    if !trusted.contains(&key) {
+        return Err(FleetError::Untrusted(key_hex));
+    }
+    let msg = signed_message(&env.device_id, &env.group, env.version, &env.head.0);
+    UnparsedPublicKey::new(&ED25519, key)
+        .verify(&msg, &env.signature.0)
+        .map_err(|_| FleetError::BadSignature)?;
+    let head = Head::from_bytes(&env.head.0, expect)?;
+    if head.version() != env.version {
+        return Err(FleetError::Unsigned(
+            "envelope and head versions differ".into(),
+        ));
+    }
+    if head.algorithm() != algorithm {
+        return Err(FleetError::Head(HeadError::AlgorithmMismatch {
+            expected: algorithm,
+            got: head.algorithm(),
+        }));
+    }
+    if head.samples() > max_samples {
+        return Err(FleetError::TooManySamples {
+            got: head.samples(),
+            cap: max_samples,
+        });
+    }
+    let s = head.source_stats();
+    let bounded = s.mean().iter().all(|m| m.abs() <= MAX_ABS_MEAN)
+        && s.var().iter().all(|v| *v <= MAX_ABS_MEAN * MAX_ABS_MEAN);
+    if !bounded {
+        return Err(FleetError::Absurd(
+            "embedding means or variances far outside any backbone's range".into(),
+        ));
+    }
+    Ok(Verified {
+        version: env.version,
+        head,
+        key: key_hex,
+        head_sha256: hex::encode(Sha256::digest(&env.head.0)),
+    })
+}
+
+/// What is remembered of a peer across restarts: its key and its last accepted version.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Seen {
+    pub key: String,
+    pub version: u64,
+    pub head_sha256: String,
+}
+
+/// The peers file: what was seen of each peer, and the peers excluded at run time.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct PeersFile {
+    #[serde(default)]
+    seen: BTreeMap<String, Seen>,
+    #[serde(default)]
+    excluded: Vec<String>,
+}
+
+/// One peer's latest local head.
+pub struct Peer {
+    pub version: u64,
+    pub head: Head,
+    pub key: String,
+}
+
+/// The peers of this board: their latest heads, and what was seen of each (persisted).
+pub struct Peers {
+    pub heads: BTreeMap<String, Peer>,
+    pub seen: BTreeMap<String, Seen>,
+    pub excluded: Vec<String>,
+    pub rejected: u64,
+    path: Option<PathBuf>,
+}
+
+/// What [`Peers::accept`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Accepted {
+    /// A new or newer head: the fleet head changes.
+    Updated,
+    /// The same head again (a republish or a restart): nothing changes.
+    Unchanged,
+}
+
+impl Peers {
+    /// Peers remembered in `dir` (or none), with the configured exclusions.
+    pub fn load(dir: Option<&Path>, excluded: Vec<String>) -> Peers {
+        let path = dir.map(|d| d.join(PEERS_FILE));
+        let file: PeersFile = path
+            .as_ref()
+            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let mut all = excluded;
+        for e in file.excluded {
+            if !all.contains(&e) {
+                all.push(e);
+            }
+        }
+        Peers {
+            heads: BTreeMap::new(),
+            seen: file.seen,
+            excluded: all,
+            rejected: 0,
+            path,
+        }
+    }
+
+    fn save(&self) {
+        let Some(p) = &self.path else { return };
+        let file = PeersFile {
+            seen: self.seen.clone(),
+            excluded: self.excluded.clone(),
+        };
+        match serde_json::to_vec_pretty(&file) {
+            Ok(b) => {
+                if let Err(e) = crate::store::write_atomic(p, &b) {
+                    tracing::warn!("saving {}: {e}", p.display());
+                }
+            }
+            Err(e) => tracing::warn!("encoding fleet peers: {e}"),
+        }
+    }
+
+    /// Takes a verified head from `peer`: rejects excluded peers, key changes and versions
+    /// older than (or equal to but different from) the last accepted one.
+    pub fn accept(
+        &mut self,
+        peer: &str,
+        v: Verified,
+        max_peers: usize,
+    ) -> Result<Accepted, FleetError> {
+        if self.excluded.iter().any(|e| e == peer) {
+            return Err(FleetError::Excluded(peer.into()));
+        }
+        if let Some(s) = self.seen.get(peer) {
+            if s.key != v.key {
+                return Err(FleetError::KeyChanged { peer: peer.into() });
+            }
+            let same = v.version == s.version && v.head_sha256 == s.head_sha256;
+            if v.version < s.version || (v.version == s.version && !same) {
+                return Err(FleetError::Replay {
+                    peer: peer.into(),
+                    have: s.version,
+                    got: v.version,
+                });
+            }
+            if same && self.heads.contains_key(peer) {
+                return Ok(Accepted::Unchanged);
+            }
+        }
+        if !self.heads.contains_key(peer) && self.heads.len() >= max_peers {
+            return Err(FleetError::TooManyPeers(max_peers));
+        }
+        self.seen.insert(
+            peer.into(),
+            Seen {
+                key: v.key.clone(),
+                version: v.version,
+                head_sha256: v.head_sha256,
+            },
+        );
+        self.save();
+        self.heads.insert(
+            peer.into(),
+            Peer {
+                version: v.version,
+                head: v.head,
+                key: v.key,
+            },
+        );
+        Ok(Accepted::Updated)
+    }
+
+    /// Drops a peer and never merges it again (until the exclusion is lifted in the config).
+    pub fn exclude(&mut self, peer: &str) -> bool {
+        if !self.excluded.iter().any(|e| e == peer) {
+            self.excluded.push(peer.into());
+            self.save();
+        }
+        self.heads.remove(peer).is_some()
+    }
+
+    /// The fleet head: `local` merged with every peer's head, in peer-id order. Peers whose
+    /// head cannot be merged (another algorithm) are skipped with a warning.
+    pub fn fleet_head(&self, local: &Head) -> Head {
+        let mut h = local.clone();
+        for (id, p) in &self.heads {
+            if let Err(e) = h.merge(&p.head) {
+                tracing::warn!(peer = %id, "cannot merge peer head: {e}");
+            }
+        }
+        h.set_version(local.version());
+        h
+    }
+
+    /// The `fleet.peers` part of `{root}/info`.
+    pub fn info(&self) -> serde_json::Value {
+        serde_json::Value::Array(
+            self.heads
+                .iter()
+                .map(|(id, p)| {
+                    serde_json::json!({
+                        "id": id,
+                        "version": p.version,
+                        "samples": p.head.samples(),
+                        "classes": p.head.classes().len(),
+                        "key": p.key,
+                    })
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Everything the learner needs for the fleet: config, identity, trusted keys, peers.
+pub struct FleetState {
+    pub config: FleetConfig,
+    pub identity: Identity,
+    trusted: Vec<[u8; 32]>,
+    pub peers: Peers,
+}
+
+impl FleetState {
+    /// Loads the identity (created on first start), the trusted keys and the remembered peers.
+    pub fn load(config: &FleetConfig, state_dir: &Path) -> anyhow::Result<FleetState> {
+        use anyhow::Context as _;
+        let identity = Identity::load_or_create(state_dir)
+            .with_context(|| format!("fleet key in {}", state_dir.display()))?;
+        let trusted = config.load_trusted().map_err(anyhow::Error::msg)?;
+        if config.enabled() && trusted.is_empty() {
+            tracing::warn!(
+                group = %config.group,
+                "fleet group set but no trusted keys: every peer head will be rejected"
+            );
+        }
+        Ok(FleetState {
+            config: config.clone(),
+            identity,
+            trusted,
+            peers: Peers::load(Some(state_dir), config.exclude.clone()),
+        })
+    }
+
+    /// Verifies and takes a peer's envelope (an empty payload withdraws the peer's head).
+    pub fn on_peer(
+        &mut self,
+        peer: &str,
+        payload: &[u8],
+        expect: &Expect<'_>,
+        algorithm: Algorithm,
+    ) -> Result<Accepted, FleetError> {
+        if payload.is_empty() {
+            return Ok(if self.peers.heads.remove(peer).is_some() {
+                Accepted::Updated
+            } else {
+                Accepted::Unchanged
+            });
+        }
+        let result = open(
+            payload,
+            peer,
+            &self.config.group,
+            &self.trusted,
+            expect,
+            algorithm,
+            self.config.max_peer_samples,
+        )
+        .and_then(|v| self.peers.accept(peer, v, self.config.max_peers));
+        if result.is_err() {
+            self.peers.rejected += 1;
+        }
+        result
+    }
+
+    /// The `fleet` part of `{root}/info`.
+    pub fn info(&self) -> serde_json::Value {
+        serde_json::json!({
+            "group": self.config.group,
+            "public_key": self.identity.public_hex(),
+            "trusted_keys": self.trusted.len(),
+            "peers": self.peers.info(),
+            "excluded": self.peers.excluded,
+            "rejected": self.peers.rejected,
+        })
+    }
+}

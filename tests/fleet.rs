@@ -1,0 +1,303 @@
+//! Fleet learning across real adaptd processes on one mosquitto: exact merging of what two
+//! boards learned, idempotent republishing, recovery from retained heads after a restart, and
+//! every kind of bad peer head rejected with an error and without effect.
+
+mod common;
+
+use std::collections::HashMap;
+
+use adaptd::fleet::Identity;
+use adaptd::head::{Head, HeadConfig};
+use common::{variants, Client, Daemon, Mosquitto};
+
+const GROUP: &str = "warehouse";
+
+fn fleet_topic(device: &str) -> String {
+    format!("adaptd/fleet/{GROUP}/heads/{device}")
+}
+
+async fn learn(c: &Client, root: &str, label: &str, images: &[Vec<u8>]) {
+    for img in images {
+        c.publish(&format!("{root}/learn/{label}"), img.clone())
+            .await;
+    }
+}
+
+async fn info_where(
+    c: &Client,
+    root: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    c.wait_for(&format!("{root}/info"), |m| pred(&m.json()))
+        .await
+        .json()
+}
+
+fn peer_version(info: &serde_json::Value, peer: &str) -> Option<u64> {
+    info["fleet"]["peers"]
+        .as_array()?
+        .iter()
+        .find(|p| p["id"] == peer)
+        .and_then(|p| p["version"].as_u64())
+}
+
+/// Label → score of a prediction.
+fn scores(p: &serde_json::Value) -> HashMap<String, f64> {
+    p["top"]
+        .as_array()
+        .map(|t| {
+            t.iter()
+                .map(|s| {
+                    (
+                        s["label"].as_str().unwrap_or_default().to_string(),
+                        s["score"].as_f64().unwrap_or(f64::NAN),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn predict(c: &Client, root: &str, id: &str, img: &[u8]) -> serde_json::Value {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(img);
+    c.publish(
+        &format!("{root}/infer"),
+        serde_json::json!({"id": id, "image": b64}).to_string(),
+    )
+    .await;
+    c.wait_for(&format!("{root}/prediction"), |m| m.json()["id"] == id)
+        .await
+        .json()
+}
+
+fn key_of(dir: &std::path::Path) -> String {
+    Identity::load_or_create(dir).expect("key").public_hex()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_boards_merged_predict_like_one_board_taught_everything() {
+    let broker = Mosquitto::start();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (sa, sb, sc) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("c"),
+    );
+    let trusted = format!("[\"{}\", \"{}\"]", key_of(&sa), key_of(&sb));
+    let fleet_env = [
+        ("ADAPTD_FLEET_GROUP", GROUP),
+        ("ADAPTD_FLEET_TRUSTED_KEYS", trusted.as_str()),
+        ("ADAPTD_ADAPT_METHOD", "none"),
+    ];
+    let mut a = Daemon::start(&broker.url(), &sa, "board-a", &fleet_env);
+    let b = Daemon::start(&broker.url(), &sb, "board-b", &fleet_env);
+    let all = Daemon::start(
+        &broker.url(),
+        &sc,
+        "board-all",
+        &[("ADAPTD_ADAPT_METHOD", "none")],
+    );
+    let c = Client::connect(broker.port, &["adaptd/#"]).await;
+    for d in [&a, &b, &all] {
+        c.wait_for(&format!("{}/status", d.root()), |m| m.payload == b"online")
+            .await;
+    }
+    let (ra, rb, rall) = (a.root(), b.root(), all.root());
+
+    // Disjoint halves: both boards see cats (different ones), each sees one other class.
+    let cats = variants("chelsea.jpg", 9, 21);
+    let cups = variants("coffee.jpg", 6, 22);
+    let people = variants("astronaut.jpg", 6, 23);
+    learn(&c, &ra, "cat", &cats[..3]).await;
+    learn(&c, &ra, "cup", &cups[..4]).await;
+    learn(&c, &rb, "cat", &cats[3..6]).await;
+    learn(&c, &rb, "person", &people[..4]).await;
+    learn(&c, &rall, "cat", &cats[..6]).await;
+    learn(&c, &rall, "cup", &cups[..4]).await;
+    learn(&c, &rall, "person", &people[..4]).await;
+    info_where(&c, &rall, |i| i["head"]["samples"] == 14).await;
+
+    // Each board merges the other's local head (its own info still shows local statistics).
+    let ia = info_where(&c, &ra, |i| {
+        i["head"]["samples"] == 7
+            && i["fleet"]["peers"][0]["id"] == "board-b"
+            && i["fleet"]["peers"][0]["samples"] == 7
+    })
+    .await;
+    info_where(&c, &rb, |i| i["fleet"]["peers"][0]["samples"] == 7).await;
+    assert_eq!(ia["fleet"]["group"], GROUP);
+    assert_eq!(ia["fleet"]["public_key"].as_str().map(str::len), Some(64));
+
+    // Exact merge: the fleet head predicts like the board that saw everything.
+    let tests: Vec<(&str, &Vec<u8>)> = cats[6..]
+        .iter()
+        .chain(&cups[4..])
+        .chain(&people[4..])
+        .enumerate()
+        .map(|(i, img)| (["t0", "t1", "t2", "t3", "t4", "t5", "t6"][i], img))
+        .collect();
+    let mut reference = Vec::new();
+    for (id, img) in &tests {
+        let want = predict(&c, &rall, id, img).await;
+        for root in [&ra, &rb] {
+            let got = predict(&c, root, id, img).await;
+            assert_eq!(got["label"], want["label"], "{id} on {root}");
+            let (g, w) = (scores(&got), scores(&want));
+            for (label, s) in &w {
+                let d = (g.get(label).copied().unwrap_or(f64::NAN) - s).abs();
+                assert!(
+                    d < 1e-4,
+                    "{id} on {root}: {label} {s} vs {:?}",
+                    g.get(label)
+                );
+            }
+        }
+        reference.push(want);
+    }
+
+    // Idempotent: republishing B's retained head changes nothing and is no error.
+    let retained = Client::connect(broker.port, &[&fleet_topic("board-b")]).await;
+    let env = retained
+        .wait_for(&fleet_topic("board-b"), |m| m.retain)
+        .await;
+    c.clear();
+    c.publish_retained(&fleet_topic("board-b"), env.payload.clone())
+        .await;
+    let again = predict(&c, &ra, "again", tests[0].1).await;
+    assert_eq!(scores(&again), scores(&reference[0]));
+    assert!(
+        c.on(&format!("{ra}/error")).is_empty(),
+        "republish is not an error"
+    );
+
+    // A restarted board gets the fleet head back from the retained messages at once.
+    assert!(a.stop());
+    c.clear();
+    a.restart();
+    info_where(&c, &ra, |i| peer_version(i, "board-b").is_some()).await;
+    let after = predict(&c, &ra, "after-restart", tests[0].1).await;
+    assert_eq!(after["label"], reference[0]["label"]);
+    drop(b);
+}
+
+fn signed(id: &Identity, device: &str, head: &Head) -> Vec<u8> {
+    id.seal(device, GROUP, head).expect("seal")
+}
+
+/// A head of `n` samples of class `label` around `level` (synthetic embeddings of the right
+/// dimension), at `version`.
+fn synthetic(backbone: &str, label: &str, n: usize, level: f32, version: u64) -> Head {
+    let mut h = Head::new(&HeadConfig::default(), 1280, backbone);
+    for i in 0..n {
+        let x: Vec<f32> = (0..1280)
+            .map(|j| level + ((i * 31 + j * 7) % 13) as f32 * 0.01)
+            .collect();
+        h.update(&x, label).expect("update");
+    }
+    h.set_version(version);
+    h
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_peer_heads_are_rejected_with_an_error_and_change_nothing() {
+    let broker = Mosquitto::start();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let trusted_dir = tmp.path().join("trusted-signer");
+    let stranger_dir = tmp.path().join("stranger");
+    let signer = Identity::load_or_create(&trusted_dir).expect("key");
+    let stranger = Identity::load_or_create(&stranger_dir).expect("key");
+    let trusted = format!("[\"{}\"]", signer.public_hex());
+    let d = Daemon::start(
+        &broker.url(),
+        &tmp.path().join("a"),
+        "board-a",
+        &[
+            ("ADAPTD_FLEET_GROUP", GROUP),
+            ("ADAPTD_FLEET_TRUSTED_KEYS", trusted.as_str()),
+            ("ADAPTD_FLEET_MAX_PEER_SAMPLES", "50"),
+        ],
+    );
+    let root = d.root();
+    let c = Client::connect(broker.port, &["adaptd/#"]).await;
+    c.wait_for(&format!("{root}/status"), |m| m.payload == b"online")
+        .await;
+    learn(&c, &root, "cat", &variants("chelsea.jpg", 3, 5)).await;
+    let i = info_where(&c, &root, |i| i["head"]["samples"] == 3).await;
+    let sha = i["backbone"]["sha256"].as_str().expect("sha").to_string();
+
+    // A good head from the trusted signer is merged.
+    let good = synthetic(&sha, "forklift", 10, 0.5, 5);
+    c.publish(&fleet_topic("m1"), signed(&signer, "m1", &good))
+        .await;
+    info_where(&c, &root, |i| peer_version(i, "m1") == Some(5)).await;
+
+    let reject = |payload: Vec<u8>, code: &'static str| {
+        let c = &c;
+        let root = &root;
+        async move {
+            c.clear();
+            c.publish(&fleet_topic("m1"), payload).await;
+            let e = c
+                .wait_for(&format!("{root}/error"), |m| m.json()["code"] == code)
+                .await
+                .json();
+            assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{e}");
+        }
+    };
+    // Unsigned: a bare head file.
+    reject(good.to_bytes().expect("bytes"), "fleet_unsigned").await;
+    // Signed by a key nobody trusts.
+    reject(
+        signed(&stranger, "m1", &synthetic(&sha, "x", 3, 0.1, 9)),
+        "fleet_untrusted",
+    )
+    .await;
+    // Tampered: one bit flipped inside the head bytes.
+    let mut tampered = signed(&signer, "m1", &synthetic(&sha, "forklift", 12, 0.5, 8));
+    let mid = tampered.len() / 2;
+    tampered[mid] ^= 0x01;
+    reject(tampered, "fleet_bad_signature").await;
+    // An older version (a replay).
+    reject(
+        signed(&signer, "m1", &synthetic(&sha, "forklift", 4, 0.5, 3)),
+        "fleet_replay",
+    )
+    .await;
+    // Another backbone.
+    let other = "11".repeat(32);
+    reject(
+        signed(&signer, "m1", &synthetic(&other, "forklift", 4, 0.5, 10)),
+        "backbone_mismatch",
+    )
+    .await;
+    // Inflated counts (above fleet.max_peer_samples = 50).
+    reject(
+        signed(&signer, "m1", &synthetic(&sha, "forklift", 51, 0.5, 11)),
+        "fleet_too_many_samples",
+    )
+    .await;
+    // Signed for another device than the topic says.
+    reject(
+        signed(&signer, "m2", &synthetic(&sha, "forklift", 4, 0.5, 12)),
+        "fleet_wrong_peer",
+    )
+    .await;
+
+    // None of them changed anything: still version 5 of m1, every rejection counted.
+    c.publish(&format!("{root}/cmd/snapshot"), "").await;
+    let i = info_where(&c, &root, |i| i["fleet"]["rejected"] == 7).await;
+    assert_eq!(peer_version(&i, "m1"), Some(5), "{i}");
+
+    // fleet-leave drops the peer.
+    c.publish(&format!("{root}/cmd/fleet-leave"), "m1").await;
+    let r = c
+        .wait_for(&format!("{root}/result"), |m| {
+            m.json()["command"] == "fleet-leave"
+        })
+        .await
+        .json();
+    assert_eq!(r["was_merged"], true, "{r}");
+    let i = info_where(&c, &root, |i| i["fleet"]["excluded"][0] == "m1").await;
+    assert!(peer_version(&i, "m1").is_none());
+}
