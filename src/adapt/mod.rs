@@ -82,7 +82,7 @@ fn d_recompute_every() -> u64 {
     64
 }
 fn d_coral_shrinkage() -> f64 {
-    0.3
+    0.1
 }
 fn d_t3a_confidence() -> f64 {
     0.5
@@ -94,7 +94,7 @@ fn d_t3a_temperature() -> f64 {
     0.05
 }
 fn d_drift_threshold() -> f64 {
-    0.5
+    0.05
 }
 fn d_persist_interval_secs() -> u64 {
     60
