@@ -617,3 +617,221 @@ impl FleetState {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::head::HeadConfig;
+
+    const SHA: &str = "ab";
+    const D: usize = 8;
+
+    fn head(label: &str, n: usize, level: f32, version: u64) -> Head {
+        let mut h = Head::new(&HeadConfig::default(), D, SHA);
+        for i in 0..n {
+            let x: Vec<f32> = (0..D)
+                .map(|j| level + ((i * 5 + j * 3) % 7) as f32 * 0.1)
+                .collect();
+            h.update(&x, label).unwrap();
+        }
+        h.set_version(version);
+        h
+    }
+
+    fn expect() -> Expect<'static> {
+        Expect {
+            backbone_sha256: Some(SHA),
+            dim: Some(D),
+            max_bytes: 1 << 24,
+        }
+    }
+
+    fn ids(dir: &Path, names: &[&str]) -> Vec<Identity> {
+        names
+            .iter()
+            .map(|n| Identity::load_or_create(&dir.join(n)).unwrap())
+            .collect()
+    }
+
+    fn key(id: &Identity) -> [u8; 32] {
+        parse_key(&id.public_hex()).unwrap()
+    }
+
+    fn verify(
+        id: &Identity,
+        peer: &str,
+        h: &Head,
+        trusted: &[[u8; 32]],
+    ) -> Result<Verified, FleetError> {
+        let env = id.seal(peer, "g", h).unwrap();
+        open(&env, peer, "g", trusted, &expect(), h.algorithm(), 1000)
+    }
+
+    fn scores(h: &Head, x: &[f32]) -> Vec<(String, f32)> {
+        let p = h.snapshot().predict(x, 10).unwrap();
+        let mut v: Vec<(String, f32)> = p.top.into_iter().map(|s| (s.label, s.score)).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    #[test]
+    fn key_is_created_once_private_and_stable() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Identity::load_or_create(dir.path()).unwrap();
+        let b = Identity::load_or_create(dir.path()).unwrap();
+        assert_eq!(a.public_hex(), b.public_hex());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "key readable by others: {mode:o}");
+        }
+        std::fs::write(dir.path().join(KEY_FILE), b"junk").unwrap();
+        assert!(Identity::load_or_create(dir.path()).is_err());
+    }
+
+    #[test]
+    fn merging_is_order_independent_and_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let [a, b, c] = <[Identity; 3]>::try_from(ids(dir.path(), &["a", "b", "c"]))
+            .ok()
+            .unwrap();
+        let trusted = [key(&a), key(&b), key(&c)];
+        let local = head("cat", 4, 0.0, 3);
+        let hb = head("cup", 5, 1.0, 7);
+        let hc = head("cat", 3, 0.4, 2);
+        let mut one = Peers::load(None, vec![]);
+        let mut two = Peers::load(None, vec![]);
+        one.accept("b", verify(&b, "b", &hb, &trusted).unwrap(), 8)
+            .unwrap();
+        one.accept("c", verify(&c, "c", &hc, &trusted).unwrap(), 8)
+            .unwrap();
+        two.accept("c", verify(&c, "c", &hc, &trusted).unwrap(), 8)
+            .unwrap();
+        two.accept("b", verify(&b, "b", &hb, &trusted).unwrap(), 8)
+            .unwrap();
+        let x = vec![0.3f32; D];
+        let f1 = one.fleet_head(&local);
+        assert_eq!(scores(&f1, &x), scores(&two.fleet_head(&local), &x));
+        assert_eq!(f1.samples(), 12);
+        assert_eq!(
+            f1.version(),
+            local.version(),
+            "the fleet head keeps the local version"
+        );
+        // The same envelope again changes nothing.
+        let again = one
+            .accept("b", verify(&b, "b", &hb, &trusted).unwrap(), 8)
+            .unwrap();
+        assert_eq!(again, Accepted::Unchanged);
+        assert_eq!(scores(&one.fleet_head(&local), &x), scores(&f1, &x));
+        // A newer head of a peer replaces its slot (never adds to it).
+        let hb2 = head("cup", 2, 1.0, 8);
+        one.accept("b", verify(&b, "b", &hb2, &trusted).unwrap(), 8)
+            .unwrap();
+        assert_eq!(one.fleet_head(&local).samples(), 4 + 2 + 3);
+        let _ = a;
+    }
+
+    #[test]
+    fn every_bad_envelope_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let [a, m] = <[Identity; 2]>::try_from(ids(dir.path(), &["a", "mallory"]))
+            .ok()
+            .unwrap();
+        let trusted = [key(&a)];
+        let h = head("cup", 3, 1.0, 5);
+        let code = |r: Result<Verified, FleetError>| r.err().map(|e| e.code());
+        assert_eq!(code(verify(&m, "a", &h, &trusted)), Some("fleet_untrusted"));
+        let env = a.seal("a", "g", &h).unwrap();
+        let open_as = |bytes: &[u8], peer: &str, group: &str| {
+            open(bytes, peer, group, &trusted, &expect(), h.algorithm(), 1000)
+        };
+        assert!(open_as(&env, "a", "g").is_ok());
+        assert_eq!(code(open_as(&env, "b", "g")), Some("fleet_wrong_peer"));
+        assert_eq!(code(open_as(&env, "a", "other")), Some("fleet_wrong_peer"));
+        assert_eq!(
+            code(open_as(&h.to_bytes().unwrap(), "a", "g")),
+            Some("fleet_unsigned")
+        );
+        assert_eq!(code(open_as(b"", "a", "g")), Some("fleet_unsigned"));
+        for i in (0..env.len()).step_by(97) {
+            let mut t = env.clone();
+            t[i] ^= 0x40;
+            assert!(open_as(&t, "a", "g").is_err(), "flip at {i} accepted");
+        }
+        let big = head("cup", 20, 1.0, 6);
+        let env = a.seal("a", "g", &big).unwrap();
+        let r = open(&env, "a", "g", &trusted, &expect(), big.algorithm(), 10);
+        assert_eq!(code(r), Some("fleet_too_many_samples"));
+        let r = open(
+            &env,
+            "a",
+            "g",
+            &trusted,
+            &expect(),
+            crate::head::Algorithm::Slda,
+            1000,
+        );
+        assert_eq!(code(r), Some("algorithm_mismatch"));
+        let absurd = head("cup", 2, 1e7, 7);
+        assert_eq!(
+            code(verify(&a, "a", &absurd, &trusted)),
+            Some("fleet_absurd")
+        );
+    }
+
+    #[test]
+    fn replays_and_key_changes_are_refused_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let [a, a2] = <[Identity; 2]>::try_from(ids(dir.path(), &["a", "a-new"]))
+            .ok()
+            .unwrap();
+        let trusted = [key(&a), key(&a2)];
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        let mut peers = Peers::load(Some(&state), vec![]);
+        peers
+            .accept(
+                "a",
+                verify(&a, "a", &head("x", 2, 0.0, 5), &trusted).unwrap(),
+                8,
+            )
+            .unwrap();
+        let old = verify(&a, "a", &head("x", 1, 0.0, 4), &trusted).unwrap();
+        assert_eq!(
+            peers.accept("a", old, 8).unwrap_err().code(),
+            "fleet_replay"
+        );
+        let same_version_other_head = verify(&a, "a", &head("y", 1, 0.0, 5), &trusted).unwrap();
+        assert_eq!(
+            peers
+                .accept("a", same_version_other_head, 8)
+                .unwrap_err()
+                .code(),
+            "fleet_replay"
+        );
+        // After a restart the remembered version still holds, the same head is accepted again.
+        let mut peers = Peers::load(Some(&state), vec![]);
+        let old = verify(&a, "a", &head("x", 1, 0.0, 4), &trusted).unwrap();
+        assert_eq!(
+            peers.accept("a", old, 8).unwrap_err().code(),
+            "fleet_replay"
+        );
+        let same = verify(&a, "a", &head("x", 2, 0.0, 5), &trusted).unwrap();
+        assert_eq!(peers.accept("a", same, 8).unwrap(), Accepted::Updated);
+        // Another (even trusted) key cannot take over a peer id.
+        let hijack = verify(&a2, "a", &head("x", 2, 0.0, 9), &trusted).unwrap();
+        assert_eq!(
+            peers.accept("a", hijack, 8).unwrap_err().code(),
+            "fleet_key_changed"
+        );
+        // Exclusion is remembered.
+        assert!(peers.exclude("a"));
+        let peers = Peers::load(Some(&state), vec![]);
+        assert_eq!(peers.excluded, vec!["a".to_string()]);
+    }
+}
