@@ -71,6 +71,30 @@ impl Mosquitto {
         m
     }
 
+    /// Starts mosquitto with a whole configuration written by `make(port, dir)`, where
+    /// `port` is a free port the config must listen on (plain TCP on 127.0.0.1: the
+    /// readiness check connects there) and `dir` a private directory for its files.
+    #[allow(dead_code)]
+    pub fn start_custom(make: impl FnOnce(u16, &Path) -> String) -> Mosquitto {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let conf = make(port, dir.path());
+        std::fs::write(dir.path().join("mosquitto.conf"), conf).expect("conf");
+        let mut m = Mosquitto {
+            port,
+            dir,
+            child: None,
+        };
+        m.restart();
+        m
+    }
+
+    /// The broker's private directory.
+    #[allow(dead_code)]
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// (Re)starts the broker process on the same port and persistence directory.
     pub fn restart(&mut self) {
         let child = Command::new("mosquitto")
