@@ -188,12 +188,17 @@ impl Daemon {
             .append(true)
             .open(&self.log)
             .expect("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_adaptd"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_adaptd"));
+        // Test knobs are not config keys: adaptd refuses unknown ADAPTD_* variables.
+        for (k, _) in std::env::vars() {
+            if k.starts_with("ADAPTD_TEST_") {
+                cmd.env_remove(k);
+            }
+        }
+        let child = cmd
             .arg("run")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("ADAPTD_LOG", "info")
-            // A test knob, not a config key: adaptd refuses unknown ADAPTD_* variables.
-            .env_remove("ADAPTD_TEST_WAIT_SECS")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
