@@ -1,0 +1,363 @@
+//! End-to-end load generator: prediction latency and throughput of a running adaptd through a
+//! real mosquitto, at 1, 2, … concurrent closed-loop publishers, next to the bare backbone time
+//! measured in the same run (`adaptd bench`), and adaptd's memory.
+//!
+//! Everything stays on loopback: it starts its own mosquitto on a free port and its own adaptd
+//! (the binary given by --adaptd) with a temporary state directory, teaches two classes, then
+//! runs each load level for --secs seconds (bounded in time and count).
+//!
+//! ```sh
+//! cargo build --release
+//! cargo run --release --example loadgen -- --adaptd target/release/adaptd --publishers 1,2,4
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use base64::Engine;
+use clap::Parser;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::{json, Value};
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// The adaptd binary.
+    #[arg(long, default_value = "target/release/adaptd")]
+    adaptd: PathBuf,
+    /// Concurrent publishers per level.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    publishers: Vec<usize>,
+    /// Seconds per level.
+    #[arg(long, default_value_t = 20)]
+    secs: u64,
+    /// At most this many requests per level.
+    #[arg(long, default_value_t = 5000)]
+    max_requests: usize,
+    /// Inference workers in adaptd (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
+    /// The JPEG sent for inference.
+    #[arg(long, default_value = "tests/fixtures/chelsea.jpg")]
+    image: PathBuf,
+    /// Print one JSON document.
+    #[arg(long)]
+    json: bool,
+    /// Leave mosquitto's `set_tcp_nodelay` at its default (false) instead of true.
+    #[arg(long)]
+    broker_nagle: bool,
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_mosquitto(dir: &Path, port: u16, nodelay_broker: bool) -> Result<Killed> {
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "user root\nlistener {port} 127.0.0.1\nallow_anonymous true\n\
+             max_queued_messages 0\nset_tcp_nodelay {nodelay_broker}\n"
+        ),
+    )?;
+    let child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting mosquitto (apt-get install mosquitto)")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("mosquitto did not start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(Killed(child))
+}
+
+/// Peak and current RSS of a process, from /proc (bytes).
+fn rss(pid: u32) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+fn quantile(v: &mut [f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * q).round() as usize]
+}
+
+type Waiters = Arc<Mutex<std::collections::HashMap<String, tokio::sync::oneshot::Sender<Value>>>>;
+
+async fn connect(port: u16, root: &str) -> Result<(AsyncClient, Waiters)> {
+    let mut o = MqttOptions::new(format!("loadgen-{}", std::process::id()), "127.0.0.1", port);
+    o.set_max_packet_size(16 << 20, 16 << 20);
+    o.set_keep_alive(Duration::from_secs(30));
+    let (client, mut el) = AsyncClient::new(o, 1024);
+    let mut net = rumqttc::NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    el.set_network_options(net);
+    let waiters: Waiters = Arc::default();
+    let w = waiters.clone();
+    let c = client.clone();
+    let sub = format!("{root}/#");
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let mut ready = Some(ready_tx);
+    tokio::spawn(async move {
+        loop {
+            match el.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = c.subscribe(sub.clone(), QoS::AtMostOnce).await;
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(());
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let key = if p.topic.ends_with("/prediction") || p.topic.ends_with("/error") {
+                        serde_json::from_slice::<Value>(&p.payload)
+                            .ok()
+                            .and_then(|v| {
+                                let id = v["id"].as_str()?.to_string();
+                                Some((id, v))
+                            })
+                    } else if p.topic.ends_with("/status") && &p.payload[..] == b"online" {
+                        Some(("status:online".to_string(), Value::Null))
+                    } else if p.topic.ends_with("/learned") {
+                        serde_json::from_slice::<Value>(&p.payload)
+                            .ok()
+                            .map(|v| ("learned".to_string(), v))
+                    } else {
+                        None
+                    };
+                    if let Some((k, v)) = key {
+                        if let Some(tx) = w.lock().expect("lock").remove(&k) {
+                            let _ = tx.send(v);
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), ready_rx)
+        .await
+        .context("subscribing")??;
+    Ok((client, waiters))
+}
+
+async fn wait_key(w: &Waiters, key: &str, timeout: Duration) -> Result<Value> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    w.lock().expect("lock").insert(key.to_string(), tx);
+    Ok(tokio::time::timeout(timeout, rx)
+        .await
+        .with_context(|| format!("waiting for {key}"))??)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let image = std::fs::read(&args.image).with_context(|| format!("{}", args.image.display()))?;
+    let tmp = std::env::temp_dir().join(format!("adaptd-loadgen-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    let port = free_port()?;
+    let _broker = start_mosquitto(&tmp, port, !args.broker_nagle)?;
+
+    // The bare backbone, same binary, same machine, same run.
+    let bench = Command::new(&args.adaptd)
+        .args(["bench", "--json", "--runs", "50", "--warmup", "5"])
+        .output()
+        .context("running adaptd bench")?;
+    let bench: Value = serde_json::from_slice(&bench.stdout).context("adaptd bench --json")?;
+    let backbone_ms = bench["median_ms"].as_f64().unwrap_or(f64::NAN);
+
+    let device = "loadgen";
+    let root = format!("adaptd/{device}");
+    let (client, waiters) = connect(port, &root).await?;
+    let online = {
+        let w = waiters.clone();
+        tokio::spawn(async move { wait_key(&w, "status:online", Duration::from_secs(60)).await })
+    };
+    let started = Instant::now();
+    let child = Command::new(&args.adaptd)
+        .arg("run")
+        .env("ADAPTD_BROKER_URL", format!("mqtt://127.0.0.1:{port}"))
+        .env("ADAPTD_DEVICE_ID", device)
+        .env("ADAPTD_STATE_DIR", tmp.join("state"))
+        .env("ADAPTD_SERVICE_WORKERS", args.workers.to_string())
+        .env("ADAPTD_ADAPT_METHOD", "none")
+        .env("ADAPTD_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting adaptd")?;
+    let pid = child.id();
+    let _daemon = Killed(child);
+    online.await??;
+    let start_to_online_ms = started.elapsed().as_secs_f64() * 1e3;
+
+    // Two classes.
+    for (label, file) in [
+        ("cat", "tests/fixtures/chelsea.jpg"),
+        ("cup", "tests/fixtures/coffee.jpg"),
+    ] {
+        let bytes = std::fs::read(file)?;
+        let learned = {
+            let w = waiters.clone();
+            tokio::spawn(async move { wait_key(&w, "learned", Duration::from_secs(60)).await })
+        };
+        client
+            .publish(
+                format!("{root}/learn/{label}"),
+                QoS::AtLeastOnce,
+                false,
+                bytes,
+            )
+            .await?;
+        learned.await??;
+    }
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&image);
+
+    let mut levels = Vec::new();
+    for &n in &args.publishers {
+        let deadline = Instant::now() + Duration::from_secs(args.secs);
+        let budget = Arc::new(std::sync::atomic::AtomicUsize::new(args.max_requests));
+        let lat = Arc::new(Mutex::new(Vec::<(f64, f64, f64)>::new()));
+        let level_start = Instant::now();
+        let mut tasks = Vec::new();
+        for p in 0..n {
+            let (client, waiters, lat, budget, root, b64) = (
+                client.clone(),
+                waiters.clone(),
+                lat.clone(),
+                budget.clone(),
+                root.clone(),
+                b64.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut i = 0usize;
+                while Instant::now() < deadline
+                    && budget
+                        .fetch_update(
+                            std::sync::atomic::Ordering::Relaxed,
+                            std::sync::atomic::Ordering::Relaxed,
+                            |b| b.checked_sub(1),
+                        )
+                        .is_ok()
+                {
+                    let id = format!("n{n}-p{p}-{i}");
+                    i += 1;
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    waiters.lock().expect("lock").insert(id.clone(), tx);
+                    let sent = Instant::now();
+                    let req = json!({"id": id, "image": b64}).to_string();
+                    if client
+                        .publish(format!("{root}/infer"), QoS::AtMostOnce, false, req)
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                    match tokio::time::timeout(Duration::from_secs(30), rx).await {
+                        Ok(Ok(v)) => {
+                            let e2e = sent.elapsed().as_secs_f64() * 1e3;
+                            lat.lock().expect("lock").push((
+                                e2e,
+                                v["latency_ms"].as_f64().unwrap_or(f64::NAN),
+                                v["backbone_ms"].as_f64().unwrap_or(f64::NAN),
+                            ));
+                        }
+                        _ => break,
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        let secs = level_start.elapsed().as_secs_f64();
+        let l = lat.lock().expect("lock").clone();
+        let mut e2e: Vec<f64> = l.iter().map(|x| x.0).collect();
+        let mut server: Vec<f64> = l.iter().map(|x| x.1).collect();
+        let mut bb: Vec<f64> = l.iter().map(|x| x.2).collect();
+        let (peak, now) = rss(pid);
+        levels.push(json!({
+            "publishers": n,
+            "requests": l.len(),
+            "seconds": secs,
+            "throughput_per_s": l.len() as f64 / secs,
+            "e2e_p50_ms": quantile(&mut e2e, 0.5),
+            "e2e_p99_ms": quantile(&mut e2e, 0.99),
+            "server_p50_ms": quantile(&mut server, 0.5),
+            "backbone_in_daemon_p50_ms": quantile(&mut bb, 0.5),
+            "rss_bytes": now,
+            "peak_rss_bytes": peak,
+        }));
+    }
+    let single = levels
+        .first()
+        .and_then(|l| l["throughput_per_s"].as_f64())
+        .unwrap_or(f64::NAN);
+    let report = json!({
+        "adaptd": args.adaptd.display().to_string(),
+        "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "backbone_bench_median_ms": backbone_ms,
+        "start_to_online_ms": start_to_online_ms,
+        "levels": levels,
+        "throughput_vs_one_publisher": levels.iter().map(|l| l["throughput_per_s"].as_f64().unwrap_or(0.0) / single).collect::<Vec<_>>(),
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "bare backbone (adaptd bench, 1 thread): median {backbone_ms:.1} ms; start to online {start_to_online_ms:.0} ms"
+        );
+        println!("| publishers | requests | throughput/s | × 1 publisher | e2e p50 ms | e2e p99 ms | p50 / backbone | server p50 ms | RSS MiB | peak RSS MiB |");
+        println!("|---|---|---|---|---|---|---|---|---|---|");
+        for l in &levels {
+            let f = |k: &str| l[k].as_f64().unwrap_or(f64::NAN);
+            println!(
+                "| {} | {} | {:.1} | {:.2} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} | {:.1} |",
+                l["publishers"],
+                l["requests"],
+                f("throughput_per_s"),
+                f("throughput_per_s") / single,
+                f("e2e_p50_ms"),
+                f("e2e_p99_ms"),
+                f("e2e_p50_ms") / backbone_ms,
+                f("server_p50_ms"),
+                f("rss_bytes") / 1048576.0,
+                f("peak_rss_bytes") / 1048576.0
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
