@@ -318,6 +318,44 @@ async fn broker_restart_mid_stream_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_paused_with_sigstop_loses_nothing_backs_off_and_comes_back_online() {
+    let Setup {
+        broker,
+        state: _state,
+        mut d,
+        c,
+        root,
+    } = setup("paused", &[("ADAPTD_BROKER_KEEPALIVE_SECS", "5")]).await;
+    let images = variants("coffee.jpg", 16, 40);
+    learn_all(&c, &root, "cup", &images[..6]).await;
+    info(&c, &root, |i| i["head"]["samples"] == 6).await;
+
+    // The broker hangs (not dead: its socket still accepts connections at the kernel level).
+    broker.signal(libc::SIGSTOP);
+    let before = d.log().matches("retrying in").count();
+    learn_all(&c, &root, "cup", &images[6..]).await; // queued in the client meanwhile
+    tokio::time::sleep(std::time::Duration::from_secs(15)).await;
+    assert!(d.alive());
+    let attempts = d.log().matches("retrying in").count() - before;
+    broker.signal(libc::SIGCONT);
+    // Keepalive 2 s, connect timeout 5 s, backoff 100 ms → 1 s: a few attempts, no spinning.
+    assert!(
+        attempts <= 20,
+        "{attempts} reconnection attempts in 10 s:\n{}",
+        d.log()
+    );
+
+    // Everything arrives once, and the retained status ends up "online" (not the last will
+    // the broker may publish for the stale connection).
+    info(&c, &root, |i| i["head"]["samples"] == 16).await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let late = Client::connect(broker.port, &[&format!("{root}/status")]).await;
+    let status = late.wait_for(&format!("{root}/status"), |m| m.retain).await;
+    assert_eq!(status.payload, b"online", "retained status after recovery");
+    assert!(d.stop());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_get_errors_and_change_nothing() {
     let Setup {
         broker: _broker,

@@ -123,6 +123,17 @@ impl Mosquitto {
         }
     }
 
+    /// Sends a signal to the broker process (SIGSTOP pauses it, SIGCONT resumes it).
+    #[allow(dead_code)]
+    pub fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(c.id() as i32, sig);
+            }
+        }
+    }
+
     /// Kills the broker (SIGKILL).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
