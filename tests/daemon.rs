@@ -7,7 +7,9 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use adaptd::head::{Expect, Head};
-use common::{class_counts, variants, Client, Daemon, Mosquitto, Msg};
+use common::{
+    base64_encode, class_counts, info, learn_all, predict, variants, Client, Daemon, Mosquitto, Msg,
+};
 
 /// A broker, a running adaptd with a fresh state directory, and a client watching `{root}/#`
 /// that has seen the daemon come online.
@@ -33,23 +35,6 @@ async fn setup(device: &str, extra: &[(&str, &str)]) -> Setup {
         d,
         c,
         root,
-    }
-}
-
-async fn info(
-    c: &Client,
-    root: &str,
-    pred: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    c.wait_for(&format!("{root}/info"), |m| pred(&m.json()))
-        .await
-        .json()
-}
-
-async fn learn_all(c: &Client, root: &str, label: &str, images: &[Vec<u8>]) {
-    for img in images {
-        c.publish(&format!("{root}/learn/{label}"), img.clone())
-            .await;
     }
 }
 
@@ -226,11 +211,6 @@ async fn learns_predicts_takes_feedback_publishes_and_rolls_back() {
     let p = c.wait_for(&format!("{root}/prediction"), |_| true).await;
     assert_eq!(label_of(&p), "cat");
     assert!(d.stop());
-}
-
-fn base64_encode(b: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(b)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -564,15 +544,6 @@ async fn embedded_broker_serves_alone() {
     let p = c.wait_for(&format!("{root}/prediction"), |_| true).await;
     assert_eq!(label_of(&p), "cup");
     assert!(d.stop());
-}
-
-/// Sends `img` for inference with `id` and waits for its prediction.
-async fn predict(c: &Client, root: &str, id: &str, img: &[u8]) -> serde_json::Value {
-    let req = serde_json::json!({"id": id, "image": base64_encode(img)}).to_string();
-    c.publish(&format!("{root}/infer"), req).await;
-    c.wait_for(&format!("{root}/prediction"), |m| m.json()["id"] == id)
-        .await
-        .json()
 }
 
 /// A camera whose images turned dark and colour-cast (what the board sees after moving).

@@ -8,29 +8,12 @@ use std::collections::HashMap;
 
 use adaptd::fleet::Identity;
 use adaptd::head::{Head, HeadConfig};
-use common::{variants, Client, Daemon, Mosquitto};
+use common::{info, learn_all, predict, variants, Client, Daemon, Mosquitto};
 
 const GROUP: &str = "warehouse";
 
 fn fleet_topic(device: &str) -> String {
     format!("adaptd/fleet/{GROUP}/heads/{device}")
-}
-
-async fn learn(c: &Client, root: &str, label: &str, images: &[Vec<u8>]) {
-    for img in images {
-        c.publish(&format!("{root}/learn/{label}"), img.clone())
-            .await;
-    }
-}
-
-async fn info_where(
-    c: &Client,
-    root: &str,
-    pred: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    c.wait_for(&format!("{root}/info"), |m| pred(&m.json()))
-        .await
-        .json()
 }
 
 fn peer_version(info: &serde_json::Value, peer: &str) -> Option<u64> {
@@ -56,19 +39,6 @@ fn scores(p: &serde_json::Value) -> HashMap<String, f64> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-async fn predict(c: &Client, root: &str, id: &str, img: &[u8]) -> serde_json::Value {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(img);
-    c.publish(
-        &format!("{root}/infer"),
-        serde_json::json!({"id": id, "image": b64}).to_string(),
-    )
-    .await;
-    c.wait_for(&format!("{root}/prediction"), |m| m.json()["id"] == id)
-        .await
-        .json()
 }
 
 fn key_of(dir: &std::path::Path) -> String {
@@ -109,23 +79,23 @@ async fn two_boards_merged_predict_like_one_board_taught_everything() {
     let cats = variants("chelsea.jpg", 9, 21);
     let cups = variants("coffee.jpg", 6, 22);
     let people = variants("astronaut.jpg", 6, 23);
-    learn(&c, &ra, "cat", &cats[..3]).await;
-    learn(&c, &ra, "cup", &cups[..4]).await;
-    learn(&c, &rb, "cat", &cats[3..6]).await;
-    learn(&c, &rb, "person", &people[..4]).await;
-    learn(&c, &rall, "cat", &cats[..6]).await;
-    learn(&c, &rall, "cup", &cups[..4]).await;
-    learn(&c, &rall, "person", &people[..4]).await;
-    info_where(&c, &rall, |i| i["head"]["samples"] == 14).await;
+    learn_all(&c, &ra, "cat", &cats[..3]).await;
+    learn_all(&c, &ra, "cup", &cups[..4]).await;
+    learn_all(&c, &rb, "cat", &cats[3..6]).await;
+    learn_all(&c, &rb, "person", &people[..4]).await;
+    learn_all(&c, &rall, "cat", &cats[..6]).await;
+    learn_all(&c, &rall, "cup", &cups[..4]).await;
+    learn_all(&c, &rall, "person", &people[..4]).await;
+    info(&c, &rall, |i| i["head"]["samples"] == 14).await;
 
     // Each board merges the other's local head (its own info still shows local statistics).
-    let ia = info_where(&c, &ra, |i| {
+    let ia = info(&c, &ra, |i| {
         i["head"]["samples"] == 7
             && i["fleet"]["peers"][0]["id"] == "board-b"
             && i["fleet"]["peers"][0]["samples"] == 7
     })
     .await;
-    info_where(&c, &rb, |i| i["fleet"]["peers"][0]["samples"] == 7).await;
+    info(&c, &rb, |i| i["fleet"]["peers"][0]["samples"] == 7).await;
     assert_eq!(ia["fleet"]["group"], GROUP);
     assert_eq!(ia["fleet"]["public_key"].as_str().map(str::len), Some(64));
 
@@ -175,7 +145,7 @@ async fn two_boards_merged_predict_like_one_board_taught_everything() {
     assert!(a.stop());
     c.clear();
     a.restart();
-    info_where(&c, &ra, |i| peer_version(i, "board-b").is_some()).await;
+    info(&c, &ra, |i| peer_version(i, "board-b").is_some()).await;
     let after = predict(&c, &ra, "after-restart", tests[0].1).await;
     assert_eq!(after["label"], reference[0]["label"]);
     drop(b);
@@ -222,15 +192,15 @@ async fn bad_peer_heads_are_rejected_with_an_error_and_change_nothing() {
     let c = Client::connect(broker.port, &["adaptd/#"]).await;
     c.wait_for(&format!("{root}/status"), |m| m.payload == b"online")
         .await;
-    learn(&c, &root, "cat", &variants("chelsea.jpg", 3, 5)).await;
-    let i = info_where(&c, &root, |i| i["head"]["samples"] == 3).await;
+    learn_all(&c, &root, "cat", &variants("chelsea.jpg", 3, 5)).await;
+    let i = info(&c, &root, |i| i["head"]["samples"] == 3).await;
     let sha = i["backbone"]["sha256"].as_str().expect("sha").to_string();
 
     // A good head from the trusted signer is merged.
     let good = synthetic(&sha, "forklift", 10, 0.5, 5);
     c.publish(&fleet_topic("m1"), signed(&signer, "m1", &good))
         .await;
-    info_where(&c, &root, |i| peer_version(i, "m1") == Some(5)).await;
+    info(&c, &root, |i| peer_version(i, "m1") == Some(5)).await;
 
     let reject = |payload: Vec<u8>, code: &'static str| {
         let c = &c;
@@ -286,7 +256,7 @@ async fn bad_peer_heads_are_rejected_with_an_error_and_change_nothing() {
 
     // None of them changed anything: still version 5 of m1, every rejection counted.
     c.publish(&format!("{root}/cmd/snapshot"), "").await;
-    let i = info_where(&c, &root, |i| i["fleet"]["rejected"] == 7).await;
+    let i = info(&c, &root, |i| i["fleet"]["rejected"] == 7).await;
     assert_eq!(peer_version(&i, "m1"), Some(5), "{i}");
 
     // fleet-leave drops the peer.
@@ -298,6 +268,6 @@ async fn bad_peer_heads_are_rejected_with_an_error_and_change_nothing() {
         .await
         .json();
     assert_eq!(r["was_merged"], true, "{r}");
-    let i = info_where(&c, &root, |i| i["fleet"]["excluded"][0] == "m1").await;
+    let i = info(&c, &root, |i| i["fleet"]["excluded"][0] == "m1").await;
     assert!(peer_version(&i, "m1").is_none());
 }

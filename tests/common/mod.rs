@@ -51,30 +51,21 @@ impl Mosquitto {
 
     /// Starts mosquitto with extra configuration lines.
     pub fn start_with(extra: &str) -> Mosquitto {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let conf = format!(
-            "user root\nlistener {port} 127.0.0.1\nallow_anonymous true\n\
-             persistence true\npersistence_location {}/\nautosave_interval 1\n\
-             autosave_on_changes true\nmax_queued_messages 0\nmax_inflight_messages 20\n\
-             log_dest file {}/mosquitto.log\n{extra}\n",
-            dir.path().display(),
-            dir.path().display()
-        );
-        std::fs::write(dir.path().join("mosquitto.conf"), conf).expect("conf");
-        let mut m = Mosquitto {
-            port,
-            dir,
-            child: None,
-        };
-        m.restart();
-        m
+        Mosquitto::start_custom(|port, dir| {
+            format!(
+                "user root\nlistener {port} 127.0.0.1\nallow_anonymous true\n\
+                 persistence true\npersistence_location {}/\nautosave_interval 1\n\
+                 autosave_on_changes true\nmax_queued_messages 0\nmax_inflight_messages 20\n\
+                 log_dest file {}/mosquitto.log\n{extra}\n",
+                dir.display(),
+                dir.display()
+            )
+        })
     }
 
     /// Starts mosquitto with a whole configuration written by `make(port, dir)`, where
     /// `port` is a free port the config must listen on (plain TCP on 127.0.0.1: the
     /// readiness check connects there) and `dir` a private directory for its files.
-    #[allow(dead_code)]
     pub fn start_custom(make: impl FnOnce(u16, &Path) -> String) -> Mosquitto {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
@@ -468,4 +459,42 @@ pub fn class_counts(info: &serde_json::Value) -> HashMap<String, u64> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Waits for a `{root}/info` document satisfying `pred`.
+#[allow(dead_code)]
+pub async fn info(
+    c: &Client,
+    root: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    c.wait_for(&format!("{root}/info"), |m| pred(&m.json()))
+        .await
+        .json()
+}
+
+/// Publishes every image on `{root}/learn/{label}` (QoS 1).
+#[allow(dead_code)]
+pub async fn learn_all(c: &Client, root: &str, label: &str, images: &[Vec<u8>]) {
+    for img in images {
+        c.publish(&format!("{root}/learn/{label}"), img.clone())
+            .await;
+    }
+}
+
+/// Base64 (standard alphabet).
+#[allow(dead_code)]
+pub fn base64_encode(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// Sends `img` for inference with `id` and waits for its prediction.
+#[allow(dead_code)]
+pub async fn predict(c: &Client, root: &str, id: &str, img: &[u8]) -> serde_json::Value {
+    let req = serde_json::json!({"id": id, "image": base64_encode(img)}).to_string();
+    c.publish(&format!("{root}/infer"), req).await;
+    c.wait_for(&format!("{root}/prediction"), |m| m.json()["id"] == id)
+        .await
+        .json()
 }
