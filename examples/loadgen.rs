@@ -48,7 +48,18 @@ struct Args {
     /// Leave mosquitto's `set_tcp_nodelay` at its default (false) instead of true.
     #[arg(long)]
     broker_nagle: bool,
+    /// Soak instead of levels: this many seconds of mixed traffic (2 closed-loop infer
+    /// publishers, feedback on every 10th prediction, a labeled sample every 2 s), RSS
+    /// sampled every --sample-secs; reports the RSS slope after warm-up and error replies.
+    #[arg(long, default_value_t = 0)]
+    soak_secs: u64,
+    /// RSS sampling period of the soak.
+    #[arg(long, default_value_t = 10)]
+    sample_secs: u64,
 }
+
+/// Error replies seen on `{root}/error`.
+static ERRORS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -140,6 +151,9 @@ async fn connect(port: u16, root: &str) -> Result<(AsyncClient, Waiters)> {
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if p.topic.ends_with("/error") {
+                        ERRORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     let key = if p.topic.ends_with("/prediction") || p.topic.ends_with("/error") {
                         serde_json::from_slice::<Value>(&p.payload)
                             .ok()
@@ -244,6 +258,14 @@ async fn main() -> Result<()> {
         learned.await??;
     }
     let b64 = base64::engine::general_purpose::STANDARD.encode(&image);
+    if args.soak_secs > 0 {
+        let mut report = soak(&args, &client, &waiters, &root, &b64, pid).await?;
+        report["backbone_bench_median_ms"] = json!(backbone_ms);
+        report["start_to_online_ms"] = json!(start_to_online_ms);
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Ok(());
+    }
 
     let mut levels = Vec::new();
     for &n in &args.publishers {
@@ -360,4 +382,125 @@ async fn main() -> Result<()> {
     }
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
+}
+
+/// Least-squares slope of `(t, y)`.
+fn slope(points: &[(f64, f64)]) -> f64 {
+    let n = points.len() as f64;
+    if n < 2.0 {
+        return f64::NAN;
+    }
+    let (mx, my) = points
+        .iter()
+        .fold((0.0, 0.0), |(a, b), (x, y)| (a + x / n, b + y / n));
+    let (mut sxy, mut sxx) = (0.0, 0.0);
+    for (x, y) in points {
+        sxy += (x - mx) * (y - my);
+        sxx += (x - mx) * (x - mx);
+    }
+    sxy / sxx
+}
+
+async fn soak(
+    args: &Args,
+    client: &AsyncClient,
+    waiters: &Waiters,
+    root: &str,
+    b64: &str,
+    pid: u32,
+) -> Result<Value> {
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(args.soak_secs);
+    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let errors_before = ERRORS.load(std::sync::atomic::Ordering::Relaxed);
+    let mut tasks = Vec::new();
+    for p in 0..2 {
+        let (client, waiters, root, b64, done) = (
+            client.clone(),
+            waiters.clone(),
+            root.to_string(),
+            b64.to_string(),
+            done.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while Instant::now() < deadline {
+                let id = format!("soak-p{p}-{i}");
+                i += 1;
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                waiters.lock().expect("lock").insert(id.clone(), tx);
+                let req = json!({"id": id, "image": b64}).to_string();
+                if client
+                    .publish(format!("{root}/infer"), QoS::AtMostOnce, false, req)
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                let Ok(Ok(v)) = tokio::time::timeout(Duration::from_secs(30), rx).await else {
+                    break;
+                };
+                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if p == 0 && i % 10 == 0 {
+                    if let Some(label) = v["label"].as_str() {
+                        let fb = json!({"id": v["id"], "label": label}).to_string();
+                        let _ = client
+                            .publish(format!("{root}/feedback"), QoS::AtLeastOnce, false, fb)
+                            .await;
+                    }
+                }
+            }
+        }));
+    }
+    {
+        let (client, root, b64) = (client.clone(), root.to_string(), b64.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while Instant::now() < deadline {
+                let req = json!({"id": format!("learn-{i}"), "label": if i % 2 == 0 { "cat" } else { "cup" }, "image": b64});
+                i += 1;
+                let _ = client
+                    .publish(format!("{root}/learn"), QoS::AtLeastOnce, false, req.to_string())
+                    .await;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }));
+    }
+    let mut samples = Vec::new();
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(args.sample_secs)).await;
+        let (_, now) = rss(pid);
+        if now == 0 {
+            bail!(
+                "adaptd is gone (restart or crash) after {:?}",
+                start.elapsed()
+            );
+        }
+        samples.push((start.elapsed().as_secs_f64(), now as f64 / 1048576.0));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let warm = args.soak_secs as f64 * 0.2;
+    let after: Vec<(f64, f64)> = samples
+        .iter()
+        .copied()
+        .filter(|(t, _)| *t >= warm)
+        .collect();
+    let (peak, last) = rss(pid);
+    Ok(json!({
+        "soak_secs": args.soak_secs,
+        "predictions": done.load(std::sync::atomic::Ordering::Relaxed),
+        "predictions_per_s": done.load(std::sync::atomic::Ordering::Relaxed) as f64 / args.soak_secs as f64,
+        "error_replies": ERRORS.load(std::sync::atomic::Ordering::Relaxed) - errors_before,
+        "alive": rss(pid).1 > 0,
+        "rss_mib_samples": samples,
+        "rss_slope_mib_per_hour_after_warmup": slope(&after) * 3600.0,
+        "rss_after_warmup_min_max_mib": [
+            after.iter().map(|p| p.1).fold(f64::INFINITY, f64::min),
+            after.iter().map(|p| p.1).fold(0.0, f64::max),
+        ],
+        "peak_rss_mib": peak as f64 / 1048576.0,
+        "last_rss_mib": last as f64 / 1048576.0,
+    }))
 }
