@@ -287,8 +287,13 @@ pub struct Client {
 impl Client {
     /// Connects to 127.0.0.1:`port` and subscribes to `filters`.
     pub async fn connect(port: u16, filters: &[&str]) -> Client {
+        Client::connect_to("127.0.0.1", port, filters).await
+    }
+
+    /// Connects to `host`:`port` and subscribes to `filters`.
+    pub async fn connect_to(host: &str, port: u16, filters: &[&str]) -> Client {
         let id = format!("test-{}", rand_id());
-        let mut o = MqttOptions::new(id, "127.0.0.1", port);
+        let mut o = MqttOptions::new(id, host, port);
         o.set_keep_alive(Duration::from_secs(30));
         o.set_max_packet_size(64 << 20, 64 << 20);
         o.set_inflight(20);
