@@ -5,11 +5,16 @@
 //! the port itself (checking it is free), waits until the port accepts connections, and runs
 //! the broker on a detached thread that ends with the process.
 
+#[cfg(feature = "embedded-broker")]
 use std::collections::HashMap;
+#[cfg(feature = "embedded-broker")]
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+#[cfg(feature = "embedded-broker")]
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
+#[cfg(feature = "embedded-broker")]
+use anyhow::Context;
 
 /// Starts the embedded broker on 127.0.0.1:`port` (0 = a free port) and returns the port.
 #[cfg(feature = "embedded-broker")]
