@@ -187,6 +187,27 @@ async fn connect(port: u16, root: &str) -> Result<(AsyncClient, Waiters)> {
     Ok((client, waiters))
 }
 
+/// Sends one JSON infer request and waits (≤ 30 s) for its prediction.
+async fn ask(
+    client: &AsyncClient,
+    waiters: &Waiters,
+    root: &str,
+    id: &str,
+    b64: &str,
+) -> Option<Value> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    waiters.lock().expect("lock").insert(id.to_string(), tx);
+    let req = json!({"id": id, "image": b64}).to_string();
+    client
+        .publish(format!("{root}/infer"), QoS::AtMostOnce, false, req)
+        .await
+        .ok()?;
+    tokio::time::timeout(Duration::from_secs(30), rx)
+        .await
+        .ok()?
+        .ok()
+}
+
 async fn wait_key(w: &Waiters, key: &str, timeout: Duration) -> Result<Value> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     w.lock().expect("lock").insert(key.to_string(), tx);
@@ -296,28 +317,16 @@ async fn main() -> Result<()> {
                 {
                     let id = format!("n{n}-p{p}-{i}");
                     i += 1;
-                    let (tx, rx) = tokio::sync::oneshot::channel();
-                    waiters.lock().expect("lock").insert(id.clone(), tx);
                     let sent = Instant::now();
-                    let req = json!({"id": id, "image": b64}).to_string();
-                    if client
-                        .publish(format!("{root}/infer"), QoS::AtMostOnce, false, req)
-                        .await
-                        .is_err()
-                    {
+                    let Some(v) = ask(&client, &waiters, &root, &id, &b64).await else {
                         break;
-                    }
-                    match tokio::time::timeout(Duration::from_secs(30), rx).await {
-                        Ok(Ok(v)) => {
-                            let e2e = sent.elapsed().as_secs_f64() * 1e3;
-                            lat.lock().expect("lock").push((
-                                e2e,
-                                v["latency_ms"].as_f64().unwrap_or(f64::NAN),
-                                v["backbone_ms"].as_f64().unwrap_or(f64::NAN),
-                            ));
-                        }
-                        _ => break,
-                    }
+                    };
+                    let e2e = sent.elapsed().as_secs_f64() * 1e3;
+                    lat.lock().expect("lock").push((
+                        e2e,
+                        v["latency_ms"].as_f64().unwrap_or(f64::NAN),
+                        v["backbone_ms"].as_f64().unwrap_or(f64::NAN),
+                    ));
                 }
             }));
         }
@@ -427,17 +436,7 @@ async fn soak(
             while Instant::now() < deadline {
                 let id = format!("soak-p{p}-{i}");
                 i += 1;
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                waiters.lock().expect("lock").insert(id.clone(), tx);
-                let req = json!({"id": id, "image": b64}).to_string();
-                if client
-                    .publish(format!("{root}/infer"), QoS::AtMostOnce, false, req)
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-                let Ok(Ok(v)) = tokio::time::timeout(Duration::from_secs(30), rx).await else {
+                let Some(v) = ask(&client, &waiters, &root, &id, &b64).await else {
                     break;
                 };
                 done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
