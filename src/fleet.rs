@@ -742,7 +742,6 @@ mod tests {
         one.accept("b", verify(&b, "b", &hb2, &trusted).unwrap(), 8)
             .unwrap();
         assert_eq!(one.fleet_head(&local).samples(), 4 + 2 + 3);
-        let _ = a;
     }
 
     #[test]

@@ -616,7 +616,6 @@ impl Learner {
         {
             Ok(Accepted::Updated) => {
                 tracing::info!(peer, "fleet head updated");
-                self.predictor_stale = true;
                 self.head_dirty = true;
                 // Predictions follow peers at once, not at the next duty-cycle slot.
                 self.refresh_predictor();

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use super::AdaptConfig;
-use crate::head::linalg::dot_f32;
+use crate::head::predictor::normalize;
 use crate::head::{Predictor, PredictorParts};
 
 struct Entry {
@@ -27,21 +27,9 @@ pub struct T3a {
     added: u64,
 }
 
-fn normalize(v: &mut [f32]) {
-    let n = dot_f32(v, v).sqrt();
-    if n > 0.0 && n.is_finite() {
-        v.iter_mut().for_each(|x| *x /= n);
-    }
-}
-
-/// The head's input transform of `x`, normalized.
-fn features(parts: &PredictorParts, x: &[f32]) -> Vec<f32> {
-    let mut z: Vec<f32> = x
-        .iter()
-        .zip(&parts.shift)
-        .zip(&parts.scale)
-        .map(|((&v, &m), &s)| (v - m) * s)
-        .collect();
+/// The head's input transform of `x`, always normalized (T3A compares directions).
+fn features(head: &Predictor, x: &[f32]) -> Vec<f32> {
+    let mut z = head.features(x);
     normalize(&mut z);
     z
 }
@@ -159,7 +147,7 @@ impl T3a {
             normalize(&mut w);
             w.iter_mut().for_each(|v| *v *= prior);
             for e in support {
-                let z = features(parts, &e.x);
+                let z = features(head, &e.x);
                 w.iter_mut().zip(&z).for_each(|(a, b)| *a += b);
             }
             let n = support.len() as f32 + prior;

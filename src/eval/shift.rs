@@ -283,20 +283,11 @@ fn adapt_and_score(
     }
     // The daemon recomputes every `recompute_every` samples; only the last one matters for
     // the score (t3a's pseudo-labels come from the head, not from the adjusted classifier).
-    let snapshot: std::sync::Arc<Adapted> = adapter.recompute(&source, predictor);
-    let right = test
-        .iter()
-        .filter(|(x, y)| {
-            snapshot
-                .predict(predictor, x, 1)
-                .ok()
-                .and_then(|p| p.top.first().map(|s| s.label == classes[*y]))
-                .unwrap_or(false)
-        })
-        .count();
+    let snapshot = adapter.recompute(&source, predictor);
+    let accuracy = score(&snapshot, predictor, classes, test);
     MethodResult {
         method,
-        accuracy: right as f64 / test.len().max(1) as f64,
+        accuracy,
         observe_us: super::bench::Timing::of(times).median_us,
         drift: adapter.drift(&Source::of(head, false)),
     }
@@ -329,11 +320,13 @@ fn export_import(head: &Head) -> Result<Head> {
     )?)
 }
 
+/// Accuracy of `p` without adaptation.
 fn accuracy(p: &Predictor, classes: &[String], test: &Set) -> f64 {
-    adapt_free_accuracy(&Adapted::identity(Method::None), p, classes, test)
+    score(&Adapted::identity(Method::None), p, classes, test)
 }
 
-fn adapt_free_accuracy(a: &Adapted, p: &Predictor, classes: &[String], test: &Set) -> f64 {
+/// Accuracy of `p` on `test` with the adaptation snapshot `a` applied.
+fn score(a: &Adapted, p: &Predictor, classes: &[String], test: &Set) -> f64 {
     let right = test
         .iter()
         .filter(|(x, y)| {

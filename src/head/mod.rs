@@ -15,7 +15,7 @@ mod error;
 mod format;
 pub(crate) mod linalg;
 mod ncm;
-mod predictor;
+pub(crate) mod predictor;
 mod ridge;
 mod scatter;
 mod sgd;

@@ -162,21 +162,7 @@ impl Predictor {
         }
         let p = &*self.inner;
         let d = p.dim();
-        let mut z: Vec<f32> = if self.identity {
-            x.to_vec()
-        } else {
-            x.iter()
-                .zip(&p.shift)
-                .zip(&p.scale)
-                .map(|((&v, &m), &s)| (v - m) * s)
-                .collect()
-        };
-        if p.l2_normalize {
-            let norm = dot_f32(&z, &z).sqrt();
-            if norm > 0.0 && norm.is_finite() {
-                z.iter_mut().for_each(|v| *v /= norm);
-            }
-        }
+        let z = self.features(x);
         let logits: Vec<f32> = p
             .weights
             .chunks_exact(d)
@@ -188,6 +174,25 @@ impl Predictor {
         } else {
             Err(HeadError::NonFinite)
         }
+    }
+
+    /// The head's input transform of `x` (`(x - shift) * scale`, L2-normalized if the head
+    /// normalizes); the caller checked the dimension.
+    pub(crate) fn features(&self, x: &[f32]) -> Vec<f32> {
+        let p = &*self.inner;
+        let mut z: Vec<f32> = if self.identity {
+            x.to_vec()
+        } else {
+            x.iter()
+                .zip(&p.shift)
+                .zip(&p.scale)
+                .map(|((&v, &m), &s)| (v - m) * s)
+                .collect()
+        };
+        if p.l2_normalize {
+            normalize(&mut z);
+        }
+        z
     }
 
     /// Softmax probabilities over all classes, in class-index order.
@@ -223,6 +228,14 @@ impl Predictor {
 
     pub(crate) fn parts(&self) -> &PredictorParts {
         &self.inner
+    }
+}
+
+/// Scales `v` to unit length (left as is when zero or not finite).
+pub(crate) fn normalize(v: &mut [f32]) {
+    let n = dot_f32(v, v).sqrt();
+    if n > 0.0 && n.is_finite() {
+        v.iter_mut().for_each(|x| *x /= n);
     }
 }
 
