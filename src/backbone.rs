@@ -1,16 +1,18 @@
-//! The frozen backbone: the only module that names tract types (load, fix shape, optimize, embed).
+//! The frozen backbone: the only module that names tract types (load, fix shape, optimize, embed,
+//! the NNEF model cache, per-node profiling).
 //!
 //! tract's API moves between versions; keeping every tract call here means an upgrade touches
 //! one file.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::internal::Framework;
+use tract_onnx::WithOnnx;
 
 use crate::model::ModelDir;
 
@@ -89,6 +91,9 @@ pub struct BackboneInfo {
     pub logits_dim: Option<usize>,
     /// Milliseconds from reading the file to a runnable plan.
     pub load_ms: f64,
+    /// Whether the decluttered graph came from the model cache (`cache_dir` of
+    /// [`Backbone::load_cached`]) instead of the ONNX file.
+    pub cached: bool,
 }
 
 /// Outputs of one forward pass.
@@ -175,14 +180,138 @@ fn resolve_output(model: &InferenceModel, name: &str) -> Result<OutletId, Backbo
     })
 }
 
+/// The model cache: the decluttered typed graph, with the input shape fixed and the outputs
+/// selected, serialized as NNEF, so a restart skips ONNX parsing, type analysis and decluttering.
+/// File layout: magic `ADNNEF01`, CRC-32 of the payload (u32 LE), payload length (u64 LE), then
+/// the NNEF tar. The name carries a key over everything that changes the graph: the ONNX
+/// SHA-256, adaptd's and tract's versions, the input shape and the selected outputs; a file with
+/// another key is stale and removed when a new one is written.
+mod cache {
+    use super::*;
+
+    const MAGIC: &[u8; 8] = b"ADNNEF01";
+    const HEADER: usize = 8 + 4 + 8;
+    const PREFIX: &str = "backbone-";
+    const SUFFIX: &str = ".nnef";
+
+    pub fn key(onnx_sha256: &str, shape: &[usize], outputs: &[&str]) -> String {
+        let mut h = Sha256::new();
+        h.update(b"adaptd model cache v1\0");
+        for part in [onnx_sha256, env!("CARGO_PKG_VERSION"), TRACT_VERSION] {
+            h.update(part.as_bytes());
+            h.update(b"\0");
+        }
+        h.update(format!("{shape:?}\0{outputs:?}").as_bytes());
+        hex::encode(&h.finalize()[..12])
+    }
+
+    pub fn path(dir: &Path, key: &str) -> PathBuf {
+        dir.join(format!("{PREFIX}{key}{SUFFIX}"))
+    }
+
+    fn nnef() -> tract_nnef::framework::Nnef {
+        tract_nnef::nnef().with_onnx()
+    }
+
+    /// The cached graph, or `None` when there is none or it is corrupt (then it is removed,
+    /// with a warning, and the caller rebuilds it from the ONNX file).
+    pub fn read(dir: &Path, key: &str, shape: &[usize], outputs: usize) -> Option<TypedModel> {
+        let path = path(dir, key);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read the model cache; rebuilding it");
+                return None;
+            }
+        };
+        match decode(&bytes, shape, outputs) {
+            Ok(m) => Some(m),
+            Err(why) => {
+                tracing::warn!(path = %path.display(), %why, "model cache is corrupt or does not match; rebuilding it");
+                let _ = std::fs::remove_file(&path);
+                None
+            }
+        }
+    }
+
+    fn decode(bytes: &[u8], shape: &[usize], outputs: usize) -> Result<TypedModel, String> {
+        if bytes.len() < HEADER || &bytes[..8] != MAGIC {
+            return Err("bad header".into());
+        }
+        let crc = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+        let mut len = [0u8; 8];
+        len.copy_from_slice(&bytes[12..HEADER]);
+        let payload = &bytes[HEADER..];
+        if u64::from_le_bytes(len) != payload.len() as u64 {
+            return Err(format!(
+                "length {} != header {}",
+                payload.len(),
+                u64::from_le_bytes(len)
+            ));
+        }
+        if crc32fast::hash(payload) != crc {
+            return Err("CRC-32 mismatch".into());
+        }
+        let model = nnef()
+            .model_for_read(&mut std::io::Cursor::new(payload))
+            .map_err(|e| format!("NNEF: {e:#}"))?;
+        let input = model.input_fact(0).map_err(|e| format!("{e:#}"))?;
+        if input.shape.as_concrete() != Some(shape) {
+            return Err(format!("input shape {:?} != {shape:?}", input.shape));
+        }
+        if model.output_outlets().map(|o| o.len()).unwrap_or(0) != outputs {
+            return Err("output count differs".into());
+        }
+        Ok(model)
+    }
+
+    /// Writes the graph atomically and removes stale cache files. Failures are reported, not
+    /// fatal: the backbone runs without a cache.
+    pub fn write(dir: &Path, key: &str, model: &TypedModel) {
+        let result = (|| -> anyhow::Result<()> {
+            let payload = nnef().write_to_tar_with_config(model, Vec::new(), false, true)?;
+            let mut bytes = Vec::with_capacity(HEADER + payload.len());
+            bytes.extend_from_slice(MAGIC);
+            bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+            bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+            bytes.extend_from_slice(&payload);
+            std::fs::create_dir_all(dir)?;
+            let path = path(dir, key);
+            crate::store::write_atomic(&path, &bytes)?;
+            for entry in std::fs::read_dir(dir)?.flatten() {
+                let name = entry.file_name().to_string_lossy().to_string();
+                if name.starts_with(PREFIX) && name.ends_with(SUFFIX) && entry.path() != path {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            tracing::warn!(dir = %dir.display(), error = %format!("{e:#}"), "cannot write the model cache");
+        }
+    }
+}
+
 impl Backbone {
     /// Loads the model described by `model`: read + hash, parse ONNX, fix the input fact, select
     /// the embedding (and logits) outputs, optimize, make runnable.
     pub fn load(model: &ModelDir, with_logits: bool) -> Result<Backbone, BackboneError> {
+        Self::load_cached(model, with_logits, None)
+    }
+
+    /// [`Backbone::load`], with the decluttered graph cached in `cache_dir` (the state directory):
+    /// read from there when a valid cache for this exact model, version and output set exists,
+    /// else built from the ONNX file and written there for the next start.
+    pub fn load_cached(
+        model: &ModelDir,
+        with_logits: bool,
+        cache_dir: Option<&Path>,
+    ) -> Result<Backbone, BackboneError> {
         let started = Instant::now();
         let spec = &model.spec;
         let path = model.onnx_path();
-        // 1. Read and identify: the SHA-256 names this backbone everywhere.
+        // 1. Read and identify: the SHA-256 names this backbone everywhere, cached or not.
         let (bytes, sha256) = read_hashed(&path)?;
         if let Some(expected) = &spec.sha256 {
             if !expected.eq_ignore_ascii_case(&sha256) {
@@ -193,31 +322,54 @@ impl Backbone {
                 });
             }
         }
-        // 2. Parse the ONNX protobuf into tract's inference graph.
-        let mut graph = parse_onnx(&path, &bytes)?;
-        drop(bytes);
-        // 3. Choose outputs: the embedding first, the logits second when asked for.
-        let mut outlets = vec![resolve_output(&graph, &spec.embedding_output)?];
-        let logits_plan_ix = match (&spec.logits_output, with_logits) {
-            (Some(name), true) => {
-                outlets.push(resolve_output(&graph, name)?);
-                Some(1)
-            }
-            _ => None,
-        };
         let shape = spec.input.shape.clone();
         let prepare = |e: TractError| BackboneError::Prepare {
             shape: shape.clone(),
             message: format!("{e:#}"),
         };
-        graph.select_output_outlets(&outlets).map_err(prepare)?;
-        // 4. Fix the input fact: fixed shapes let tract pick its fastest kernels.
-        graph
-            .set_input_fact(0, f32::fact(shape.clone()).into())
-            .map_err(prepare)?;
-        // 5. Type, declutter and optimize once; 6. plan.
-        let typed = graph.into_optimized().map_err(prepare)?;
-        let dims: Vec<usize> = (0..outlets.len())
+        let mut outputs = vec![spec.embedding_output.as_str()];
+        let logits_plan_ix = match (&spec.logits_output, with_logits) {
+            (Some(name), true) => {
+                outputs.push(name.as_str());
+                Some(1)
+            }
+            _ => None,
+        };
+        let key = cache::key(&sha256, &shape, &outputs);
+        let hashed_ms = started.elapsed().as_secs_f64() * 1e3;
+        let cached = cache_dir.and_then(|d| cache::read(d, &key, &shape, outputs.len()));
+        let from_cache = cached.is_some();
+        let decluttered = match cached {
+            Some(m) => m,
+            None => {
+                // 2. Parse the ONNX protobuf into tract's inference graph.
+                let mut graph = parse_onnx(&path, &bytes)?;
+                // 3. Choose outputs: the embedding first, the logits second when asked for.
+                let outlets = outputs
+                    .iter()
+                    .map(|name| resolve_output(&graph, name))
+                    .collect::<Result<Vec<_>, _>>()?;
+                graph.select_output_outlets(&outlets).map_err(prepare)?;
+                // 4. Fix the input fact: fixed shapes let tract pick its fastest kernels.
+                graph
+                    .set_input_fact(0, f32::fact(shape.clone()).into())
+                    .map_err(prepare)?;
+                // 5. Type and declutter (what the cache holds).
+                let typed = graph
+                    .into_typed()
+                    .and_then(|t| t.into_decluttered())
+                    .map_err(prepare)?;
+                if let Some(d) = cache_dir {
+                    cache::write(d, &key, &typed);
+                }
+                typed
+            }
+        };
+        drop(bytes);
+        let decluttered_ms = started.elapsed().as_secs_f64() * 1e3;
+        // 6. Optimize (kernel selection for this CPU: never cached) and plan.
+        let typed = decluttered.into_optimized().map_err(prepare)?;
+        let dims: Vec<usize> = (0..outputs.len())
             .map(|ix| {
                 typed
                     .output_fact(ix)
@@ -227,13 +379,22 @@ impl Backbone {
             })
             .collect();
         let plan = typed.into_runnable().map_err(prepare)?;
+        let load_ms = started.elapsed().as_secs_f64() * 1e3;
+        tracing::debug!(
+            hashed_ms,
+            decluttered_ms,
+            load_ms,
+            from_cache,
+            "backbone load steps (cumulative ms)"
+        );
         let info = BackboneInfo {
             name: spec.name.clone(),
             sha256,
             input_shape: shape,
             embedding_dim: dims[0],
             logits_dim: logits_plan_ix.map(|ix| dims[ix]),
-            load_ms: started.elapsed().as_secs_f64() * 1e3,
+            load_ms,
+            cached: from_cache,
         };
         if info.embedding_dim == 0 {
             return Err(BackboneError::Prepare {
@@ -288,6 +449,66 @@ impl Backbone {
             None => None,
         };
         Ok(Outputs { embedding, logits })
+    }
+}
+
+/// Time spent in one node of the optimized plan, summed over the profiled runs.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NodeTime {
+    /// Node id in the optimized graph.
+    pub id: usize,
+    /// Node name (derived from the ONNX node names by tract's passes).
+    pub name: String,
+    /// tract operator name after optimization (e.g. `OptMatMul`, `DepthWise`, `Add`).
+    pub op: String,
+    /// tract's own one-line description of the operator (kernel choice for matrix products).
+    pub info: String,
+    /// Seconds summed over all runs.
+    pub secs: f64,
+}
+
+impl Backbone {
+    /// Runs `runs` forward passes on `input`, timing every node of the optimized plan. The
+    /// sum over nodes is the forward time minus the executor's own bookkeeping.
+    pub fn profile(&self, input: &[f32], runs: usize) -> Result<Vec<NodeTime>, BackboneError> {
+        let run_err = |e: TractError| BackboneError::Run(format!("{e:#}"));
+        let want = self.info.input_shape.iter().product::<usize>();
+        if input.len() != want {
+            return Err(BackboneError::InputLength {
+                got: input.len(),
+                want,
+                shape: self.info.input_shape.clone(),
+            });
+        }
+        let model = self.plan.model();
+        let mut secs = vec![0f64; model.nodes().len()];
+        let mut state = self.plan.spawn().map_err(run_err)?;
+        for _ in 0..runs.max(1) {
+            let tensor = Tensor::from_shape(&self.info.input_shape, input).map_err(run_err)?;
+            state
+                .run_plan_with_eval(
+                    tvec!(tensor.into_tvalue()),
+                    |ctx, op_state, node, inputs| {
+                        let t = Instant::now();
+                        let r = tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs);
+                        secs[node.id] += t.elapsed().as_secs_f64();
+                        r
+                    },
+                )
+                .map_err(run_err)?;
+        }
+        Ok(model
+            .nodes()
+            .iter()
+            .filter(|n| secs[n.id] > 0.0)
+            .map(|n| NodeTime {
+                id: n.id,
+                name: n.name.clone(),
+                op: n.op().name().to_string(),
+                info: n.op().info().map(|v| v.join("; ")).unwrap_or_default(),
+                secs: secs[n.id],
+            })
+            .collect())
     }
 }
 

@@ -20,40 +20,29 @@ pub struct BenchReport {
     pub threads: usize,
     pub runs: usize,
     pub load_ms: f64,
+    /// The load read the model cache (`--cache-dir`).
+    pub cached: bool,
     pub median_ms: f64,
     pub p90_ms: f64,
     pub min_ms: f64,
 }
 
-/// Loads the backbone and times `runs` forward passes after `warmup`, on `input` (raw f32) or
-/// zeros, with tract's matrix products on `threads` threads.
+/// Loads the backbone (through the model cache in `cache_dir` when given) and times `runs`
+/// forward passes after `warmup`, on `input` (raw f32) or zeros, with tract's matrix products on
+/// `threads` threads.
 pub fn backbone(
     model: &ModelDir,
     input: Option<&Path>,
     runs: usize,
     warmup: usize,
     threads: usize,
+    cache_dir: Option<&Path>,
 ) -> anyhow::Result<BenchReport> {
     backbone::set_threads(threads);
     let started = Instant::now();
-    let b = Backbone::load(model, false)?;
+    let b = Backbone::load_cached(model, false, cache_dir)?;
     let load_ms = started.elapsed().as_secs_f64() * 1e3;
-    let n: usize = b.info().input_shape.iter().product();
-    let x = match input {
-        Some(p) => {
-            let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-            anyhow::ensure!(
-                bytes.len() == n * 4,
-                "{} is not {n} f32 values",
-                p.display()
-            );
-            bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect()
-        }
-        None => vec![0f32; n],
-    };
+    let x = input_tensor(&b, input)?;
     for _ in 0..warmup {
         b.embed(&x)?;
     }
@@ -72,8 +61,105 @@ pub fn backbone(
         threads,
         runs: times.len(),
         load_ms,
+        cached: b.info().cached,
         median_ms: at(0.5),
         p90_ms: at(0.9),
         min_ms: times[0],
+    })
+}
+
+/// The benchmark input: `input` (raw little-endian f32 of the model's input size) or zeros.
+fn input_tensor(b: &Backbone, input: Option<&Path>) -> anyhow::Result<Vec<f32>> {
+    let n: usize = b.info().input_shape.iter().product();
+    Ok(match input {
+        Some(p) => {
+            let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+            anyhow::ensure!(
+                bytes.len() == n * 4,
+                "{} is not {n} f32 values",
+                p.display()
+            );
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        }
+        None => vec![0f32; n],
+    })
+}
+
+/// Time per operator type, per forward pass.
+#[derive(Debug, Serialize)]
+pub struct OpTime {
+    pub op: String,
+    pub nodes: usize,
+    pub ms: f64,
+    pub share: f64,
+}
+
+/// `adaptd bench --profile`: where one forward pass spends its time in tract's optimized plan.
+#[derive(Debug, Serialize)]
+pub struct ProfileReport {
+    pub runtime: &'static str,
+    pub version: &'static str,
+    pub model: String,
+    pub threads: usize,
+    pub runs: usize,
+    /// Sum of the nodes' times per forward pass.
+    pub total_ms: f64,
+    pub by_op: Vec<OpTime>,
+    /// Every timed node, slowest first, in ms per forward pass.
+    pub nodes: Vec<backbone::NodeTime>,
+}
+
+/// Profiles the backbone node by node over `runs` passes after `warmup`.
+pub fn profile(
+    model: &ModelDir,
+    input: Option<&Path>,
+    runs: usize,
+    warmup: usize,
+    threads: usize,
+) -> anyhow::Result<ProfileReport> {
+    backbone::set_threads(threads);
+    let b = Backbone::load(model, false)?;
+    let x = input_tensor(&b, input)?;
+    for _ in 0..warmup {
+        b.embed(&x)?;
+    }
+    let runs = runs.max(1);
+    let mut nodes = b.profile(&x, runs)?;
+    for n in &mut nodes {
+        n.secs *= 1e3 / runs as f64; // now ms per pass
+    }
+    nodes.sort_by(|a, b| b.secs.total_cmp(&a.secs));
+    let total_ms: f64 = nodes.iter().map(|n| n.secs).sum();
+    let mut by_op: Vec<OpTime> = Vec::new();
+    for n in &nodes {
+        match by_op.iter_mut().find(|o| o.op == n.op) {
+            Some(o) => {
+                o.nodes += 1;
+                o.ms += n.secs;
+            }
+            None => by_op.push(OpTime {
+                op: n.op.clone(),
+                nodes: 1,
+                ms: n.secs,
+                share: 0.0,
+            }),
+        }
+    }
+    for o in &mut by_op {
+        o.share = o.ms / total_ms.max(f64::MIN_POSITIVE);
+    }
+    by_op.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+    Ok(ProfileReport {
+        runtime: "tract",
+        version: backbone::TRACT_VERSION,
+        model: b.info().name.clone(),
+        threads,
+        runs,
+        total_ms,
+        by_op,
+        nodes,
     })
 }

@@ -62,6 +62,14 @@ pub enum Command {
         /// Threads inside one forward pass.
         #[arg(long, default_value_t = 1)]
         threads: usize,
+        /// Load through the model cache in this directory (as the daemon does with its state
+        /// directory): the first run writes it, later runs report the cached load time.
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+        /// Time every node of the optimized plan instead: ms per pass by operator type and
+        /// the slowest nodes (tract's side of scripts/profile_ort.py).
+        #[arg(long)]
+        profile: bool,
         /// Print one JSON line.
         #[arg(long)]
         json: bool,
@@ -104,22 +112,75 @@ pub fn model_dir(path: Option<&Path>) -> Result<ModelDir> {
     })
 }
 
+/// `adaptd bench` options.
+pub struct BenchArgs<'a> {
+    pub model: Option<&'a Path>,
+    pub input: Option<&'a Path>,
+    pub runs: usize,
+    pub warmup: usize,
+    pub threads: usize,
+    pub cache_dir: Option<&'a Path>,
+    pub profile: bool,
+    pub json: bool,
+}
+
 /// `adaptd bench`.
-pub fn bench(
-    model: Option<&Path>,
-    input: Option<&Path>,
-    runs: usize,
-    warmup: usize,
-    threads: usize,
-    json: bool,
-) -> Result<()> {
-    let r = crate::bench::backbone(&model_dir(model)?, input, runs, warmup, threads)?;
+pub fn bench(a: BenchArgs<'_>) -> Result<()> {
+    let BenchArgs {
+        model,
+        input,
+        runs,
+        warmup,
+        threads,
+        cache_dir,
+        profile,
+        json,
+    } = a;
+    if profile {
+        let r = crate::bench::profile(&model_dir(model)?, input, runs, warmup, threads)?;
+        if json {
+            println!("{}", serde_json::to_string(&r)?);
+            return Ok(());
+        }
+        println!(
+            "{} {} on {}: {} thread(s), {:.2} ms per pass in nodes, {} runs",
+            r.runtime, r.version, r.model, r.threads, r.total_ms, r.runs
+        );
+        println!(
+            "{:<24} {:>6} {:>9} {:>7}",
+            "op", "nodes", "ms/pass", "share"
+        );
+        for o in &r.by_op {
+            println!(
+                "{:<24} {:>6} {:>9.3} {:>6.1}%",
+                o.op,
+                o.nodes,
+                o.ms,
+                o.share * 100.0
+            );
+        }
+        println!("\nslowest nodes:");
+        for n in r.nodes.iter().take(15) {
+            println!("{:>8.3} ms  {:<14} {}  [{}]", n.secs, n.op, n.name, n.info);
+        }
+        return Ok(());
+    }
+    let r = crate::bench::backbone(&model_dir(model)?, input, runs, warmup, threads, cache_dir)?;
     if json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         println!(
-            "{} {} on {}: {} thread(s), load {:.0} ms, median {:.2} ms, p90 {:.2} ms, min {:.2} ms over {} runs",
-            r.runtime, r.version, r.model, r.threads, r.load_ms, r.median_ms, r.p90_ms, r.min_ms, r.runs
+            "{} {} on {}: {} thread(s), load {:.0} ms{}, median {:.2} ms, p90 {:.2} ms, min {:.2} ms over {} runs",
+            r.runtime,
+            r.version,
+            r.model,
+            r.threads,
+            r.load_ms,
+            if r.cached { " (from the model cache)" } else { "" },
+            r.median_ms,
+            r.p90_ms,
+            r.min_ms,
+            r.runs
         );
     }
     Ok(())

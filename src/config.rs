@@ -86,6 +86,7 @@ struct RawBroker {
 #[serde(deny_unknown_fields)]
 struct RawModel {
     dir: String,
+    cache: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -218,6 +219,8 @@ pub struct Settings {
     pub broker: BrokerSettings,
     /// Model directory; `None` = the shipped model.
     pub model_dir: Option<PathBuf>,
+    /// Cache the decluttered model in the state directory (faster start).
+    pub model_cache: bool,
     pub head: HeadConfig,
     pub adapt: AdaptConfig,
     pub fleet: FleetConfig,
@@ -559,6 +562,7 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         root,
         broker,
         model_dir: non_empty(&raw.model.dir).map(PathBuf::from),
+        model_cache: raw.model.cache,
         head: raw.head,
         adapt: raw.adapt,
         fleet: raw.fleet,

@@ -33,12 +33,13 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     let _ = rustls::crypto::ring::default_provider().install_default();
     notify(&[NotifyState::Status("loading model")]);
     let model_dir = settings.model_dir.clone();
+    let cache_dir = settings.model_cache.then(|| settings.state.dir.clone());
     let pipeline = tokio::task::spawn_blocking(move || -> anyhow::Result<Pipeline> {
         let model = match &model_dir {
             Some(d) => ModelDir::load(d)?,
             None => ModelDir::shipped()?,
         };
-        Ok(Pipeline::load(model, false)?)
+        Ok(Pipeline::load_cached(model, false, cache_dir.as_deref())?)
     })
     .await??;
     let pipeline = Arc::new(pipeline);
@@ -48,6 +49,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         sha256 = %info.sha256,
         dim = info.embedding_dim,
         load_ms = format!("{:.0}", info.load_ms),
+        cached = info.cached,
         "backbone ready"
     );
 

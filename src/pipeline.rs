@@ -40,7 +40,17 @@ pub struct Pipeline {
 impl Pipeline {
     /// Loads the backbone of `model` (with its logits output when `with_logits`).
     pub fn load(model: ModelDir, with_logits: bool) -> Result<Pipeline, PipelineError> {
-        let backbone = Backbone::load(&model, with_logits)?;
+        Self::load_cached(model, with_logits, None)
+    }
+
+    /// [`Pipeline::load`] with the backbone's model cache in `cache_dir` (see
+    /// [`Backbone::load_cached`]).
+    pub fn load_cached(
+        model: ModelDir,
+        with_logits: bool,
+        cache_dir: Option<&std::path::Path>,
+    ) -> Result<Pipeline, PipelineError> {
+        let backbone = Backbone::load_cached(&model, with_logits, cache_dir)?;
         let preprocessor = Preprocessor::new(model.spec.input.clone());
         Ok(Pipeline {
             model,

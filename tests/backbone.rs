@@ -282,3 +282,108 @@ fn missing_model_directory_is_a_clear_error() {
         "{e}"
     );
 }
+
+/// The model cache: a second load reads the decluttered graph from the cache and computes the
+/// same embeddings and logits as the ONNX path (checked against onnxruntime's golden outputs);
+/// a corrupt, truncated or foreign cache file is detected, never used, and rebuilt; stale
+/// files are removed.
+#[test]
+fn model_cache_round_trips_and_corrupt_caches_are_rebuilt() {
+    let g = golden();
+    let model = ModelDir::shipped().expect("shipped model");
+    let dir = tempfile::tempdir().expect("tmp");
+    let cache_files = || -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        v.sort();
+        v
+    };
+    std::fs::write(
+        dir.path().join("backbone-0123456789abcdef01234567.nnef"),
+        b"stale",
+    )
+    .unwrap();
+    let cold = Backbone::load_cached(&model, true, Some(dir.path())).expect("cold load");
+    assert!(!cold.info().cached);
+    let files = cache_files();
+    assert_eq!(
+        files.len(),
+        1,
+        "one cache file, the stale one removed: {files:?}"
+    );
+    let file = files[0].clone();
+
+    let check = |b: &Backbone, what: &str| {
+        for img in g["images"].as_array().expect("images") {
+            let x = read_f32(
+                &fixtures()
+                    .join("golden")
+                    .join(img["input"].as_str().expect("input")),
+            );
+            let out = b.run(&x).expect("run");
+            let e = rel_err(&out.embedding, &floats(&img["embedding"]));
+            let l = rel_err(&out.logits.expect("logits"), &floats(&img["logits"]));
+            assert!(
+                e <= 1e-4 && l <= 1e-4,
+                "{what}: {} differs: {e} {l}",
+                img["file"]
+            );
+        }
+    };
+    let warm = Backbone::load_cached(&model, true, Some(dir.path())).expect("cached load");
+    assert!(warm.info().cached, "second load must come from the cache");
+    assert_eq!(warm.info().sha256, cold.info().sha256);
+    assert_eq!(warm.info().embedding_dim, 1280);
+    assert_eq!(warm.info().logits_dim, Some(1000));
+    check(&warm, "cached");
+    let x = read_f32(&fixtures().join("golden/coffee.input.f32"));
+    assert_eq!(
+        warm.run(&x).expect("run").embedding,
+        cold.run(&x).expect("run").embedding,
+        "the cached graph computes exactly what the ONNX graph does"
+    );
+
+    // Another output set (no logits) has another key: its own file, the old one replaced.
+    let no_logits = Backbone::load_cached(&model, false, Some(dir.path())).expect("load");
+    assert!(!no_logits.info().cached);
+    assert_eq!(cache_files().len(), 1);
+    let file = {
+        let f = cache_files()[0].clone();
+        assert_ne!(f, file);
+        f
+    };
+
+    let good = std::fs::read(&file).expect("cache");
+    let mut flipped = good.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x40;
+    let damaged: [(&str, Vec<u8>); 4] = [
+        ("bit flip", flipped),
+        ("truncated", good[..good.len() - 1000].to_vec()),
+        ("empty", Vec::new()),
+        ("not a cache", b"ADNNEF01garbage".to_vec()),
+    ];
+    for (what, bytes) in damaged {
+        std::fs::write(&file, &bytes).expect("write");
+        let b = Backbone::load_cached(&model, false, Some(dir.path())).expect(what);
+        assert!(!b.info().cached, "{what}: a damaged cache must not be used");
+        assert_eq!(
+            std::fs::read(&file).expect("rebuilt"),
+            good,
+            "{what}: rebuilt"
+        );
+        assert_eq!(
+            b.embed(&x).expect("embed"),
+            no_logits.embed(&x).expect("embed")
+        );
+    }
+    assert!(
+        Backbone::load_cached(&model, false, Some(dir.path()))
+            .expect("load")
+            .info()
+            .cached
+    );
+}
