@@ -25,8 +25,9 @@ INPUT = os.path.join(ROOT, "tests", "fixtures", "golden", "coffee.input.f32")
 
 
 def onnx_families(model_path):
-    """ONNX node name -> family (Conv split into 1x1, depthwise, k x k); None without the onnx
-    package (then onnxruntime's op names are used as they are)."""
+    """Node name -> family (Conv split into 1x1, depthwise, k x k) for the graph in model_path
+    (onnxruntime's own optimized graph: its NCHWc Conv nodes are renamed, so the families come
+    from that graph's attributes); None without the onnx package."""
     try:
         import onnx
     except ImportError:
@@ -36,12 +37,15 @@ def onnx_families(model_path):
     fam = {}
     for n in m.graph.node:
         f = n.op_type
-        if n.op_type == "Conv":
+        if n.op_type in ("Conv", "FusedConv"):
             group = next((a.i for a in n.attribute if a.name == "group"), 1)
+            kernel = next((list(a.ints) for a in n.attribute if a.name == "kernel_shape"), None)
             w = inits.get(n.input[1], [])
+            if kernel is None and len(w) == 4:
+                kernel = w[2:]
             if group > 1:
                 f = "Conv depthwise"
-            elif len(w) == 4 and w[2] == 1 and w[3] == 1:
+            elif kernel == [1, 1]:
                 f = "Conv 1x1"
             else:
                 f = "Conv kxk"
@@ -61,7 +65,9 @@ def ort_profile(runs, warmup):
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.enable_profiling = True
-    so.profile_file_prefix = os.path.join(tempfile.mkdtemp(prefix="ortprof"), "ort")
+    tmp = tempfile.mkdtemp(prefix="ortprof")
+    so.profile_file_prefix = os.path.join(tmp, "ort")
+    so.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
     sess = ort.InferenceSession(MODEL, so, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     for _ in range(warmup + runs):
@@ -81,7 +87,7 @@ def ort_profile(runs, warmup):
         per_node[node] += e["dur"] / 1e3 / len(model_runs)  # us -> ms per pass
         op_of[node] = e.get("args", {}).get("op_name", "?")
     run_ms = sorted(e["dur"] / 1e3 for e in model_runs)
-    return dict(per_node), op_of, run_ms[len(run_ms) // 2], ort.__version__
+    return dict(per_node), op_of, run_ms[len(run_ms) // 2], ort.__version__, so.optimized_model_filepath
 
 
 def tract_profile(adaptd, runs, warmup):
@@ -110,8 +116,8 @@ def main():
     a = ap.parse_args()
 
     t = tract_profile(a.adaptd, a.runs, a.warmup)
-    per_node, op_of, ort_run_ms, ort_version = ort_profile(a.runs, a.warmup)
-    fam = onnx_families(MODEL)
+    per_node, op_of, ort_run_ms, ort_version, optimized = ort_profile(a.runs, a.warmup)
+    fam = onnx_families(optimized)
 
     ort_fam = collections.defaultdict(lambda: [0, 0.0])
     for node, ms in per_node.items():
