@@ -66,10 +66,17 @@ impl Dedup {
     }
 }
 
+/// The key that recognises a broker's redelivery (DUP) of a message already learned: topic,
+/// packet identifier and payload. A redelivery keeps its original packet identifier (MQTT 3.1.1
+/// §4.4), so the identifier is what tells it apart from the same image deliberately taught again,
+/// which arrives as a new packet; without it, a second identical message that happened to be
+/// redelivered (broker restart, adaptd killed mid-delivery) was dropped as a duplicate of the
+/// first (found by scripts/system-test).
 fn message_key(p: &Publish) -> [u8; 16] {
     let mut h = Sha256::new();
     h.update(p.topic.as_bytes());
     h.update([0]);
+    h.update(p.pkid.to_le_bytes());
     h.update(&p.payload);
     let d = h.finalize();
     let mut k = [0u8; 16];
@@ -826,5 +833,37 @@ impl Learner {
             }
             other => Err(RequestError::UnknownCommand(other.to_string())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publish(topic: &str, pkid: u16, payload: &[u8]) -> Publish {
+        let mut p = Publish::new(topic, QoS::AtLeastOnce, payload.to_vec());
+        p.pkid = pkid;
+        p
+    }
+
+    #[test]
+    fn redelivery_keys_tell_a_redelivery_from_the_same_image_sent_again() {
+        let first = publish("adaptd/a/learn/cat", 7, b"jpeg bytes");
+        // The broker's redelivery of that packet: same packet id, DUP set.
+        let mut redelivered = first.clone();
+        redelivered.dup = true;
+        assert_eq!(message_key(&first), message_key(&redelivered));
+        // The same photo taught again is a new packet with its own id.
+        let again = publish("adaptd/a/learn/cat", 8, b"jpeg bytes");
+        assert_ne!(message_key(&first), message_key(&again));
+        // Topic and payload still count.
+        assert_ne!(
+            message_key(&first),
+            message_key(&publish("adaptd/a/learn/dog", 7, b"jpeg bytes"))
+        );
+        assert_ne!(
+            message_key(&first),
+            message_key(&publish("adaptd/a/learn/cat", 7, b"other bytes"))
+        );
     }
 }
