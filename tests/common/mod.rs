@@ -383,7 +383,7 @@ impl Client {
             }
             assert!(
                 Instant::now() < deadline,
-                "nothing on {topic} matched in time; got {:?}",
+                "nothing on {topic} matched in time; got (heads of the payloads) {:?}",
                 self.on(topic)
                     .iter()
                     .map(|m| String::from_utf8_lossy(&m.payload)
