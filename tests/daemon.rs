@@ -289,10 +289,20 @@ async fn broker_restart_mid_stream_loses_nothing() {
     }
     c.wait_for(&format!("{root}/status"), |m| m.payload == b"online")
         .await;
-    c.wait_for(&format!("{root}/info"), |m| {
-        m.json()["head"]["samples"] == 30
-    })
-    .await;
+    let deadline = std::time::Instant::now() + common::wait_bound();
+    loop {
+        let infos = c.on(&format!("{root}/info"));
+        if infos.iter().any(|m| m.json()["head"]["samples"] == 30) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not 30 samples: {:?}\nlog:\n{}",
+            infos.iter().map(common::Msg::summary).collect::<Vec<_>>(),
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(d.alive());
     assert!(d.stop());
 }

@@ -271,6 +271,21 @@ pub struct Msg {
 }
 
 impl Msg {
+    /// A short description for assertion messages: a head's sample count and classes when the
+    /// payload is an info message, else its first 200 characters.
+    pub fn summary(&self) -> String {
+        match serde_json::from_slice::<serde_json::Value>(&self.payload) {
+            Ok(v) if v["head"].is_object() => format!(
+                "head: version {} samples {} classes {}",
+                v["head"]["version"], v["head"]["samples"], v["head"]["classes"]
+            ),
+            _ => String::from_utf8_lossy(&self.payload)
+                .chars()
+                .take(200)
+                .collect(),
+        }
+    }
+
     /// The payload as JSON (panics with the payload when it is not JSON).
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.payload)
@@ -383,14 +398,8 @@ impl Client {
             }
             assert!(
                 Instant::now() < deadline,
-                "nothing on {topic} matched in time; got (heads of the payloads) {:?}",
-                self.on(topic)
-                    .iter()
-                    .map(|m| String::from_utf8_lossy(&m.payload)
-                        .chars()
-                        .take(200)
-                        .collect::<String>())
-                    .collect::<Vec<_>>()
+                "nothing on {topic} matched in time; got {:?}",
+                self.on(topic).iter().map(Msg::summary).collect::<Vec<_>>()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
