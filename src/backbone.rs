@@ -419,8 +419,8 @@ impl Backbone {
         Ok(self.run(input)?.embedding)
     }
 
-    /// Runs one input (batch 1) and returns the embedding and, when loaded, the logits.
-    pub fn run(&self, input: &[f32]) -> Result<Outputs, BackboneError> {
+    /// An input must have exactly the model's input element count.
+    fn check_len(&self, input: &[f32]) -> Result<(), BackboneError> {
         let want = self.info.input_shape.iter().product::<usize>();
         if input.len() != want {
             return Err(BackboneError::InputLength {
@@ -429,6 +429,12 @@ impl Backbone {
                 shape: self.info.input_shape.clone(),
             });
         }
+        Ok(())
+    }
+
+    /// Runs one input (batch 1) and returns the embedding and, when loaded, the logits.
+    pub fn run(&self, input: &[f32]) -> Result<Outputs, BackboneError> {
+        self.check_len(input)?;
         let tensor = Tensor::from_shape(&self.info.input_shape, input)
             .map_err(|e| BackboneError::Run(format!("{e:#}")))?;
         let outputs = self
@@ -472,14 +478,7 @@ impl Backbone {
     /// sum over nodes is the forward time minus the executor's own bookkeeping.
     pub fn profile(&self, input: &[f32], runs: usize) -> Result<Vec<NodeTime>, BackboneError> {
         let run_err = |e: TractError| BackboneError::Run(format!("{e:#}"));
-        let want = self.info.input_shape.iter().product::<usize>();
-        if input.len() != want {
-            return Err(BackboneError::InputLength {
-                got: input.len(),
-                want,
-                shape: self.info.input_shape.clone(),
-            });
-        }
+        self.check_len(input)?;
         let model = self.plan.model();
         let mut secs = vec![0f64; model.nodes().len()];
         let mut state = self.plan.spawn().map_err(run_err)?;
