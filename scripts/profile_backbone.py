@@ -134,7 +134,7 @@ def main():
     for n in t["nodes"]:
         f = tract_family(n["op"], n["info"])
         tr_fam[f][0] += 1
-        tr_fam[f][1] += n["secs"]
+        tr_fam[f][1] += n["ms"]
 
     print(f"tract {t['version']}: {t['total_ms']:.2f} ms per pass in nodes ({t['runs']} runs, 1 thread)")
     print(f"onnxruntime {ort_version}: {ort_total:.2f} ms per pass in kernels, model_run median {ort_run_ms:.2f} ms")
@@ -160,7 +160,7 @@ def main():
         print(f"| {name} | {x:.2f} | {y:.2f} | {x / y if y else float('nan'):.2f}x |")
     print("\nslowest tract nodes:")
     for n in t["nodes"][:12]:
-        print(f"  {n['secs']:7.3f} ms  {n['op']:<14} {n['name']}  [{n['info']}]")
+        print(f"  {n['ms']:7.3f} ms  {n['op']:<14} {n['name']}  [{n['info']}]")
     if a.json:
         json.dump({"tract": t, "ort": {"per_node_ms": per_node, "op": op_of, "run_ms": ort_run_ms}},
                   open(a.json, "w"), indent=1)

@@ -469,8 +469,9 @@ pub struct NodeTime {
     pub op: String,
     /// tract's own one-line description of the operator (kernel choice for matrix products).
     pub info: String,
-    /// Seconds summed over all runs.
-    pub secs: f64,
+    /// Milliseconds in this node, summed over the profiled runs ([`Backbone::profile`]) or per
+    /// forward pass (`bench::ProfileReport`).
+    pub ms: f64,
 }
 
 impl Backbone {
@@ -480,7 +481,7 @@ impl Backbone {
         let run_err = |e: TractError| BackboneError::Run(format!("{e:#}"));
         self.check_len(input)?;
         let model = self.plan.model();
-        let mut secs = vec![0f64; model.nodes().len()];
+        let mut ms = vec![0f64; model.nodes().len()];
         let mut state = self.plan.spawn().map_err(run_err)?;
         for _ in 0..runs.max(1) {
             let tensor = Tensor::from_shape(&self.info.input_shape, input).map_err(run_err)?;
@@ -490,7 +491,7 @@ impl Backbone {
                     |ctx, op_state, node, inputs| {
                         let t = Instant::now();
                         let r = tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs);
-                        secs[node.id] += t.elapsed().as_secs_f64();
+                        ms[node.id] += t.elapsed().as_secs_f64() * 1e3;
                         r
                     },
                 )
@@ -499,13 +500,13 @@ impl Backbone {
         Ok(model
             .nodes()
             .iter()
-            .filter(|n| secs[n.id] > 0.0)
+            .filter(|n| ms[n.id] > 0.0)
             .map(|n| NodeTime {
                 id: n.id,
                 name: n.name.clone(),
                 op: n.op().name().to_string(),
                 info: n.op().info().map(|v| v.join("; ")).unwrap_or_default(),
-                secs: secs[n.id],
+                ms: ms[n.id],
             })
             .collect())
     }

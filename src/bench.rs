@@ -129,21 +129,21 @@ pub fn profile(
     let runs = runs.max(1);
     let mut nodes = b.profile(&x, runs)?;
     for n in &mut nodes {
-        n.secs *= 1e3 / runs as f64; // now ms per pass
+        n.ms /= runs as f64; // per pass
     }
-    nodes.sort_by(|a, b| b.secs.total_cmp(&a.secs));
-    let total_ms: f64 = nodes.iter().map(|n| n.secs).sum();
+    nodes.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+    let total_ms: f64 = nodes.iter().map(|n| n.ms).sum();
     let mut by_op: Vec<OpTime> = Vec::new();
     for n in &nodes {
         match by_op.iter_mut().find(|o| o.op == n.op) {
             Some(o) => {
                 o.nodes += 1;
-                o.ms += n.secs;
+                o.ms += n.ms;
             }
             None => by_op.push(OpTime {
                 op: n.op.clone(),
                 nodes: 1,
-                ms: n.secs,
+                ms: n.ms,
                 share: 0.0,
             }),
         }

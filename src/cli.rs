@@ -126,19 +126,10 @@ pub struct BenchArgs<'a> {
 
 /// `adaptd bench`.
 pub fn bench(a: BenchArgs<'_>) -> Result<()> {
-    let BenchArgs {
-        model,
-        input,
-        runs,
-        warmup,
-        threads,
-        cache_dir,
-        profile,
-        json,
-    } = a;
-    if profile {
-        let r = crate::bench::profile(&model_dir(model)?, input, runs, warmup, threads)?;
-        if json {
+    let model = model_dir(a.model)?;
+    if a.profile {
+        let r = crate::bench::profile(&model, a.input, a.runs, a.warmup, a.threads)?;
+        if a.json {
             println!("{}", serde_json::to_string(&r)?);
             return Ok(());
         }
@@ -161,12 +152,12 @@ pub fn bench(a: BenchArgs<'_>) -> Result<()> {
         }
         println!("\nslowest nodes:");
         for n in r.nodes.iter().take(15) {
-            println!("{:>8.3} ms  {:<14} {}  [{}]", n.secs, n.op, n.name, n.info);
+            println!("{:>8.3} ms  {:<14} {}  [{}]", n.ms, n.op, n.name, n.info);
         }
         return Ok(());
     }
-    let r = crate::bench::backbone(&model_dir(model)?, input, runs, warmup, threads, cache_dir)?;
-    if json {
+    let r = crate::bench::backbone(&model, a.input, a.runs, a.warmup, a.threads, a.cache_dir)?;
+    if a.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         println!(
