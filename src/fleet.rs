@@ -218,9 +218,36 @@ impl Identity {
         }
     }
 
+    /// A key pair from a fixed seed. For tests and fuzzing only: a board's key comes from
+    /// [`Identity::load_or_create`].
+    pub fn from_seed(seed: &[u8; 32]) -> Result<Identity, String> {
+        Ed25519KeyPair::from_seed_unchecked(seed)
+            .map(|pair| Identity { pair })
+            .map_err(|e| format!("bad Ed25519 seed: {e}"))
+    }
+
     /// The public key, hex.
     pub fn public_hex(&self) -> String {
         hex::encode(self.pair.public_key().as_ref())
+    }
+
+    /// The public key.
+    pub fn public_key(&self) -> [u8; 32] {
+        let mut k = [0u8; 32];
+        k.copy_from_slice(self.pair.public_key().as_ref());
+        k
+    }
+
+    /// Re-signs an envelope with this key, whatever it holds (`None` if it is not an envelope).
+    /// For fuzzing: lets a fuzzer reach the checks behind the signature with mutated heads.
+    pub fn resign(&self, envelope: &[u8]) -> Option<Vec<u8>> {
+        let mut env: Envelope = ciborium::from_reader(envelope).ok()?;
+        let msg = signed_message(&env.device_id, &env.group, env.version, &env.head.0);
+        env.public_key = Bytes(self.pair.public_key().as_ref().to_vec());
+        env.signature = Bytes(self.pair.sign(&msg).as_ref().to_vec());
+        let mut out = Vec::new();
+        ciborium::into_writer(&env, &mut out).ok()?;
+        Some(out)
     }
 
     /// Seals `head` (the board's local head) for the group.
@@ -631,6 +658,73 @@ impl FleetState {
 mod tests {
     use super::*;
     use crate::head::HeadConfig;
+
+    /// The key the `fleet_envelope` fuzz target trusts (fuzz/fuzz_targets/fleet_envelope.rs).
+    const FUZZ_SEED: [u8; 32] = [7; 32];
+
+    /// The fuzz target's seed envelope: the `head_file` seed, sealed by the fuzz key as
+    /// device `peer` of group `group`. It must open, or the fuzzer starts from nothing that gets
+    /// past the signature. `ADAPTD_WRITE_FUZZ_SEEDS=1 cargo test --lib fuzz_seed` rewrites it.
+    #[test]
+    fn fuzz_seed_envelope_opens_with_the_fuzz_key() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
+        let path = root.join("fleet_envelope/ncm-head.envelope");
+        let id = Identity::from_seed(&FUZZ_SEED).unwrap();
+        let expect = Expect {
+            backbone_sha256: None,
+            dim: None,
+            max_bytes: 1 << 22,
+        };
+        if std::env::var_os("ADAPTD_WRITE_FUZZ_SEEDS").is_some() {
+            let head_bytes = std::fs::read(root.join("head_file/ncm-head.cbor")).unwrap();
+            let head = Head::from_bytes(&head_bytes, &expect).unwrap();
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, id.seal("peer", "group", &head).unwrap()).unwrap();
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        let trusted = [id.public_key()];
+        let v = open(
+            &bytes,
+            "peer",
+            "group",
+            &trusted,
+            &expect,
+            Algorithm::Ncm,
+            1000,
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(v.key, id.public_hex());
+        // Re-signing a tampered envelope makes it verify again (what the fuzz target relies on).
+        let mut env: Envelope = ciborium::from_reader(bytes.as_slice()).unwrap();
+        env.version += 1;
+        let mut tampered = Vec::new();
+        ciborium::into_writer(&env, &mut tampered).unwrap();
+        assert!(matches!(
+            open(
+                &tampered,
+                "peer",
+                "group",
+                &trusted,
+                &expect,
+                Algorithm::Ncm,
+                1000
+            ),
+            Err(FleetError::BadSignature)
+        ));
+        let resigned = id.resign(&tampered).unwrap();
+        assert!(matches!(
+            open(
+                &resigned,
+                "peer",
+                "group",
+                &trusted,
+                &expect,
+                Algorithm::Ncm,
+                1000
+            ),
+            Err(FleetError::Unsigned(_)) // envelope and head versions now differ
+        ));
+    }
 
     const SHA: &str = "ab";
     const D: usize = 8;

@@ -7,7 +7,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::cbor::F32s;
+use crate::cbor::{self, F32Slice, F32s};
 
 /// One class's reservoir.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -28,10 +28,18 @@ pub struct SampleStore {
     rng: SmallRng,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct Persisted {
     dim: usize,
     classes: BTreeMap<String, (u64, F32s)>,
+}
+
+/// What [`Persisted`] reads, written from borrowed data: a snapshot must not copy the whole
+/// reservoir (up to `state.samples_max_bytes`) to serialize it.
+#[derive(Serialize)]
+struct PersistedRef<'a> {
+    dim: usize,
+    classes: BTreeMap<&'a str, (u64, F32Slice<'a>)>,
 }
 
 impl SampleStore {
@@ -70,6 +78,11 @@ impl SampleStore {
         r.seen += 1;
         let kept = r.data.len() / dim;
         if kept < cap {
+            if r.data.capacity() < r.data.len() + dim {
+                // Grow geometrically but never past the cap: a full reservoir holds no slack.
+                let want = (kept * 2).clamp(kept + 1, cap) * dim;
+                r.data.reserve_exact(want - r.data.len());
+            }
             r.data.extend_from_slice(x);
         } else if cap > 0 {
             let j = (draw % r.seen) as usize;
@@ -97,6 +110,7 @@ impl SampleStore {
                     }
                 }
                 r.data.truncate(cap * dim);
+                r.data.shrink_to_fit();
             }
         }
     }
@@ -128,20 +142,27 @@ impl SampleStore {
             .flat_map(move |(l, r)| r.data.chunks_exact(self.dim).map(move |x| (l.as_str(), x)))
     }
 
-    /// Serializes (CBOR).
+    /// Serializes (CBOR), into a buffer of exactly the encoded size and without copying the
+    /// samples first: the only transient allocation of a snapshot's samples.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let p = Persisted {
+        let p = PersistedRef {
             dim: self.dim,
             classes: self
                 .classes
                 .iter()
-                .map(|(l, r)| (l.clone(), (r.seen, F32s(r.data.clone()))))
+                .map(|(l, r)| (l.as_str(), (r.seen, F32Slice(&r.data))))
                 .collect(),
         };
-        let mut out = Vec::new();
-        // Writing CBOR into a Vec cannot fail.
-        let _ = ciborium::into_writer(&p, &mut out);
-        out
+        // Writing CBOR into memory cannot fail.
+        cbor::to_vec_exact(&p).unwrap_or_default()
+    }
+
+    /// Bytes held for kept samples (capacity, not only length).
+    pub fn heap_bytes(&self) -> usize {
+        self.classes
+            .values()
+            .map(|r| r.data.capacity() * std::mem::size_of::<f32>())
+            .sum()
     }
 
     /// Restores from `to_bytes` output; anything inconsistent with `dim` is an error.
@@ -199,6 +220,41 @@ mod tests {
         assert_eq!(s.len(), 1);
         assert!(SampleStore::from_bytes(&s.to_bytes(), 5, 100, 1).is_err());
         assert!(SampleStore::from_bytes(b"\xff\x00", 4, 100, 1).is_err());
+    }
+
+    #[test]
+    fn a_full_reservoir_holds_no_growth_slack() {
+        // 1000 samples of dim 8 fit; 3000 offered to one class: exactly 1000 kept.
+        let mut s = SampleStore::new(8, 1000 * 32, 3);
+        for i in 0..3000 {
+            s.add("a", &[i as f32; 8]);
+        }
+        assert_eq!(s.len(), 1000);
+        assert_eq!(s.heap_bytes(), 1000 * 32);
+        // The old encoding (an owned copy) and the borrowed one are the same bytes.
+        let old = Persisted {
+            dim: 8,
+            classes: s
+                .classes
+                .iter()
+                .map(|(l, r)| (l.clone(), (r.seen, F32s(r.data.clone()))))
+                .collect(),
+        };
+        let mut old_bytes = Vec::new();
+        ciborium::into_writer(&OldPersisted(&old), &mut old_bytes).expect("encode");
+        assert_eq!(s.to_bytes(), old_bytes);
+    }
+
+    /// What the writer produced when it serialized an owned copy: the format must not change.
+    struct OldPersisted<'a>(&'a Persisted);
+    impl Serialize for OldPersisted<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeStruct;
+            let mut st = s.serialize_struct("Persisted", 2)?;
+            st.serialize_field("dim", &self.0.dim)?;
+            st.serialize_field("classes", &self.0.classes)?;
+            st.end()
+        }
     }
 
     #[test]

@@ -91,11 +91,24 @@ fn fsync_dir(dir: &Path) -> io::Result<()> {
 
 /// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync of the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_with(path, |w| w.write_all(bytes))
+}
+
+/// Like [`write_atomic`], with the content streamed by `write` through a buffered writer: large
+/// files (snapshots) are never assembled in memory first.
+pub fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = path.with_extension("tmp");
     {
-        let mut f = File::create(&tmp).map_err(|e| ctx(e, "create", &tmp))?;
-        f.write_all(bytes).map_err(|e| ctx(e, "write", &tmp))?;
+        let f = File::create(&tmp).map_err(|e| ctx(e, "create", &tmp))?;
+        let mut w = io::BufWriter::with_capacity(64 * 1024, f);
+        write(&mut w).map_err(|e| ctx(e, "write", &tmp))?;
+        let f = w
+            .into_inner()
+            .map_err(|e| ctx(e.into_error(), "write", &tmp))?;
         f.sync_all().map_err(|e| ctx(e, "fsync", &tmp))?;
     }
     fs::rename(&tmp, path).map_err(|e| ctx(e, "rename to", path))?;
@@ -278,10 +291,12 @@ impl Store {
     /// Writes a snapshot atomically, keeps a copy of its head for rollback, then truncates the
     /// WAL (everything in it is in the snapshot).
     pub fn snapshot(&mut self, data: &SnapshotData, head_version: u64) -> io::Result<()> {
-        let mut bytes = Vec::new();
-        ciborium::into_writer(data, &mut bytes)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-        write_atomic(&self.dir.join(SNAPSHOT), &bytes)?;
+        write_atomic_with(&self.dir.join(SNAPSHOT), |w| {
+            ciborium::into_writer(data, w).map_err(|e| match e {
+                ciborium::ser::Error::Io(e) => e,
+                ciborium::ser::Error::Value(v) => io::Error::new(io::ErrorKind::InvalidData, v),
+            })
+        })?;
         if !data.head.0.is_empty() {
             let kept = self.dir.join(HEADS).join(format!("{head_version}.cbor"));
             if !kept.exists() {
