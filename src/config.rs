@@ -77,6 +77,7 @@ struct RawBroker {
     client_key_file: String,
     keepalive_secs: u64,
     inflight: u16,
+    request_queue: usize,
     reconnect_min_ms: u64,
     reconnect_max_ms: u64,
     max_packet_bytes: usize,
@@ -158,6 +159,8 @@ pub struct BrokerSettings {
     pub password: Option<String>,
     pub keepalive: Duration,
     pub inflight: u16,
+    /// Requests (publishes, acks, subscriptions) rumqttc holds for its event loop.
+    pub request_queue: usize,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
     pub max_packet_bytes: usize,
@@ -490,6 +493,9 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
     if b.inflight == 0 {
         return Err(invalid("broker.inflight", "must be at least 1"));
     }
+    if b.request_queue < 4 {
+        return Err(invalid("broker.request_queue", "must be at least 4"));
+    }
     if b.keepalive_secs < 5 {
         return Err(invalid("broker.keepalive_secs", "must be at least 5"));
     }
@@ -507,6 +513,7 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         password,
         keepalive: Duration::from_secs(b.keepalive_secs),
         inflight: b.inflight,
+        request_queue: b.request_queue,
         reconnect_min: Duration::from_millis(b.reconnect_min_ms),
         reconnect_max: Duration::from_millis(b.reconnect_max_ms),
         max_packet_bytes: b.max_packet_bytes.max(64 * 1024),

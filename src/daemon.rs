@@ -85,7 +85,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     };
     let topics = crate::service::Topics::new(&settings.root);
     let options = mqtt::options(&settings.broker, &host, port, &topics.status)?;
-    let (client, mut eventloop) = AsyncClient::new(options, mqtt::REQUEST_CAPACITY);
+    let (client, mut eventloop) = AsyncClient::new(options, settings.broker.request_queue);
     mqtt::tune(&mut eventloop);
     let predictor = restored.head.snapshot();
     let (adapt, adapt_rx) = AdaptHandle::new(settings.adapt.clone());

@@ -17,10 +17,6 @@ use crate::learner::LearnerMsg;
 use crate::service::{Job, Route, Shared, Topics};
 use crate::stats::bump;
 
-/// Requests rumqttc buffers between us and its event loop. Publishing never waits on it: a
-/// full buffer (e.g. offline) drops and counts the message (rumqtt#910).
-pub const REQUEST_CAPACITY: usize = 256;
-
 /// Learn/feedback/command messages allowed to wait for the learner. QoS 1 learn messages are
 /// in practice bounded by the broker's inflight window (we ack only once durable); this cap
 /// stops a flood of QoS 0 learn messages.
@@ -40,7 +36,9 @@ pub fn options(
     o.set_manual_acks(true);
     o.set_inflight(broker.inflight);
     o.set_max_packet_size(broker.max_packet_bytes, broker.max_packet_bytes);
-    o.set_request_channel_capacity(REQUEST_CAPACITY);
+    // Requests rumqttc buffers between us and its event loop. Publishing never waits on it: a
+    // full buffer drops and counts the message (rumqtt#910).
+    o.set_request_channel_capacity(broker.request_queue);
     o.set_last_will(LastWill::new(
         status_topic,
         "offline",
@@ -112,6 +110,80 @@ pub fn tune(eventloop: &mut EventLoop) {
     eventloop.set_network_options(net);
 }
 
+/// What must reach the broker after each (re)connection. rumqttc's request queue can be full
+/// at that moment (acks and retained state queued before the outage was noticed), so what the
+/// queue does not take at once is retried every 100 ms by a task of its own (never by
+/// cancelling `EventLoop::poll`, which is not cancel-safe) until it is taken or the connection
+/// is gone: a lost subscription would leave the board connected but deaf.
+#[derive(Default, Clone)]
+struct AfterConnect {
+    subscribe: bool,
+    resubscribe_fleet: bool,
+    online: bool,
+}
+
+impl AfterConnect {
+    fn pending(&self) -> bool {
+        self.subscribe || self.resubscribe_fleet || self.online
+    }
+
+    /// Tries what is still pending, in order (subscriptions before `online`).
+    fn flush(&mut self, shared: &Shared, subs: &[(String, QoS)]) {
+        if self.subscribe {
+            let filters = subs
+                .iter()
+                .map(|(t, q)| rumqttc::SubscribeFilter::new(t.clone(), *q));
+            if let Err(e) = shared.client.try_subscribe_many(filters) {
+                tracing::debug!("subscribe not queued yet ({e}); retrying");
+                return;
+            }
+            self.subscribe = false;
+        }
+        if self.resubscribe_fleet {
+            if let Some(f) = &shared.topics.fleet {
+                let filter = format!("{}+", f.heads_prefix);
+                if let Err(e) = shared.client.try_subscribe(filter, QoS::AtLeastOnce) {
+                    tracing::debug!("fleet subscribe not queued yet ({e}); retrying");
+                    return;
+                }
+            }
+            self.resubscribe_fleet = false;
+        }
+        if self.online {
+            let status = &shared.topics.status;
+            if shared.stopping.load(Ordering::Relaxed)
+                || shared.publish(status, QoS::AtLeastOnce, true, b"online".to_vec())
+            {
+                self.online = false;
+            }
+        }
+    }
+
+    /// Flushes now, and keeps retrying in a task while something is left and connection
+    /// number `generation` is still up.
+    fn run(mut self, shared: &Arc<Shared>, subs: &[(String, QoS)], generation: u64) {
+        self.flush(shared, subs);
+        if !self.pending() {
+            return;
+        }
+        tracing::warn!("request queue full after connecting; retrying the subscription");
+        let (shared, subs) = (shared.clone(), subs.to_vec());
+        tokio::spawn(async move {
+            let current = |s: &Shared| {
+                s.connected.load(Ordering::Relaxed)
+                    && s.stats.connects.load(Ordering::Relaxed) == generation
+            };
+            while self.pending() && current(&shared) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                self.flush(&shared, &subs);
+            }
+            if !self.pending() {
+                tracing::info!("subscribed and online after waiting for the request queue");
+            }
+        });
+    }
+}
+
 /// Polls the event loop until `client.disconnect()` has gone out (or the connection is lost
 /// while stopping). Forwards input messages; never does heavy work itself.
 pub async fn drive(
@@ -130,26 +202,20 @@ pub async fn drive(
                 shared.connected.store(true, Ordering::Relaxed);
                 backoff.reset();
                 tracing::info!(session_present = ack.session_present, "connected to broker");
-                // Without a stored session the broker forgot our subscriptions (rumqtt#250).
-                if !ack.session_present {
-                    let filters = subs
-                        .iter()
-                        .map(|(t, q)| rumqttc::SubscribeFilter::new(t.clone(), *q));
-                    if let Err(e) = shared.client.try_subscribe_many(filters) {
-                        tracing::error!("subscribe failed: {e}");
-                    }
-                } else if let Some(f) = &topics.fleet {
+                let after = AfterConnect {
+                    // Without a stored session the broker forgot our subscriptions (rumqtt#250).
+                    subscribe: !ack.session_present,
                     // A stored session does not replay retained messages, and a restarted
                     // process has no peer heads: subscribing again makes the broker send every
                     // peer's retained head (unchanged ones are no-ops).
-                    let filter = format!("{}+", f.heads_prefix);
-                    if let Err(e) = shared.client.try_subscribe(filter, QoS::AtLeastOnce) {
-                        tracing::error!("subscribe failed: {e}");
-                    }
-                }
-                if !shared.stopping.load(Ordering::Relaxed) {
-                    shared.publish(&topics.status, QoS::AtLeastOnce, true, b"online".to_vec());
-                }
+                    resubscribe_fleet: ack.session_present && topics.fleet.is_some(),
+                    online: true,
+                };
+                after.run(
+                    &shared,
+                    &subs,
+                    shared.stats.connects.load(Ordering::Relaxed),
+                );
             }
             Ok(Event::Incoming(Packet::Publish(p))) => forward(&shared, &learner, p),
             Ok(Event::Outgoing(Outgoing::Disconnect)) => {

@@ -358,6 +358,15 @@ impl Shared {
     /// Publishes without ever blocking: when rumqttc's request queue is full (e.g. while
     /// offline) the message is dropped and counted. Returns whether it was queued.
     pub fn publish(&self, topic: &str, qos: QoS, retain: bool, payload: Vec<u8>) -> bool {
+        if !retain && !self.connected.load(Ordering::Relaxed) {
+            // Offline, a passing message (stats, a reply) would only wait in rumqttc's request
+            // queue, go out stale after the reconnection, and fill the queue in a long outage
+            // so that the reconnection's own subscribe could not get in. Retained state
+            // (head, info, status, drift) still queues: it is published on change, and the
+            // head and info stay dirty until a publish is taken.
+            bump(&self.stats.publish_dropped);
+            return false;
+        }
         match self.client.try_publish(topic, qos, retain, payload) {
             Ok(()) => true,
             Err(e) => {

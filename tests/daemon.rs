@@ -307,6 +307,52 @@ async fn broker_restart_mid_stream_loses_nothing() {
     assert!(d.stop());
 }
 
+/// A broker outage longer than the request queue: offline, passing messages (stats every second
+/// here) must not fill rumqttc's queue, and whatever is queued, the reconnection must
+/// subscribe again. Found by scripts/offline-memory: after 10 minutes offline (256 stats
+/// messages queued) adaptd reconnected, could not queue its subscription and stayed deaf.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_longer_than_the_request_queue_comes_back_subscribed() {
+    let Setup {
+        mut broker,
+        state: _state,
+        mut d,
+        c,
+        root,
+    } = setup(
+        "outage",
+        &[
+            ("ADAPTD_BROKER_REQUEST_QUEUE", "8"),
+            ("ADAPTD_PUBLISH_STATS_INTERVAL_SECS", "1"),
+        ],
+    )
+    .await;
+    let images = variants("chelsea.jpg", 4, 70);
+    learn_all(&c, &root, "cat", &images[..3]).await;
+    info(&c, &root, |i| i["head"]["samples"] == 3).await;
+    drop(c);
+    // Killed and its persistence file lost (a broker that lost its state, or a replacement):
+    // the reconnection finds no session and must subscribe again. Down for 12 stats periods,
+    // more than the 8-request queue.
+    broker.kill();
+    let _ = std::fs::remove_file(broker.dir().join("mosquitto.db"));
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert!(d.alive());
+    broker.restart();
+    let c = Client::connect(broker.port, &[&format!("{root}/#")]).await;
+    c.wait_for(&format!("{root}/status"), |m| m.payload == b"online")
+        .await;
+    // Deaf or not: only a subscribed daemon learns this.
+    learn_all(&c, &root, "cat", &images[3..]).await;
+    info(&c, &root, |i| i["head"]["samples"] == 4).await;
+    // One reconnection, and the stats say so.
+    c.wait_for(&format!("{root}/stats"), |m| {
+        m.json()["mqtt"]["connects"] == 2
+    })
+    .await;
+    assert!(d.stop());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_paused_with_sigstop_loses_nothing_backs_off_and_comes_back_online() {
     let Setup {

@@ -1,7 +1,8 @@
 //! Network faults between adaptd and its broker, inside a network namespace the test creates
 //! and removes: mosquitto runs in the namespace behind a veth pair; nftables rules there
-//! blackhole the daemon's connection, then drop a random 20% of its packets. Traffic never
-//! leaves the host: the only addresses used are the veth pair's. Needs root, `ip` and `nft`
+//! blackhole the daemon's connection, then drop a random 20% of its packets, then `tc tbf`
+//! shapes everything the broker sends to 1 Mbit/s. Traffic never leaves the host: the only
+//! addresses used are the veth pair's. Needs root, `ip`, `tc` and `nft`
 //! (`.ci/run` installs iproute2 and nftables).
 
 mod common;
@@ -31,6 +32,7 @@ fn run(args: &[&str]) {
 struct FaultNet {
     ns: String,
     host_if: String,
+    ns_if: String,
     broker_ip: String,
     dir: tempfile::TempDir,
     broker: Option<Child>,
@@ -48,6 +50,7 @@ impl FaultNet {
         let mut me = FaultNet {
             ns: ns.clone(),
             host_if: host_if.clone(),
+            ns_if: ns_if.clone(),
             broker_ip: broker_ip.clone(),
             dir: tempfile::tempdir().expect("tmp"),
             broker: None,
@@ -140,6 +143,21 @@ impl FaultNet {
     }
 }
 
+impl FaultNet {
+    /// Shapes the broker's side of the veth (everything the broker sends: deliveries to the
+    /// daemon and to the test client) with `tc qdisc … tbf <spec>`; empty = unshaped.
+    fn shape(&self, spec: &str) {
+        let mut args = vec!["ip", "netns", "exec", &self.ns, "tc", "qdisc"];
+        if spec.is_empty() {
+            args.extend(["del", "dev", &self.ns_if, "root"]);
+        } else {
+            args.extend(["replace", "dev", &self.ns_if, "root", "tbf"]);
+            args.extend(spec.split_whitespace());
+        }
+        run(&args);
+    }
+}
+
 impl Drop for FaultNet {
     fn drop(&mut self) {
         if let Some(mut b) = self.broker.take() {
@@ -168,7 +186,7 @@ async fn blackholed_and_lossy_links_lose_nothing_and_back_off() {
     let c = Client::connect_to(&net.broker_ip, TEST_PORT, &[&format!("{root}/#")]).await;
     c.wait_for(&format!("{root}/status"), |m| m.payload == b"online")
         .await;
-    let images = variants("coffee.jpg", 40, 60);
+    let images = variants("coffee.jpg", 50, 60);
     learn_all(&c, &root, "cup", &images[..5]).await;
     info(&c, &root, |i| i["head"]["samples"] == 5).await;
 
@@ -193,12 +211,25 @@ async fn blackholed_and_lossy_links_lose_nothing_and_back_off() {
     tokio::time::sleep(Duration::from_secs(10)).await;
     net.filter("");
     info(&c, &root, |i| i["head"]["samples"] == 40).await;
+
+    // A slow link: everything the broker sends shaped to 1 Mbit/s (tc tbf; the burst must exceed
+    // veth's 64 KiB GSO packets, or tbf drops them whole; 400 ms queue: the
+    // excess is dropped and TCP retransmits) while 10 more photos arrive.
+    net.shape("rate 1mbit burst 64kb latency 400ms");
+    let slow = Instant::now();
+    learn_all(&c, &root, "cup", &images[40..50]).await;
+    info(&c, &root, |i| i["head"]["samples"] == 50).await;
+    let slow = slow.elapsed();
+    net.shape("");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let last = c.on(&format!("{root}/info")).last().expect("info").json();
-    assert_eq!(last["head"]["samples"], 40, "duplicates");
+    assert_eq!(last["head"]["samples"], 50, "duplicates");
     let late = Client::connect_to(&net.broker_ip, TEST_PORT, &[&format!("{root}/status")]).await;
     let status = late.wait_for(&format!("{root}/status"), |m| m.retain).await;
     assert_eq!(status.payload, b"online", "retained status after recovery");
-    eprintln!("blackhole 15 s: {attempts} reconnection attempts; 20% loss: 40/40 learned once");
+    eprintln!(
+        "blackhole 15 s: {attempts} reconnection attempts; 20% loss: 40/40 learned once; \
+         1 Mbit/s: 50/50 learned once, the last 10 in {slow:.1?}"
+    );
     assert!(d.stop());
 }
