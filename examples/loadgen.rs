@@ -50,7 +50,8 @@ struct Args {
     broker_nagle: bool,
     /// Soak instead of levels: this many seconds of mixed traffic (2 closed-loop infer
     /// publishers, feedback on every 10th prediction, a labeled sample every 2 s), RSS
-    /// sampled every --sample-secs; reports the RSS slope after warm-up and error replies.
+    /// sampled every --sample-secs with the sample reservoir's size from adaptd's stats;
+    /// reports the RSS slope after warm-up (also less the reservoir) and error replies.
     #[arg(long, default_value_t = 0)]
     soak_secs: u64,
     /// RSS sampling period of the soak.
@@ -60,6 +61,8 @@ struct Args {
 
 /// Error replies seen on `{root}/error`.
 static ERRORS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// `stored_samples_bytes` of adaptd's latest `{root}/stats` (the sample reservoir).
+static RESERVOIR: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -153,6 +156,14 @@ async fn connect(port: u16, root: &str) -> Result<(AsyncClient, Waiters)> {
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     if p.topic.ends_with("/error") {
                         ERRORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    if p.topic.ends_with("/stats") {
+                        if let Some(b) = serde_json::from_slice::<Value>(&p.payload)
+                            .ok()
+                            .and_then(|v| v["stored_samples_bytes"].as_u64())
+                        {
+                            RESERVOIR.store(b, std::sync::atomic::Ordering::Relaxed);
+                        }
                     }
                     let key = if p.topic.ends_with("/prediction") || p.topic.ends_with("/error") {
                         serde_json::from_slice::<Value>(&p.payload)
@@ -248,6 +259,10 @@ async fn main() -> Result<()> {
         .env("ADAPTD_STATE_DIR", tmp.join("state"))
         .env("ADAPTD_SERVICE_WORKERS", args.workers.to_string())
         .env("ADAPTD_ADAPT_METHOD", "none")
+        .env(
+            "ADAPTD_PUBLISH_STATS_INTERVAL_SECS",
+            args.sample_secs.max(1).to_string(),
+        )
         .env("ADAPTD_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -466,6 +481,7 @@ async fn soak(
         }));
     }
     let mut samples = Vec::new();
+    let mut reservoir = Vec::new();
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_secs(args.sample_secs)).await;
         let (_, now) = rss(pid);
@@ -476,6 +492,7 @@ async fn soak(
             );
         }
         samples.push((start.elapsed().as_secs_f64(), now as f64 / 1048576.0));
+        reservoir.push(RESERVOIR.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1048576.0);
     }
     for t in tasks {
         let _ = t.await;
@@ -486,6 +503,13 @@ async fn soak(
         .copied()
         .filter(|(t, _)| *t >= warm)
         .collect();
+    // RSS less the sample reservoir: what is left must be flat whatever the reservoir does.
+    let after_less_reservoir: Vec<(f64, f64)> = samples
+        .iter()
+        .zip(&reservoir)
+        .filter(|((t, _), _)| *t >= warm)
+        .map(|((t, r), s)| (*t, r - s))
+        .collect();
     let (peak, last) = rss(pid);
     Ok(json!({
         "soak_secs": args.soak_secs,
@@ -494,7 +518,9 @@ async fn soak(
         "error_replies": ERRORS.load(std::sync::atomic::Ordering::Relaxed) - errors_before,
         "alive": rss(pid).1 > 0,
         "rss_mib_samples": samples,
+        "reservoir_mib_samples": reservoir,
         "rss_slope_mib_per_hour_after_warmup": slope(&after) * 3600.0,
+        "rss_less_reservoir_slope_mib_per_hour_after_warmup": slope(&after_less_reservoir) * 3600.0,
         "rss_after_warmup_min_max_mib": [
             after.iter().map(|p| p.1).fold(f64::INFINITY, f64::min),
             after.iter().map(|p| p.1).fold(0.0, f64::max),

@@ -659,6 +659,7 @@ impl Learner {
                 "head_version": self.head.version(),
                 "classes": self.head.classes().len(),
                 "stored_samples": self.samples.len(),
+                "stored_samples_bytes": self.samples.heap_bytes(),
                 "connected": self.shared.connected.load(Ordering::Relaxed),
                 "adapt": self.shared.adapt.status_json(),
                 "fleet": {
