@@ -259,11 +259,15 @@ async fn main() -> Result<()> {
         .env("ADAPTD_STATE_DIR", tmp.join("state"))
         .env("ADAPTD_SERVICE_WORKERS", args.workers.to_string())
         .env("ADAPTD_ADAPT_METHOD", "none")
-        .env(
-            "ADAPTD_PUBLISH_STATS_INTERVAL_SECS",
-            args.sample_secs.max(1).to_string(),
-        )
         .env("ADAPTD_LOG", "warn")
+        // The soak pairs each RSS sample with the reservoir size of a recent stats message;
+        // the load levels keep adaptd's default stats interval.
+        .envs((args.soak_secs > 0).then(|| {
+            (
+                "ADAPTD_PUBLISH_STATS_INTERVAL_SECS",
+                args.sample_secs.max(1).to_string(),
+            )
+        }))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

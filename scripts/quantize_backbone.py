@@ -23,6 +23,7 @@ crops, scales and flips, preprocessed exactly as models/efficientnet-lite0/model
     target/venv-eval/bin/python scripts/quantize_backbone.py target/int8
 """
 import argparse
+import collections
 import hashlib
 import os
 import shutil
@@ -45,7 +46,7 @@ MODEL = os.path.join(MODEL_DIR, "efficientnet-lite0.onnx")
 
 
 def photos():
-    """The colour photos bundled with scikit-image and scikit-learn (no download)."""
+    """The photos bundled with scikit-image and scikit-learn, colour then grey (no download)."""
     from skimage import data
     from sklearn.datasets import load_sample_images
 
@@ -172,9 +173,7 @@ def main():
         del q.graph.value_info[:]
         onnx.save(q, path)
         digest = write_dir(args.out, variant, path)
-        ops = {}
-        for n in onnx.load(path).graph.node:
-            ops[n.op_type] = ops.get(n.op_type, 0) + 1
+        ops = dict(collections.Counter(n.op_type for n in q.graph.node))
         print(f"{variant}: {path} ({os.path.getsize(path):,} bytes, sha256 {digest[:12]}…) ops {ops}")
 
 
