@@ -18,6 +18,8 @@ pub struct BenchReport {
     pub version: &'static str,
     pub model: String,
     pub threads: usize,
+    /// Frames per forward pass (the model's batch dimension).
+    pub batch: usize,
     pub runs: usize,
     pub load_ms: f64,
     /// The load read the model cache (`--cache-dir`).
@@ -25,24 +27,31 @@ pub struct BenchReport {
     pub median_ms: f64,
     pub p90_ms: f64,
     pub min_ms: f64,
+    /// `median_ms / batch`: the time per frame.
+    pub median_ms_per_frame: f64,
 }
 
 /// Loads the backbone (through the model cache in `cache_dir` when given) and times `runs`
 /// forward passes after `warmup`, on `input` (raw f32) or zeros, with tract's matrix products on
-/// `threads` threads.
+/// `threads` threads and `batch` copies of the input per pass (the model's first dimension set
+/// to `batch`).
+#[allow(clippy::too_many_arguments)]
 pub fn backbone(
     model: &ModelDir,
     input: Option<&Path>,
     runs: usize,
     warmup: usize,
     threads: usize,
+    batch: usize,
     cache_dir: Option<&Path>,
 ) -> anyhow::Result<BenchReport> {
     backbone::set_threads(threads);
+    let batch = batch.max(1);
+    let model = batched(model, batch)?;
     let started = Instant::now();
-    let b = Backbone::load_cached(model, false, cache_dir)?;
+    let b = Backbone::load_cached(&model, false, cache_dir)?;
     let load_ms = started.elapsed().as_secs_f64() * 1e3;
-    let x = input_tensor(&b, input)?;
+    let x = input_tensor(&b, input, batch)?;
     for _ in 0..warmup {
         b.embed(&x)?;
     }
@@ -59,18 +68,36 @@ pub fn backbone(
         version: backbone::TRACT_VERSION,
         model: b.info().name.clone(),
         threads,
+        batch,
         runs: times.len(),
         load_ms,
         cached: b.info().cached,
         median_ms: at(0.5),
         p90_ms: at(0.9),
         min_ms: times[0],
+        median_ms_per_frame: at(0.5) / batch as f64,
     })
 }
 
-/// The benchmark input: `input` (raw little-endian f32 of the model's input size) or zeros.
-fn input_tensor(b: &Backbone, input: Option<&Path>) -> anyhow::Result<Vec<f32>> {
-    let n: usize = b.info().input_shape.iter().product();
+/// `model` with its input's batch dimension (the first, 1 in the model file) set to `batch`.
+fn batched(model: &ModelDir, batch: usize) -> anyhow::Result<ModelDir> {
+    let mut model = model.clone();
+    if batch > 1 {
+        let shape = &mut model.spec.input.shape;
+        anyhow::ensure!(
+            shape.first() == Some(&1),
+            "--batch needs a model whose input has batch dimension 1 first, not {shape:?}"
+        );
+        shape[0] = batch;
+    }
+    Ok(model)
+}
+
+/// The benchmark input: `input` (raw little-endian f32 of one frame) repeated `batch` times, or
+/// zeros.
+fn input_tensor(b: &Backbone, input: Option<&Path>, batch: usize) -> anyhow::Result<Vec<f32>> {
+    let total: usize = b.info().input_shape.iter().product();
+    let n = total / batch.max(1);
     Ok(match input {
         Some(p) => {
             let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
@@ -82,9 +109,10 @@ fn input_tensor(b: &Backbone, input: Option<&Path>) -> anyhow::Result<Vec<f32>> 
             bytes
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect()
+                .collect::<Vec<f32>>()
+                .repeat(batch.max(1))
         }
-        None => vec![0f32; n],
+        None => vec![0f32; total],
     })
 }
 
@@ -104,6 +132,7 @@ pub struct ProfileReport {
     pub version: &'static str,
     pub model: String,
     pub threads: usize,
+    pub batch: usize,
     pub runs: usize,
     /// Sum of the nodes' times per forward pass.
     pub total_ms: f64,
@@ -112,17 +141,19 @@ pub struct ProfileReport {
     pub nodes: Vec<backbone::NodeTime>,
 }
 
-/// Profiles the backbone node by node over `runs` passes after `warmup`.
+/// Profiles the backbone node by node over `runs` passes of `batch` frames after `warmup`.
 pub fn profile(
     model: &ModelDir,
     input: Option<&Path>,
     runs: usize,
     warmup: usize,
     threads: usize,
+    batch: usize,
 ) -> anyhow::Result<ProfileReport> {
     backbone::set_threads(threads);
-    let b = Backbone::load(model, false)?;
-    let x = input_tensor(&b, input)?;
+    let batch = batch.max(1);
+    let b = Backbone::load(&batched(model, batch)?, false)?;
+    let x = input_tensor(&b, input, batch)?;
     for _ in 0..warmup {
         b.embed(&x)?;
     }
@@ -157,6 +188,7 @@ pub fn profile(
         version: backbone::TRACT_VERSION,
         model: b.info().name.clone(),
         threads,
+        batch,
         runs,
         total_ms,
         by_op,

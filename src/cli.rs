@@ -62,6 +62,10 @@ pub enum Command {
         /// Threads inside one forward pass.
         #[arg(long, default_value_t = 1)]
         threads: usize,
+        /// Frames per forward pass: the model's batch dimension is set to this, the input is
+        /// repeated, and the time per frame is reported beside the time per pass.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
         /// Load through the model cache in this directory (as the daemon does with its state
         /// directory): the first run writes it, later runs report the cached load time.
         #[arg(long)]
@@ -119,6 +123,7 @@ pub struct BenchArgs<'a> {
     pub runs: usize,
     pub warmup: usize,
     pub threads: usize,
+    pub batch: usize,
     pub cache_dir: Option<&'a Path>,
     pub profile: bool,
     pub json: bool,
@@ -128,14 +133,14 @@ pub struct BenchArgs<'a> {
 pub fn bench(a: BenchArgs<'_>) -> Result<()> {
     let model = model_dir(a.model)?;
     if a.profile {
-        let r = crate::bench::profile(&model, a.input, a.runs, a.warmup, a.threads)?;
+        let r = crate::bench::profile(&model, a.input, a.runs, a.warmup, a.threads, a.batch)?;
         if a.json {
             println!("{}", serde_json::to_string(&r)?);
             return Ok(());
         }
         println!(
-            "{} {} on {}: {} thread(s), {:.2} ms per pass in nodes, {} runs",
-            r.runtime, r.version, r.model, r.threads, r.total_ms, r.runs
+            "{} {} on {}: {} thread(s), batch {}, {:.2} ms per pass in nodes, {} runs",
+            r.runtime, r.version, r.model, r.threads, r.batch, r.total_ms, r.runs
         );
         println!(
             "{:<24} {:>6} {:>9} {:>7}",
@@ -156,19 +161,29 @@ pub fn bench(a: BenchArgs<'_>) -> Result<()> {
         }
         return Ok(());
     }
-    let r = crate::bench::backbone(&model, a.input, a.runs, a.warmup, a.threads, a.cache_dir)?;
+    let r = crate::bench::backbone(
+        &model,
+        a.input,
+        a.runs,
+        a.warmup,
+        a.threads,
+        a.batch,
+        a.cache_dir,
+    )?;
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         println!(
-            "{} {} on {}: {} thread(s), load {:.0} ms{}, median {:.2} ms, p90 {:.2} ms, min {:.2} ms over {} runs",
+            "{} {} on {}: {} thread(s), batch {}, load {:.0} ms{}, median {:.2} ms ({:.2} ms per frame), p90 {:.2} ms, min {:.2} ms over {} runs",
             r.runtime,
             r.version,
             r.model,
             r.threads,
+            r.batch,
             r.load_ms,
             if r.cached { " (from the model cache)" } else { "" },
             r.median_ms,
+            r.median_ms_per_frame,
             r.p90_ms,
             r.min_ms,
             r.runs
