@@ -9,7 +9,9 @@ For each model directory written by scripts/quantize_backbone.py and each golden
   ort fp32     onnxruntime on the shipped model
 
 and prints, per input, cosine(tract int8, ort int8), max |diff| / max |ort int8|, and
-cosine(int8, fp32) for both runtimes. A tract build with overflow checks (dev/test profile)
+cosine(int8, fp32) for both runtimes. With --rounds R it also times every model, fp32
+included, in both runtimes (1 thread, batch 1, the coffee input; R interleaved rounds of fresh
+processes, the median over rounds of each round's median) and prints the speed-ups over fp32. A tract build with overflow checks (dev/test profile)
 panics in tract-core's quantized Sub; use the release binary. Exit status 1 when tract's int8
 embedding disagrees with onnxruntime's (cosine < --min-cosine) on any input.
 
@@ -18,6 +20,7 @@ embedding disagrees with onnxruntime's (cosine < --min-cosine) on any input.
 """
 import argparse
 import glob
+import statistics
 import json
 import os
 import subprocess
@@ -55,6 +58,26 @@ def tract_embed(adaptd, model_dir, paths):
             for line in r.stdout.splitlines() if line.strip()]
 
 
+def timed(cmd):
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[0])["median_ms"]
+
+
+def bench(adaptd, dirs, rounds, runs):
+    """Median ms per model directory for tract and onnxruntime, rounds interleaved."""
+    x = os.path.join(GOLDEN, "coffee.input.f32")
+    ref = os.path.join(ROOT, "scripts", "ref_backbone.py")
+    times = {d: ([], []) for d in dirs}
+    for _ in range(rounds):
+        for d in dirs:
+            spec = tomllib.load(open(os.path.join(d, "model.toml"), "rb"))
+            times[d][0].append(timed([adaptd, "bench", "--json", "--model", d, "--input", x,
+                                      "--runs", str(runs), "--warmup", "5"]))
+            times[d][1].append(timed([sys.executable, ref, "--model", os.path.join(d, spec["file"]),
+                                      "--input", x, "--runs", str(runs), "--warmup", "5"]))
+    return {d: (statistics.median(t), statistics.median(o)) for d, (t, o) in times.items()}
+
+
 def cos(a, b):
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
 
@@ -64,6 +87,8 @@ def main():
     ap.add_argument("models", nargs="+", help="model directories (quantize_backbone.py output)")
     ap.add_argument("--adaptd", default=os.path.join(ROOT, "target", "release", "adaptd"))
     ap.add_argument("--min-cosine", type=float, default=0.99)
+    ap.add_argument("--rounds", type=int, default=0, help="also time the models, R rounds")
+    ap.add_argument("--runs", type=int, default=50, help="timed runs per round")
     args = ap.parse_args()
 
     paths = sorted(glob.glob(os.path.join(GOLDEN, "*.input.f32")))
@@ -84,6 +109,15 @@ def main():
             print(f"{os.path.basename(d.rstrip('/')):<16} {name:<10} {c:>13.6f} {rel:>12.2e} "
                   f"{cos(o, r):>17.6f} {cos(t, r):>19.6f}")
             bad += c < args.min_cosine
+    if args.rounds:
+        res = bench(args.adaptd, [SHIPPED, *args.models], args.rounds, args.runs)
+        t0, o0 = res[SHIPPED]
+        print(f"\n{args.rounds} rounds x {args.runs} runs, 1 thread, batch 1\n")
+        print("| model | tract ms | tract speed-up vs fp32 | onnxruntime ms | onnxruntime speed-up vs fp32 | tract / onnxruntime |")
+        print("|---|---|---|---|---|---|")
+        for d, (t, o) in res.items():
+            name = "fp32 (shipped)" if d == SHIPPED else os.path.relpath(d, ROOT)
+            print(f"| {name} | {t:.2f} | {t0 / t:.2f}× | {o:.2f} | {o0 / o:.2f}× | {t / o:.2f}× |")
     if bad:
         sys.exit(f"{bad} input(s) where tract's int8 embedding disagrees with onnxruntime's")
 
