@@ -31,22 +31,31 @@ pub struct BenchReport {
     pub median_ms_per_frame: f64,
 }
 
-/// Loads the backbone (through the model cache in `cache_dir` when given) and times `runs`
-/// forward passes after `warmup`, on `input` (raw f32) or zeros, with tract's matrix products on
-/// `threads` threads and `batch` copies of the input per pass (the model's first dimension set
-/// to `batch`).
-#[allow(clippy::too_many_arguments)]
+/// What to run, for [`backbone`] and [`profile`].
+#[derive(Debug, Clone, Copy)]
+pub struct Options<'a> {
+    /// Preprocessed input of one frame as raw little-endian f32; zeros when `None`.
+    pub input: Option<&'a Path>,
+    /// Timed (or profiled) forward passes.
+    pub runs: usize,
+    /// Untimed passes before them.
+    pub warmup: usize,
+    /// Threads inside one forward pass (tract's matrix products).
+    pub threads: usize,
+    /// Frames per pass: the model's batch dimension is set to this and the input repeated.
+    pub batch: usize,
+}
+
+/// Loads the backbone (through the model cache in `cache_dir` when given) and times
+/// `o.runs` forward passes after `o.warmup`.
 pub fn backbone(
     model: &ModelDir,
-    input: Option<&Path>,
-    runs: usize,
-    warmup: usize,
-    threads: usize,
-    batch: usize,
+    o: &Options<'_>,
     cache_dir: Option<&Path>,
 ) -> anyhow::Result<BenchReport> {
+    let (input, runs, warmup, threads) = (o.input, o.runs, o.warmup, o.threads);
     backbone::set_threads(threads);
-    let batch = batch.max(1);
+    let batch = o.batch.max(1);
     let model = batched(model, batch)?;
     let started = Instant::now();
     let b = Backbone::load_cached(&model, false, cache_dir)?;
@@ -141,17 +150,11 @@ pub struct ProfileReport {
     pub nodes: Vec<backbone::NodeTime>,
 }
 
-/// Profiles the backbone node by node over `runs` passes of `batch` frames after `warmup`.
-pub fn profile(
-    model: &ModelDir,
-    input: Option<&Path>,
-    runs: usize,
-    warmup: usize,
-    threads: usize,
-    batch: usize,
-) -> anyhow::Result<ProfileReport> {
+/// Profiles the backbone node by node over `o.runs` passes after `o.warmup`.
+pub fn profile(model: &ModelDir, o: &Options<'_>) -> anyhow::Result<ProfileReport> {
+    let (input, runs, warmup, threads) = (o.input, o.runs, o.warmup, o.threads);
     backbone::set_threads(threads);
-    let batch = batch.max(1);
+    let batch = o.batch.max(1);
     let b = Backbone::load(&batched(model, batch)?, false)?;
     let x = input_tensor(&b, input, batch)?;
     for _ in 0..warmup {

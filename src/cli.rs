@@ -132,8 +132,15 @@ pub struct BenchArgs<'a> {
 /// `adaptd bench`.
 pub fn bench(a: BenchArgs<'_>) -> Result<()> {
     let model = model_dir(a.model)?;
+    let o = crate::bench::Options {
+        input: a.input,
+        runs: a.runs,
+        warmup: a.warmup,
+        threads: a.threads,
+        batch: a.batch,
+    };
     if a.profile {
-        let r = crate::bench::profile(&model, a.input, a.runs, a.warmup, a.threads, a.batch)?;
+        let r = crate::bench::profile(&model, &o)?;
         if a.json {
             println!("{}", serde_json::to_string(&r)?);
             return Ok(());
@@ -161,15 +168,7 @@ pub fn bench(a: BenchArgs<'_>) -> Result<()> {
         }
         return Ok(());
     }
-    let r = crate::bench::backbone(
-        &model,
-        a.input,
-        a.runs,
-        a.warmup,
-        a.threads,
-        a.batch,
-        a.cache_dir,
-    )?;
+    let r = crate::bench::backbone(&model, &o, a.cache_dir)?;
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
