@@ -9,7 +9,8 @@ like the shipped one (model.toml + labels + .onnx; same preprocessing, same outp
                        stay float between DequantizeLinear/QuantizeLinear
 
 Format: onnxruntime's QOperator format (QuantizeLinear, QLinearConv, DequantizeLinear: standard
-ONNX ops that tract-onnx implements; no com.microsoft ops), weights int8 per output channel,
+ONNX ops that tract-onnx implements; no com.microsoft ops), weights int8 per output channel
+(per conv with --per-tensor),
 activations uint8 per tensor, each ReLU6 (Clip) folded into its conv's output range. Only Conv
 and Clip are quantized: the 1280->1000 classifier Gemm feeds only the logits, which adaptd does
 not use for learning.
