@@ -30,6 +30,8 @@ import tomllib
 import numpy as np
 import onnxruntime as ort
 
+from bench_backbone import run_json  # same directory: one JSON line from a benchmark process
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 SHIPPED = os.path.join(ROOT, "models", "efficientnet-lite0")
 GOLDEN = os.path.join(ROOT, "tests", "fixtures", "golden")
@@ -58,11 +60,6 @@ def tract_embed(adaptd, model_dir, paths):
             for line in r.stdout.splitlines() if line.strip()]
 
 
-def timed(cmd):
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[0])["median_ms"]
-
-
 def bench(adaptd, dirs, rounds, runs):
     """Median ms per model directory for tract and onnxruntime, rounds interleaved."""
     x = os.path.join(GOLDEN, "coffee.input.f32")
@@ -71,10 +68,10 @@ def bench(adaptd, dirs, rounds, runs):
     for _ in range(rounds):
         for d in dirs:
             spec = tomllib.load(open(os.path.join(d, "model.toml"), "rb"))
-            times[d][0].append(timed([adaptd, "bench", "--json", "--model", d, "--input", x,
-                                      "--runs", str(runs), "--warmup", "5"]))
-            times[d][1].append(timed([sys.executable, ref, "--model", os.path.join(d, spec["file"]),
-                                      "--input", x, "--runs", str(runs), "--warmup", "5"]))
+            times[d][0].append(run_json([adaptd, "bench", "--json", "--model", d, "--input", x,
+                                         "--runs", str(runs), "--warmup", "5"])["median_ms"])
+            times[d][1].append(run_json([sys.executable, ref, "--model", os.path.join(d, spec["file"]),
+                                         "--input", x, "--runs", str(runs), "--warmup", "5"])["median_ms"])
     return {d: (statistics.median(t), statistics.median(o)) for d, (t, o) in times.items()}
 
 

@@ -53,14 +53,13 @@ pub fn backbone(
     o: &Options<'_>,
     cache_dir: Option<&Path>,
 ) -> anyhow::Result<BenchReport> {
-    let (input, runs, warmup, threads) = (o.input, o.runs, o.warmup, o.threads);
+    let (runs, warmup, threads, batch) = (o.runs, o.warmup, o.threads, o.batch.max(1));
     backbone::set_threads(threads);
-    let batch = o.batch.max(1);
     let model = batched(model, batch)?;
     let started = Instant::now();
     let b = Backbone::load_cached(&model, false, cache_dir)?;
     let load_ms = started.elapsed().as_secs_f64() * 1e3;
-    let x = input_tensor(&b, input, batch)?;
+    let x = input_tensor(&b, o.input)?;
     for _ in 0..warmup {
         b.embed(&x)?;
     }
@@ -102,11 +101,12 @@ fn batched(model: &ModelDir, batch: usize) -> anyhow::Result<ModelDir> {
     Ok(model)
 }
 
-/// The benchmark input: `input` (raw little-endian f32 of one frame) repeated `batch` times, or
-/// zeros.
-fn input_tensor(b: &Backbone, input: Option<&Path>, batch: usize) -> anyhow::Result<Vec<f32>> {
-    let total: usize = b.info().input_shape.iter().product();
-    let n = total / batch.max(1);
+/// The benchmark input: `input` (raw little-endian f32 of one frame) repeated for every frame of
+/// the batch (the model's first dimension), or zeros.
+fn input_tensor(b: &Backbone, input: Option<&Path>) -> anyhow::Result<Vec<f32>> {
+    let shape = &b.info().input_shape;
+    let batch = shape.first().copied().unwrap_or(1).max(1);
+    let n: usize = shape.iter().skip(1).product();
     Ok(match input {
         Some(p) => {
             let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
@@ -119,9 +119,9 @@ fn input_tensor(b: &Backbone, input: Option<&Path>, batch: usize) -> anyhow::Res
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect::<Vec<f32>>()
-                .repeat(batch.max(1))
+                .repeat(batch)
         }
-        None => vec![0f32; total],
+        None => vec![0f32; n * batch],
     })
 }
 
@@ -152,11 +152,10 @@ pub struct ProfileReport {
 
 /// Profiles the backbone node by node over `o.runs` passes after `o.warmup`.
 pub fn profile(model: &ModelDir, o: &Options<'_>) -> anyhow::Result<ProfileReport> {
-    let (input, runs, warmup, threads) = (o.input, o.runs, o.warmup, o.threads);
+    let (runs, warmup, threads, batch) = (o.runs, o.warmup, o.threads, o.batch.max(1));
     backbone::set_threads(threads);
-    let batch = o.batch.max(1);
     let b = Backbone::load(&batched(model, batch)?, false)?;
-    let x = input_tensor(&b, input, batch)?;
+    let x = input_tensor(&b, o.input)?;
     for _ in 0..warmup {
         b.embed(&x)?;
     }
