@@ -4,7 +4,8 @@
 For each thread count (1 and all cores) the two runtimes are run alternately for --rounds
 rounds on the same preprocessed input (the coffee golden tensor), each round a fresh process
 with --warmup untimed and --runs timed inferences; the report takes the median over rounds of
-each round's median. Also: load-to-ready time and the peak RSS of `adaptd embed` on one image.
+each round's median. tract runs twice per round: with adaptd's channel-last depthwise rewrite
+(the daemon's layout) and with `--depthwise-layout tract` (tract's own choice for this CPU). Also: load-to-ready time and the peak RSS of `adaptd embed` on one image.
 Prints a markdown table for docs/benchmarks.md.
 
     pip install -r scripts/requirements.txt
@@ -47,25 +48,30 @@ def main():
     cores = os.cpu_count() or 1
     rows = []
     for threads in sorted({1, cores}):
-        tract, ort = [], []
+        tract, own, ort = [], [], []
         for _ in range(args.rounds):
-            tract.append(run_json([args.adaptd, "bench", "--json", "--input", INPUT, "--threads", str(threads),
-                                   "--runs", str(args.runs), "--warmup", str(args.warmup)]))
+            bench = [args.adaptd, "bench", "--json", "--input", INPUT, "--threads", str(threads),
+                     "--runs", str(args.runs), "--warmup", str(args.warmup)]
+            tract.append(run_json(bench))
+            own.append(run_json(bench + ["--depthwise-layout", "tract"]))
             ort.append(run_json([sys.executable, os.path.join(ROOT, "scripts", "ref_backbone.py"), "--input", INPUT,
                                  "--threads", str(threads), "--runs", str(args.runs), "--warmup", str(args.warmup)]))
         t = statistics.median(r["median_ms"] for r in tract)
+        tw = statistics.median(r["median_ms"] for r in own)
         o = statistics.median(r["median_ms"] for r in ort)
         tl = statistics.median(r["load_ms"] for r in tract)
         ol = statistics.median(r["load_ms"] for r in ort)
-        rows.append((threads, t, o, t / o, tl, ol, ort[0].get("version", "?")))
+        rows.append((threads, t, tw, o, t / o, tw / o, tl, ol, ort[0].get("version", "?")))
     rss = peak_rss_kib([args.adaptd, "embed", IMAGE])
     print(f"machine: {platform.machine()}, {cores} cores, {platform.processor() or platform.platform()}")
     print(f"adaptd binary: {os.path.relpath(args.adaptd, ROOT)}; {args.rounds} rounds x {args.runs} runs "
           f"after {args.warmup} warm-up, batch 1, coffee input\n")
-    print("| threads | tract median ms | onnxruntime median ms | tract / onnxruntime | tract load ms | onnxruntime load ms |")
-    print("|---|---|---|---|---|---|")
-    for threads, t, o, ratio, tl, ol, ver in rows:
-        print(f"| {threads} | {t:.2f} | {o:.2f} (ort {ver}) | **{ratio:.2f}×** | {tl:.0f} | {ol:.0f} |")
+    print("| threads | tract median ms | tract, its own layout, ms | onnxruntime median ms "
+          "| tract / onnxruntime | own layout / onnxruntime | tract load ms | onnxruntime load ms |")
+    print("|---|---|---|---|---|---|---|---|")
+    for threads, t, tw, o, ratio, own_ratio, tl, ol, ver in rows:
+        print(f"| {threads} | {t:.2f} | {tw:.2f} | {o:.2f} (ort {ver}) | **{ratio:.2f}×** | {own_ratio:.2f}× "
+              f"| {tl:.0f} | {ol:.0f} |")
     print(f"\npeak RSS of `adaptd embed coffee.jpg`: {rss / 1024:.1f} MiB")
 
 

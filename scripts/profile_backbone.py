@@ -90,17 +90,17 @@ def ort_profile(runs, warmup):
     return dict(per_node), op_of, run_ms[len(run_ms) // 2], ort.__version__, so.optimized_model_filepath
 
 
-def tract_profile(adaptd, runs, warmup):
+def tract_profile(adaptd, runs, warmup, layout):
     out = subprocess.run(
         [adaptd, "bench", "--profile", "--json", "--input", INPUT, "--runs", str(runs),
-         "--warmup", str(warmup), "--threads", "1"],
+         "--warmup", str(warmup), "--threads", "1", "--depthwise-layout", layout],
         check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
 def tract_family(op, info):
     text = (op + " " + info).lower()
-    if "depthwise" in text:
+    if "depthwise" in text:  # DepthWiseConv (tract's kernel) and AdaptdDepthwise
         return "Conv depthwise"
     if "matmul" in op.lower() or "conv" in op.lower():
         return "Conv 1x1 / kxk / Gemm (matrix products)"
@@ -113,9 +113,12 @@ def main():
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--json", help="write both profiles to this file")
+    ap.add_argument("--depthwise-layout", default="adaptd", choices=["adaptd", "channel-last", "tract"],
+                    help="depthwise convs: adaptd's channel-last rewrite and kernel (the daemon's), "
+                         "the rewrite on tract's kernels, or tract's own layout")
     a = ap.parse_args()
 
-    t = tract_profile(a.adaptd, a.runs, a.warmup)
+    t = tract_profile(a.adaptd, a.runs, a.warmup, a.depthwise_layout)
     per_node, op_of, ort_run_ms, ort_version, optimized = ort_profile(a.runs, a.warmup)
     fam = onnx_families(optimized)
 
@@ -136,7 +139,9 @@ def main():
         tr_fam[f][0] += 1
         tr_fam[f][1] += n["ms"]
 
-    print(f"tract {t['version']}: {t['total_ms']:.2f} ms per pass in nodes ({t['runs']} runs, 1 thread)")
+    cl, dw = t.get("channel_last_depthwise", [0, 0])
+    print(f"tract {t['version']}: {t['total_ms']:.2f} ms per pass in nodes ({t['runs']} runs, 1 thread, "
+          f"depthwise {cl}/{dw} channel-last)")
     print(f"onnxruntime {ort_version}: {ort_total:.2f} ms per pass in kernels, model_run median {ort_run_ms:.2f} ms")
     print(f"ratio (node time): {t['total_ms'] / ort_total:.2f}x\n")
     print("| tract op | nodes | ms/pass | share |")

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::Context;
 use serde::Serialize;
 
-use crate::backbone::{self, Backbone};
+use crate::backbone::{self, Backbone, DepthwiseLayout};
 use crate::model::ModelDir;
 use crate::stats::quantile;
 
@@ -29,6 +29,10 @@ pub struct BenchReport {
     pub min_ms: f64,
     /// `median_ms / batch`: the time per frame.
     pub median_ms_per_frame: f64,
+    /// Depthwise convolutions that ran channel-last, of all: `[channel_last, total]`.
+    pub channel_last_depthwise: [usize; 2],
+    /// How many of them ran on adaptd's own kernel.
+    pub adaptd_depthwise: usize,
 }
 
 /// What to run, for [`backbone`] and [`profile`].
@@ -44,6 +48,8 @@ pub struct Options<'a> {
     pub threads: usize,
     /// Frames per pass: the model's batch dimension is set to this and the input repeated.
     pub batch: usize,
+    /// Depthwise layout (the daemon's is the default).
+    pub layout: DepthwiseLayout,
 }
 
 /// Loads the backbone (through the model cache in `cache_dir` when given) and times
@@ -57,7 +63,7 @@ pub fn backbone(
     backbone::set_threads(threads);
     let model = batched(model, batch)?;
     let started = Instant::now();
-    let b = Backbone::load_cached(&model, false, cache_dir)?;
+    let b = Backbone::load_with(&model, false, cache_dir, o.layout)?;
     let load_ms = started.elapsed().as_secs_f64() * 1e3;
     let x = input_tensor(&b, o.input)?;
     for _ in 0..warmup {
@@ -78,6 +84,8 @@ pub fn backbone(
         threads,
         batch,
         runs: times.len(),
+        channel_last_depthwise: b.info().channel_last_depthwise,
+        adaptd_depthwise: b.info().adaptd_depthwise,
         load_ms,
         cached: b.info().cached,
         median_ms: at(0.5),
@@ -143,6 +151,10 @@ pub struct ProfileReport {
     pub threads: usize,
     pub batch: usize,
     pub runs: usize,
+    /// Depthwise convolutions that ran channel-last, of all: `[channel_last, total]`.
+    pub channel_last_depthwise: [usize; 2],
+    /// How many of them ran on adaptd's own kernel.
+    pub adaptd_depthwise: usize,
     /// Sum of the nodes' times per forward pass.
     pub total_ms: f64,
     pub by_op: Vec<OpTime>,
@@ -154,7 +166,7 @@ pub struct ProfileReport {
 pub fn profile(model: &ModelDir, o: &Options<'_>) -> anyhow::Result<ProfileReport> {
     let (runs, warmup, threads, batch) = (o.runs, o.warmup, o.threads, o.batch.max(1));
     backbone::set_threads(threads);
-    let b = Backbone::load(&batched(model, batch)?, false)?;
+    let b = Backbone::load_with(&batched(model, batch)?, false, None, o.layout)?;
     let x = input_tensor(&b, o.input)?;
     for _ in 0..warmup {
         b.embed(&x)?;
@@ -192,6 +204,8 @@ pub fn profile(model: &ModelDir, o: &Options<'_>) -> anyhow::Result<ProfileRepor
         threads,
         batch,
         runs,
+        channel_last_depthwise: b.info().channel_last_depthwise,
+        adaptd_depthwise: b.info().adaptd_depthwise,
         total_ms,
         by_op,
         nodes,

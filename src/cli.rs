@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::backbone;
+use crate::backbone::{self, DepthwiseLayout};
 pub use crate::eval::EvalArgs;
 use crate::model::ModelDir;
 use crate::pipeline::Pipeline;
@@ -66,6 +66,10 @@ pub enum Command {
         /// repeated, and the time per frame is reported beside the time per pass.
         #[arg(long, default_value_t = 1)]
         batch: usize,
+        /// Layout of the depthwise convolutions: adaptd's channel-last rewrite (the daemon's
+        /// layout), or tract's own choice for this CPU (to measure what the rewrite gains).
+        #[arg(long, value_enum, default_value_t = DepthwiseLayout::Adaptd)]
+        depthwise_layout: DepthwiseLayout,
         /// Load through the model cache in this directory (as the daemon does with its state
         /// directory): the first run writes it, later runs report the cached load time.
         #[arg(long)]
@@ -124,6 +128,7 @@ pub struct BenchArgs<'a> {
     pub warmup: usize,
     pub threads: usize,
     pub batch: usize,
+    pub layout: DepthwiseLayout,
     pub cache_dir: Option<&'a Path>,
     pub profile: bool,
     pub json: bool,
@@ -138,6 +143,7 @@ pub fn bench(a: BenchArgs<'_>) -> Result<()> {
         warmup: a.warmup,
         threads: a.threads,
         batch: a.batch,
+        layout: a.layout,
     };
     if a.profile {
         let r = crate::bench::profile(&model, &o)?;
@@ -146,8 +152,17 @@ pub fn bench(a: BenchArgs<'_>) -> Result<()> {
             return Ok(());
         }
         println!(
-            "{} {} on {}: {} thread(s), batch {}, {:.2} ms per pass in nodes, {} runs",
-            r.runtime, r.version, r.model, r.threads, r.batch, r.total_ms, r.runs
+            "{} {} on {}: {} thread(s), batch {}, depthwise {}/{} channel-last ({} on adaptd's kernel), {:.2} ms per pass in nodes, {} runs",
+            r.runtime,
+            r.version,
+            r.model,
+            r.threads,
+            r.batch,
+            r.channel_last_depthwise[0],
+            r.channel_last_depthwise[1],
+            r.adaptd_depthwise,
+            r.total_ms,
+            r.runs
         );
         println!(
             "{:<24} {:>6} {:>9} {:>7}",
@@ -173,12 +188,15 @@ pub fn bench(a: BenchArgs<'_>) -> Result<()> {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         println!(
-            "{} {} on {}: {} thread(s), batch {}, load {:.0} ms{}, median {:.2} ms ({:.2} ms per frame), p90 {:.2} ms, min {:.2} ms over {} runs",
+            "{} {} on {}: {} thread(s), batch {}, depthwise {}/{} channel-last ({} on adaptd's kernel), load {:.0} ms{}, median {:.2} ms ({:.2} ms per frame), p90 {:.2} ms, min {:.2} ms over {} runs",
             r.runtime,
             r.version,
             r.model,
             r.threads,
             r.batch,
+            r.channel_last_depthwise[0],
+            r.channel_last_depthwise[1],
+            r.adaptd_depthwise,
             r.load_ms,
             if r.cached { " (from the model cache)" } else { "" },
             r.median_ms,

@@ -50,6 +50,10 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         dim = info.embedding_dim,
         load_ms = format!("{:.0}", info.load_ms),
         cached = info.cached,
+        depthwise_channel_last = format!(
+            "{}/{}",
+            info.channel_last_depthwise[0], info.channel_last_depthwise[1]
+        ),
         "backbone ready"
     );
 

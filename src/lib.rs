@@ -8,7 +8,7 @@
 //! | [`config`] | the embedded default TOML, config file + `ADAPTD_*` overrides → validated settings |
 //! | [`model`] | `model.toml`: which ONNX file, outputs, preprocessing, labels; finding the shipped model |
 //! | [`input`] | payload bytes → input tensor (JPEG/PNG/raw f32/JSON, resize, crop, normalize) |
-//! | [`backbone`] | the only tract module: load, fix shape, optimize, embed |
+//! | [`backbone`] | the only tract module: load, fix shape, the depthwise rewrite and adaptd's depthwise op (`backbone/depthwise.rs`), optimize, embed |
 //! | [`bench`] | `adaptd bench`: backbone latency and load time |
 //! | [`pipeline`] | payload → embedding (input + backbone) |
 //! | [`head`] | streaming linear heads, snapshots, merge, head file format |

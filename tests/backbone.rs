@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use adaptd::backbone::{self, Backbone};
+use adaptd::backbone::{self, Backbone, DepthwiseLayout};
 use adaptd::input::Preprocessor;
 use adaptd::model::ModelDir;
 use adaptd::pipeline::Pipeline;
@@ -90,6 +90,70 @@ fn shipped_model_matches_onnxruntime_from_the_tensor() {
             argmax(&logits),
             img["top5"][0][0].as_u64().expect("top1") as usize
         );
+    }
+}
+
+/// The depthwise rewrites change no result beyond float rounding. The default (channel-last,
+/// adaptd's FMA kernel where the CPU has AVX2 + FMA) and tract's channel-last path reach every
+/// depthwise conv of the shipped model, and both compute what tract's own layout computes.
+#[test]
+fn depthwise_rewrites_match_tracts_own_layout() {
+    let g = golden();
+    let model = ModelDir::shipped().expect("shipped model");
+    let load = |layout| Backbone::load_with(&model, true, None, layout).expect("load");
+    let (adaptd, channel_last, own) = (
+        load(DepthwiseLayout::Adaptd),
+        load(DepthwiseLayout::ChannelLast),
+        load(DepthwiseLayout::Tract),
+    );
+    // EfficientNet-Lite0 has 16 depthwise convs; both rewrites move all of them channel-last.
+    assert_eq!(adaptd.info().channel_last_depthwise, [16, 16]);
+    assert_eq!(channel_last.info().channel_last_depthwise, [16, 16]);
+    assert_eq!(channel_last.info().adaptd_depthwise, 0);
+    let avx2_fma = cfg!(target_arch = "x86_64") && {
+        #[cfg(target_arch = "x86_64")]
+        let has = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+        #[cfg(not(target_arch = "x86_64"))]
+        let has = false;
+        has
+    };
+    let on_kernel = if avx2_fma { 16 } else { 0 };
+    assert_eq!(adaptd.info().adaptd_depthwise, on_kernel);
+    // tract's own choice: NCHW where tract-linalg has no channel-inner kernel (x86_64, armv7),
+    // channel-last where it has one (aarch64).
+    let own_last = own.info().channel_last_depthwise;
+    assert_eq!(own_last[1], 16);
+    assert_eq!(own.info().adaptd_depthwise, 0);
+    if cfg!(target_arch = "x86_64") {
+        assert_eq!(
+            own_last[0], 0,
+            "tract keeps NCHW on x86_64: the comparison is moot"
+        );
+    }
+    for img in g["images"].as_array().expect("images") {
+        let x = read_f32(
+            &fixtures()
+                .join("golden")
+                .join(img["input"].as_str().expect("input")),
+        );
+        let want = own.run(&x).expect("run");
+        for (name, b) in [("adaptd", &adaptd), ("channel-last", &channel_last)] {
+            let got = b.run(&x).expect("run");
+            let ee = rel_err(&got.embedding, &want.embedding);
+            let el = rel_err(
+                got.logits.as_deref().expect("logits"),
+                want.logits.as_deref().expect("logits"),
+            );
+            println!(
+                "{}: {name} differs from tract's layout by {ee:.2e} (embedding), {el:.2e} (logits)",
+                img["file"]
+            );
+            assert!(
+                ee <= 1e-5 && el <= 1e-5,
+                "{} {name}: {ee} / {el}",
+                img["file"]
+            );
+        }
     }
 }
 
@@ -335,6 +399,14 @@ fn model_cache_round_trips_and_corrupt_caches_are_rebuilt() {
     };
     let warm = Backbone::load_cached(&model, true, Some(dir.path())).expect("cached load");
     assert!(warm.info().cached, "second load must come from the cache");
+    assert_eq!(
+        (
+            cold.info().channel_last_depthwise,
+            warm.info().channel_last_depthwise
+        ),
+        ([16, 16], [16, 16]),
+        "the layout rewrite reaches every depthwise conv in the cached graph too"
+    );
     assert_eq!(warm.info().sha256, cold.info().sha256);
     assert_eq!(warm.info().embedding_dim, 1280);
     assert_eq!(warm.info().logits_dim, Some(1000));

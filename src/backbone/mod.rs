@@ -1,8 +1,9 @@
-//! The frozen backbone: the only module that names tract types (load, fix shape, optimize, embed,
-//! the NNEF model cache, per-node profiling).
+//! The frozen backbone: the only module that names tract types (load, fix shape, the channel-last
+//! depthwise rewrite, optimize, embed, the NNEF model cache, per-node profiling). Its submodule
+//! `depthwise` is adaptd's own depthwise-convolution op for tract.
 //!
 //! tract's API moves between versions; keeping every tract call here means an upgrade touches
-//! one file.
+//! this directory only.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,6 +16,8 @@ use tract_onnx::tract_hir::internal::Framework;
 use tract_onnx::WithOnnx;
 
 use crate::model::ModelDir;
+
+mod depthwise;
 
 /// The tract version adaptd is built with (pinned in Cargo.toml).
 pub const TRACT_VERSION: &str = "0.23.9";
@@ -94,6 +97,24 @@ pub struct BackboneInfo {
     /// Whether the decluttered graph came from the model cache (`cache_dir` of
     /// [`Backbone::load_cached`]) instead of the ONNX file.
     pub cached: bool,
+    /// Depthwise convolutions that run channel-last, of all of them: `[channel_last, total]`.
+    pub channel_last_depthwise: [usize; 2],
+    /// How many of them run on adaptd's own kernel ([`DepthwiseLayout::Adaptd`]).
+    pub adaptd_depthwise: usize,
+}
+
+/// How depthwise convolutions run: their layout, and whose kernel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum DepthwiseLayout {
+    /// Channel-last ([`channel_last_depthwise`]), run by adaptd's AVX2 + FMA op with the ReLU6
+    /// fused ([`depthwise`]) on CPUs that have them, by tract's channel-last path elsewhere.
+    #[default]
+    Adaptd,
+    /// Channel-last, run by tract's own kernels.
+    ChannelLast,
+    /// Whatever tract's optimizer picks on this CPU: channel-last where tract-linalg has a
+    /// channel-inner depthwise kernel (aarch64, wasm), ONNX's NCHW elsewhere (x86_64, armv7).
+    Tract,
 }
 
 /// Outputs of one forward pass.
@@ -253,8 +274,12 @@ mod cache {
         if crc32fast::hash(payload) != crc {
             return Err("CRC-32 mismatch".into());
         }
+        // NNEF reads back with a no-op `Cast` around every op; decluttering removes them (the
+        // optimizer would at its start anyway), so the graph is the one that was written and
+        // the layout rewrite can propagate through it.
         let model = nnef()
             .model_for_read(&mut std::io::Cursor::new(payload))
+            .and_then(|m| m.into_decluttered())
             .map_err(|e| format!("NNEF: {e:#}"))?;
         let input = model.input_fact(0).map_err(|e| format!("{e:#}"))?;
         if input.shape.as_concrete() != Some(shape) {
@@ -307,6 +332,17 @@ impl Backbone {
         model: &ModelDir,
         with_logits: bool,
         cache_dir: Option<&Path>,
+    ) -> Result<Backbone, BackboneError> {
+        Self::load_with(model, with_logits, cache_dir, DepthwiseLayout::default())
+    }
+
+    /// [`Backbone::load_cached`] with an explicit depthwise layout (`adaptd bench
+    /// --depthwise-layout` compares them; everything else uses the default).
+    pub fn load_with(
+        model: &ModelDir,
+        with_logits: bool,
+        cache_dir: Option<&Path>,
+        layout: DepthwiseLayout,
     ) -> Result<Backbone, BackboneError> {
         let started = Instant::now();
         let spec = &model.spec;
@@ -367,8 +403,35 @@ impl Backbone {
         };
         drop(bytes);
         let decluttered_ms = started.elapsed().as_secs_f64() * 1e3;
-        // 6. Optimize (kernel selection for this CPU: never cached) and plan.
-        let typed = decluttered.into_optimized().map_err(prepare)?;
+        // 6. Exact layout rewrite (not cached: cheap, and the cache stays tract's own graph),
+        //    then optimize (kernel selection for this CPU: never cached). A model the rewrite
+        //    cannot handle runs in tract's own layout instead of failing to load.
+        let rewritten = match layout {
+            DepthwiseLayout::Adaptd | DepthwiseLayout::ChannelLast => {
+                let mut m = decluttered.clone();
+                let own_kernel = layout == DepthwiseLayout::Adaptd && depthwise::available();
+                channel_last_depthwise(&mut m)
+                    .and_then(|()| {
+                        let counts = count_depthwise(&m);
+                        let replaced = match own_kernel {
+                            true => depthwise::replace_depthwise(&mut m)?,
+                            false => 0,
+                        };
+                        Ok((counts, replaced, m.into_optimized()?))
+                    })
+                    .map_err(|e| tracing::warn!("channel-last depthwise rewrite skipped: {e:#}"))
+                    .ok()
+            }
+            DepthwiseLayout::Tract => None,
+        };
+        let (channel_last_depthwise, adaptd_depthwise, typed) = match rewritten {
+            Some(done) => done,
+            None => (
+                count_depthwise(&decluttered),
+                0,
+                decluttered.into_optimized().map_err(prepare)?,
+            ),
+        };
         let dims: Vec<usize> = (0..outputs.len())
             .map(|ix| {
                 typed
@@ -395,6 +458,8 @@ impl Backbone {
             logits_dim: logits_plan_ix.map(|ix| dims[ix]),
             load_ms,
             cached: from_cache,
+            channel_last_depthwise,
+            adaptd_depthwise,
         };
         if info.embedding_dim == 0 {
             return Err(BackboneError::Prepare {
@@ -571,4 +636,129 @@ pub fn inspect(path: &Path) -> Result<ModelReport, BackboneError> {
         outputs,
         ops,
     })
+}
+
+/// Whether `conv` is a float depthwise convolution (one group per channel) and runs channel-last.
+pub(crate) fn depthwise_layout(conv: &tract_onnx::tract_core::ops::cnn::Conv) -> Option<bool> {
+    let depthwise = conv.group > 1
+        && conv.group == conv.input_channels()
+        && conv.group == conv.output_channels()
+        && conv.q_params.is_none();
+    depthwise.then(|| conv.pool_spec.data_format.c_is_last())
+}
+
+/// `[channel-last, total]` float depthwise convolutions in `model`.
+fn count_depthwise(model: &TypedModel) -> [usize; 2] {
+    use tract_onnx::tract_core::ops::cnn::Conv;
+    let layouts = model
+        .nodes()
+        .iter()
+        .filter_map(|n| n.op_as::<Conv>().and_then(depthwise_layout));
+    layouts.fold([0, 0], |[c, t], last| [c + last as usize, t + 1])
+}
+
+/// Moves the channel axis of every depthwise convolution's input last: an exact layout rewrite
+/// (same arithmetic per output value; only the memory order changes).
+///
+/// This is the change tract's own `Conv::suggested_axis_changes` asks for, applied with tract's
+/// own `change_axes` propagation, but tract asks for it only where tract-linalg has a
+/// channel-inner depthwise kernel (aarch64, wasm). On x86_64 it keeps NCHW, where its depthwise
+/// kernel vectorises along the width and 7- or 14-pixel rows leave the vectors mostly empty; the
+/// channel-last path's plain loop over contiguous channels is faster there: 41 against 27 ms per
+/// pass for EfficientNet-Lite0 (docs/performance.md). The propagation carries the layout on
+/// through the 1×1 convolutions (matrix products, which take either layout) and stops at the
+/// model's input and outputs, where a single transpose each is inserted.
+fn channel_last_depthwise(model: &mut TypedModel) -> TractResult<()> {
+    use std::collections::HashSet;
+    use tract_onnx::tract_core::ops::change_axes::{AxisChange, AxisOp};
+    use tract_onnx::tract_core::ops::cnn::Conv;
+    use tract_onnx::tract_core::optim::change_axes::change_axes;
+    let mut tried: HashSet<String> = HashSet::new();
+    let mut input_pivot_tried = false;
+    loop {
+        let mut interfaces = model.output_outlets()?.to_vec();
+        interfaces.extend(model.input_outlets()?.iter());
+        let mut patch = None;
+        for node in model.nodes() {
+            let Some(conv) = node.op_as::<Conv>() else {
+                continue;
+            };
+            if depthwise_layout(conv) != Some(false) || !tried.insert(node.name.clone()) {
+                continue;
+            }
+            let fmt = conv.pool_spec.data_format;
+            let rank = conv.pool_spec.rank() + 1 + fmt.has_n() as usize;
+            let c_axis = usize::from(fmt.has_n());
+            let change = AxisChange {
+                outlet: node.inputs[0],
+                op: AxisOp::Move(c_axis, rank - 1),
+            };
+            let mut explored = HashSet::new();
+            if let Some((p, _)) = change_axes(model, &change, &interfaces, &[], &mut explored)? {
+                patch = Some(p);
+                break;
+            }
+        }
+        if patch.is_none() && !input_pivot_tried {
+            input_pivot_tried = true;
+            if channel_last_from_inputs(model)? {
+                continue;
+            }
+        }
+        let Some(patch) = patch else {
+            for node in model.nodes() {
+                let conv = node.op_as::<Conv>();
+                if conv.and_then(depthwise_layout) == Some(false) {
+                    tracing::debug!(node = %node.name, "depthwise convolution stays channel-first");
+                }
+            }
+            return Ok(());
+        };
+        patch.apply(model)?;
+        *model = std::mem::take(model).into_compact()?;
+    }
+}
+
+/// Makes the graph channel-last from a rank-4 model input on, keeping the input itself NCHW: the change on a depthwise conv fed by a regular conv on the model input (the
+/// stem) is blocked at the locked input, so the input gets a transpose pair (to NHWC and back)
+/// and the change starts between them, where the second transpose absorbs it. False (and
+/// `model` unchanged) when no input propagates it, or no depthwise conv is left channel-first.
+fn channel_last_from_inputs(model: &mut TypedModel) -> TractResult<bool> {
+    use std::collections::HashSet;
+    use tract_onnx::tract_core::ops::change_axes::{AxisChange, AxisOp};
+    use tract_onnx::tract_core::ops::cnn::Conv;
+    use tract_onnx::tract_core::optim::change_axes::change_axes;
+    let left = model
+        .nodes()
+        .iter()
+        .any(|n| n.op_as::<Conv>().and_then(depthwise_layout) == Some(false));
+    if !left {
+        return Ok(false);
+    }
+    for &input in model.input_outlets()? {
+        if model.outlet_fact(input)?.rank() != 4 {
+            continue;
+        }
+        let mut pivoted = model.clone();
+        let mut pair = TypedModelPatch::default();
+        let tap = pair.tap_model(&pivoted, input)?;
+        let nhwc = pair.wire_node("adaptd.input.nhwc", AxisOp::Move(1, 3), &[tap])?;
+        let nchw = pair.wire_node("adaptd.input.nchw", AxisOp::Move(3, 1), &nhwc)?;
+        pair.shunt_outside(&pivoted, input, nchw[0])?;
+        pair.apply(&mut pivoted)?;
+        let pivot = pivoted.node_by_name("adaptd.input.nchw")?.id;
+        let mut interfaces = pivoted.output_outlets()?.to_vec();
+        interfaces.extend(pivoted.input_outlets()?.iter());
+        let change = AxisChange {
+            outlet: OutletId::new(pivot, 0),
+            op: AxisOp::Move(1, 3),
+        };
+        let mut explored = HashSet::new();
+        if let Some((p, _)) = change_axes(&pivoted, &change, &interfaces, &[], &mut explored)? {
+            p.apply(&mut pivoted)?;
+            *model = pivoted.into_compact()?;
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
