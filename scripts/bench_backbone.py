@@ -66,8 +66,8 @@ def main():
     print(f"machine: {platform.machine()}, {cores} cores, {platform.processor() or platform.platform()}")
     print(f"adaptd binary: {os.path.relpath(args.adaptd, ROOT)}; {args.rounds} rounds x {args.runs} runs "
           f"after {args.warmup} warm-up, batch 1, coffee input\n")
-    print("| threads | tract median ms | tract, its own layout, ms | onnxruntime median ms "
-          "| tract / onnxruntime | own layout / onnxruntime | tract load ms | onnxruntime load ms |")
+    print("| threads | adaptd (tract + depthwise rewrite) ms | tract, its own layout, ms | onnxruntime median ms "
+          "| adaptd / onnxruntime | tract's own / onnxruntime | adaptd load ms | onnxruntime load ms |")
     print("|---|---|---|---|---|---|---|---|")
     for threads, t, tw, o, ratio, own_ratio, tl, ol, ver in rows:
         print(f"| {threads} | {t:.2f} | {tw:.2f} | {o:.2f} (ort {ver}) | **{ratio:.2f}×** | {own_ratio:.2f}× "

@@ -172,6 +172,20 @@ fn taps_of(
     nt
 }
 
+/// `v` limited to `[lo, hi]`; NaN stays NaN, so a broken activation reaches the non-finite check on
+/// the embedding instead of being clamped away. The vector path agrees: `_mm256_max_ps(lo, v)`
+/// returns its second operand when either is NaN.
+#[inline(always)]
+fn clamp(v: f32, lo: f32, hi: f32) -> f32 {
+    if v < lo {
+        lo
+    } else if v > hi {
+        hi
+    } else {
+        v
+    }
+}
+
 /// Scalar version: the reference for the tests, and the path on a CPU without AVX2.
 fn portable(g: &Geometry, x: &[f32], w: &[f32], b: &[f32], lo: f32, hi: f32, out: &mut [f32]) {
     let mut taps = [(0usize, 0usize); MAX_TAPS];
@@ -188,7 +202,7 @@ fn portable(g: &Geometry, x: &[f32], w: &[f32], b: &[f32], lo: f32, hi: f32, out
                     }
                 }
                 for o in o.iter_mut() {
-                    *o = o.max(lo).min(hi);
+                    *o = clamp(*o, lo, hi);
                 }
             }
         }
@@ -275,10 +289,10 @@ mod avx2 {
                 a2 = _mm256_fmadd_ps(_mm256_loadu_ps(wv.add(16)), _mm256_loadu_ps(xv.add(16)), a2);
                 a3 = _mm256_fmadd_ps(_mm256_loadu_ps(wv.add(24)), _mm256_loadu_ps(xv.add(24)), a3);
             }
-            _mm256_storeu_ps(o.add(cb), _mm256_min_ps(_mm256_max_ps(a0, vlo), vhi));
-            _mm256_storeu_ps(o.add(cb + 8), _mm256_min_ps(_mm256_max_ps(a1, vlo), vhi));
-            _mm256_storeu_ps(o.add(cb + 16), _mm256_min_ps(_mm256_max_ps(a2, vlo), vhi));
-            _mm256_storeu_ps(o.add(cb + 24), _mm256_min_ps(_mm256_max_ps(a3, vlo), vhi));
+            _mm256_storeu_ps(o.add(cb), _mm256_min_ps(vhi, _mm256_max_ps(vlo, a0)));
+            _mm256_storeu_ps(o.add(cb + 8), _mm256_min_ps(vhi, _mm256_max_ps(vlo, a1)));
+            _mm256_storeu_ps(o.add(cb + 16), _mm256_min_ps(vhi, _mm256_max_ps(vlo, a2)));
+            _mm256_storeu_ps(o.add(cb + 24), _mm256_min_ps(vhi, _mm256_max_ps(vlo, a3)));
             cb += 32;
         }
         while cb + 8 <= c {
@@ -290,7 +304,7 @@ mod avx2 {
                     a,
                 );
             }
-            _mm256_storeu_ps(o.add(cb), _mm256_min_ps(_mm256_max_ps(a, vlo), vhi));
+            _mm256_storeu_ps(o.add(cb), _mm256_min_ps(vhi, _mm256_max_ps(vlo, a)));
             cb += 8;
         }
         while cb < c {
@@ -298,7 +312,7 @@ mod avx2 {
             for &(wo, xo) in taps {
                 a = (*wp.add(wo + cb)).mul_add(*xp.add(xo + cb), a);
             }
-            *o.add(cb) = a.max(lo).min(hi);
+            *o.add(cb) = super::clamp(a, lo, hi);
             cb += 1;
         }
     }
@@ -600,6 +614,37 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn nan_propagates_through_the_clamp() {
+        let geo = Geometry {
+            n: 1,
+            has_n: false,
+            h: 3,
+            w: 3,
+            c: 41,
+            kh: 1,
+            kw: 1,
+            stride: (1, 1),
+            dilation: (1, 1),
+            pad: (0, 0),
+            oh: 3,
+            ow: 3,
+        };
+        let op = NhwcDepthwise::new(geo, &[1.0; 41], &[0.0; 41])
+            .expect("op")
+            .clamped(0.0, 6.0);
+        let mut x = vec![7.0f32; 9 * 41];
+        for c in [0, 8, 31, 33, 40] {
+            x[4 * 41 + c] = f32::NAN; // the centre point: 32-wide, 8-wide and scalar lanes
+        }
+        let mut out = vec![0f32; x.len()];
+        op.run(&x, &mut out).expect("run");
+        for (i, (o, x)) in out.iter().zip(&x).enumerate() {
+            assert_eq!(o.is_nan(), x.is_nan(), "[{i}] {o}");
+            assert!(o.is_nan() || *o == 6.0, "[{i}] {o}");
         }
     }
 
