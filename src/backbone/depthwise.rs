@@ -86,11 +86,16 @@ impl NhwcDepthwise {
 
     /// The same op with `[lo, hi]` applied to its output (on top of any clamp it has).
     pub fn clamped(&self, lo: f32, hi: f32) -> NhwcDepthwise {
-        let (l, h) = (f32::from_bits(self.clamp.0), f32::from_bits(self.clamp.1));
+        let (l, h) = self.bounds();
         NhwcDepthwise {
             clamp: (l.max(lo).to_bits(), h.min(hi).to_bits()),
             ..self.clone()
         }
+    }
+
+    /// The output clamp `(lo, hi)`; `(-inf, inf)` when nothing is fused.
+    pub fn bounds(&self) -> (f32, f32) {
+        (f32::from_bits(self.clamp.0), f32::from_bits(self.clamp.1))
     }
 
     /// Runs on a `[N?, H, W, C]` input slice into `out` (`[N?, OH, OW, C]`).
@@ -111,7 +116,7 @@ impl NhwcDepthwise {
             self.bias.try_as_plain_ram()?,
         );
         let (w, b) = (wv.as_slice::<f32>()?, bv.as_slice::<f32>()?);
-        let (lo, hi) = (f32::from_bits(self.clamp.0), f32::from_bits(self.clamp.1));
+        let (lo, hi) = self.bounds();
         #[cfg(target_arch = "x86_64")]
         if avx2_fma() {
             // SAFETY: the CPU has AVX2 and FMA (checked above); every offset `kernel` forms is
@@ -325,7 +330,7 @@ impl Op for NhwcDepthwise {
 
     fn info(&self) -> TractResult<Vec<String>> {
         let g = &self.geo;
-        let (lo, hi) = (f32::from_bits(self.clamp.0), f32::from_bits(self.clamp.1));
+        let (lo, hi) = self.bounds();
         Ok(vec![format!(
             "NHWC {}x{}x{} kernel {}x{} stride {:?} dilation {:?} pad {:?} clamp [{lo}, {hi}]",
             g.h, g.w, g.c, g.kh, g.kw, g.stride, g.dilation, g.pad
@@ -491,13 +496,19 @@ pub fn replace_depthwise(model: &mut TypedModel) -> TractResult<usize> {
             {
                 break;
             }
-            if bin.0.is::<Max>() {
-                op = op.clamped(k, f32::INFINITY);
+            let fused = if bin.0.is::<Max>() {
+                op.clamped(k, f32::INFINITY)
             } else if bin.0.is::<Min>() {
-                op = op.clamped(f32::NEG_INFINITY, k);
+                op.clamped(f32::NEG_INFINITY, k)
             } else {
                 break;
+            };
+            // Only a well-formed clamp fuses: `Min(·, 0)` then `Max(·, 6)` is the constant 6,
+            // which `[6, 0]` would not compute; a NaN bound is left to tract.
+            if k.is_nan() || fused.bounds().0 > fused.bounds().1 {
+                break;
             }
+            op = fused;
             last = OutletId::new(next.id, 0);
         }
         let mut patch = TypedModelPatch::default();
@@ -645,6 +656,86 @@ mod tests {
         for (i, (o, x)) in out.iter().zip(&x).enumerate() {
             assert_eq!(o.is_nan(), x.is_nan(), "[{i}] {o}");
             assert!(o.is_nan() || *o == 6.0, "[{i}] {o}");
+        }
+    }
+
+    /// A channel-last depthwise `Conv` (stride 2, asymmetric padding) followed by `lo`/`hi`
+    /// binary ops with uniform constants, as tract's declutter leaves ReLU6.
+    fn graph(first: (bool, f32), second: (bool, f32)) -> TypedModel {
+        use tract_onnx::tract_core::ops::cnn::{KernelFormat, PaddingSpec, PoolSpec};
+        use tract_onnx::tract_core::ops::nn::DataFormat;
+        let mut m = TypedModel::default();
+        let x = m.add_source("x", f32::fact([1, 9, 7, 12])).expect("source");
+        let k = tract_ndarray::Array4::from_shape_vec((12, 1, 3, 3), values(108, 7)).expect("k");
+        let k = m.add_const("k", k.into_tensor()).expect("k");
+        let b = m.add_const("b", tensor1(&values(12, 8))).expect("b");
+        let conv = Conv {
+            pool_spec: PoolSpec {
+                data_format: DataFormat::NHWC,
+                kernel_shape: tvec![3, 3],
+                padding: PaddingSpec::Explicit(tvec![0, 1], tvec![1, 1]),
+                dilations: None,
+                strides: Some(tvec![2, 2]),
+                input_channels: 12,
+                output_channels: 12,
+            },
+            kernel_fmt: KernelFormat::OIHW,
+            group: 12,
+            q_params: None,
+        };
+        let mut y = m.wire_node("conv", conv, &[x, k, b]).expect("conv")[0];
+        for (ix, (is_max, v)) in [first, second].into_iter().enumerate() {
+            let c = m
+                .add_const(format!("c{ix}"), tensor4(&[[[[v]]]]))
+                .expect("const");
+            let op: Box<dyn tract_onnx::tract_core::ops::binary::BinMiniOp> = match is_max {
+                true => Box::new(Max),
+                false => Box::new(Min),
+            };
+            y = m
+                .wire_node(format!("bin{ix}"), TypedBinOp(op, None), &[y, c])
+                .expect("bin")[0];
+        }
+        m.select_output_outlets(&[y]).expect("output");
+        m
+    }
+
+    fn run(m: TypedModel, x: &Tensor) -> Vec<f32> {
+        let plan = m
+            .into_optimized()
+            .expect("optimize")
+            .into_runnable()
+            .expect("plan");
+        let out = plan.run(tvec!(x.clone().into_tvalue())).expect("run");
+        let v = out[0].try_as_plain_ram().expect("ram");
+        v.as_slice::<f32>().expect("f32").to_vec()
+    }
+
+    #[test]
+    fn replaces_the_conv_and_fuses_only_a_well_formed_clamp() {
+        let x = tract_ndarray::Array4::from_shape_vec((1, 9, 7, 12), values(9 * 7 * 12, 9))
+            .expect("x")
+            .into_tensor();
+        let count =
+            |m: &TypedModel, name: &str| m.nodes().iter().filter(|n| n.op.name() == name).count();
+        // ReLU6-like (bounds inside the data's range) fuses both; the inverted pair
+        // `Min(·, -0.2)` then `Max(·, 0.3)` (always 0.3) fuses only the first.
+        for (first, second, fused_bins) in [
+            ((true, -0.3), (false, 0.4), 2),
+            ((false, -0.2), (true, 0.3), 1),
+        ] {
+            let want = run(graph(first, second), &x);
+            let mut m = graph(first, second);
+            assert_eq!(replace_depthwise(&mut m).expect("replace"), 1);
+            assert_eq!(count(&m, "AdaptdDepthwise"), 1);
+            assert_eq!(count(&m, "Conv"), 0);
+            let bins = m.nodes().iter().filter(|n| n.op_is::<TypedBinOp>()).count();
+            assert_eq!(bins, 2 - fused_bins, "{first:?} {second:?}");
+            let got = run(m, &x);
+            assert_eq!(got.len(), want.len());
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "[{i}] {g} vs {w}");
+            }
         }
     }
 
