@@ -250,19 +250,88 @@ mod avx2 {
         for n in 0..g.n {
             for oy in 0..g.oh {
                 let y_in = inside(oy, g.stride.0, g.pad.0, g.kh, g.dilation.0, g.h);
-                for ox in 0..g.ow {
+                let x_in = |ox| inside(ox, g.stride.1, g.pad.1, g.kw, g.dilation.1, g.w);
+                let mut ox = 0;
+                while ox < g.ow {
                     let o = op.add(((n * g.oh + oy) * g.ow + ox) * c);
-                    if y_in && inside(ox, g.stride.1, g.pad.1, g.kw, g.dilation.1, g.w) {
+                    if y_in && x_in(ox) {
                         let iy = oy * g.stride.0 - g.pad.0;
                         let ix = ox * g.stride.1 - g.pad.1;
                         let base = xp.add(((n * g.h + iy) * g.w + ix) * c);
+                        if ox + 1 < g.ow && x_in(ox + 1) {
+                            // Two neighbours share every weight load.
+                            let next = base.add(g.stride.1 * c);
+                            pair(c, rel, [base, next], wp, bp, lo, hi, [o, o.add(c)]);
+                            ox += 2;
+                            continue;
+                        }
                         point(c, rel, base, wp, bp, lo, hi, o);
                     } else {
                         let nt = taps_of(g, n, oy, ox, &mut taps);
                         point(c, &taps[..nt], xp, wp, bp, lo, hi, o);
                     }
+                    ox += 1;
                 }
             }
+        }
+    }
+
+    /// Two interior output points, `xs[i]` and `os[i]` their input bases and outputs: as
+    /// [`point`], with each weight vector loaded once for both (loads, not FMAs, bound `point`).
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn pair(
+        c: usize,
+        taps: &[(usize, usize)],
+        xs: [*const f32; 2],
+        wp: *const f32,
+        bp: *const f32,
+        lo: f32,
+        hi: f32,
+        os: [*mut f32; 2],
+    ) {
+        let (vlo, vhi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
+        let clamp = |v| _mm256_min_ps(vhi, _mm256_max_ps(vlo, v));
+        let mut cb = 0;
+        while cb + 16 <= c {
+            let (b0, b1) = (_mm256_loadu_ps(bp.add(cb)), _mm256_loadu_ps(bp.add(cb + 8)));
+            let (mut a0, mut a1, mut p0, mut p1) = (b0, b1, b0, b1);
+            for &(wo, xo) in taps {
+                let wv = wp.add(wo + cb);
+                let (w0, w1) = (_mm256_loadu_ps(wv), _mm256_loadu_ps(wv.add(8)));
+                let (x, y) = (xs[0].add(xo + cb), xs[1].add(xo + cb));
+                a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x), a0);
+                a1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x.add(8)), a1);
+                p0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(y), p0);
+                p1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(y.add(8)), p1);
+            }
+            _mm256_storeu_ps(os[0].add(cb), clamp(a0));
+            _mm256_storeu_ps(os[0].add(cb + 8), clamp(a1));
+            _mm256_storeu_ps(os[1].add(cb), clamp(p0));
+            _mm256_storeu_ps(os[1].add(cb + 8), clamp(p1));
+            cb += 16;
+        }
+        while cb + 8 <= c {
+            let (mut a, mut p) = (_mm256_loadu_ps(bp.add(cb)), _mm256_loadu_ps(bp.add(cb)));
+            for &(wo, xo) in taps {
+                let w = _mm256_loadu_ps(wp.add(wo + cb));
+                a = _mm256_fmadd_ps(w, _mm256_loadu_ps(xs[0].add(xo + cb)), a);
+                p = _mm256_fmadd_ps(w, _mm256_loadu_ps(xs[1].add(xo + cb)), p);
+            }
+            _mm256_storeu_ps(os[0].add(cb), clamp(a));
+            _mm256_storeu_ps(os[1].add(cb), clamp(p));
+            cb += 8;
+        }
+        while cb < c {
+            let (mut a, mut p) = (*bp.add(cb), *bp.add(cb));
+            for &(wo, xo) in taps {
+                let w = *wp.add(wo + cb);
+                a = w.mul_add(*xs[0].add(xo + cb), a);
+                p = w.mul_add(*xs[1].add(xo + cb), p);
+            }
+            *os[0].add(cb) = super::clamp(a, lo, hi);
+            *os[1].add(cb) = super::clamp(p, lo, hi);
+            cb += 1;
         }
     }
 
