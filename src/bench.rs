@@ -11,9 +11,10 @@ use crate::backbone::{self, Backbone, DepthwiseLayout};
 use crate::model::ModelDir;
 use crate::stats::quantile;
 
-/// One benchmark result.
+/// What was run: the runtime, the model and how its depthwise convolutions ran. Both reports
+/// carry it (flattened into their JSON) and print it as their first words.
 #[derive(Debug, Serialize)]
-pub struct BenchReport {
+pub struct Setup {
     pub runtime: &'static str,
     pub version: &'static str,
     pub model: String,
@@ -21,6 +22,43 @@ pub struct BenchReport {
     /// Frames per forward pass (the model's batch dimension).
     pub batch: usize,
     pub runs: usize,
+    /// Depthwise convolutions that ran channel-last, of all: `[channel_last, total]`.
+    pub channel_last_depthwise: [usize; 2],
+    /// How many of them ran on adaptd's own kernel.
+    pub adaptd_depthwise: usize,
+}
+
+impl Setup {
+    fn of(b: &Backbone, threads: usize, batch: usize, runs: usize) -> Setup {
+        Setup {
+            runtime: "tract",
+            version: backbone::TRACT_VERSION,
+            model: b.info().name.clone(),
+            threads,
+            batch,
+            runs,
+            channel_last_depthwise: b.info().channel_last_depthwise,
+            adaptd_depthwise: b.info().adaptd_depthwise,
+        }
+    }
+}
+
+impl std::fmt::Display for Setup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [last, total] = self.channel_last_depthwise;
+        write!(
+            f,
+            "{} {} on {}: {} thread(s), batch {}, depthwise {last}/{total} channel-last ({} on adaptd's kernel)",
+            self.runtime, self.version, self.model, self.threads, self.batch, self.adaptd_depthwise
+        )
+    }
+}
+
+/// One benchmark result.
+#[derive(Debug, Serialize)]
+pub struct BenchReport {
+    #[serde(flatten)]
+    pub setup: Setup,
     pub load_ms: f64,
     /// The load read the model cache (`--cache-dir`).
     pub cached: bool,
@@ -29,10 +67,6 @@ pub struct BenchReport {
     pub min_ms: f64,
     /// `median_ms / batch`: the time per frame.
     pub median_ms_per_frame: f64,
-    /// Depthwise convolutions that ran channel-last, of all: `[channel_last, total]`.
-    pub channel_last_depthwise: [usize; 2],
-    /// How many of them ran on adaptd's own kernel.
-    pub adaptd_depthwise: usize,
 }
 
 /// What to run, for [`backbone`] and [`profile`].
@@ -78,14 +112,7 @@ pub fn backbone(
     times.sort_by(f64::total_cmp);
     let at = |q: f64| quantile(&times, q);
     Ok(BenchReport {
-        runtime: "tract",
-        version: backbone::TRACT_VERSION,
-        model: b.info().name.clone(),
-        threads,
-        batch,
-        runs: times.len(),
-        channel_last_depthwise: b.info().channel_last_depthwise,
-        adaptd_depthwise: b.info().adaptd_depthwise,
+        setup: Setup::of(&b, threads, batch, times.len()),
         load_ms,
         cached: b.info().cached,
         median_ms: at(0.5),
@@ -145,16 +172,8 @@ pub struct OpTime {
 /// `adaptd bench --profile`: where one forward pass spends its time in tract's optimized plan.
 #[derive(Debug, Serialize)]
 pub struct ProfileReport {
-    pub runtime: &'static str,
-    pub version: &'static str,
-    pub model: String,
-    pub threads: usize,
-    pub batch: usize,
-    pub runs: usize,
-    /// Depthwise convolutions that ran channel-last, of all: `[channel_last, total]`.
-    pub channel_last_depthwise: [usize; 2],
-    /// How many of them ran on adaptd's own kernel.
-    pub adaptd_depthwise: usize,
+    #[serde(flatten)]
+    pub setup: Setup,
     /// Sum of the nodes' times per forward pass.
     pub total_ms: f64,
     pub by_op: Vec<OpTime>,
@@ -198,14 +217,7 @@ pub fn profile(model: &ModelDir, o: &Options<'_>) -> anyhow::Result<ProfileRepor
     }
     by_op.sort_by(|a, b| b.ms.total_cmp(&a.ms));
     Ok(ProfileReport {
-        runtime: "tract",
-        version: backbone::TRACT_VERSION,
-        model: b.info().name.clone(),
-        threads,
-        batch,
-        runs,
-        channel_last_depthwise: b.info().channel_last_depthwise,
-        adaptd_depthwise: b.info().adaptd_depthwise,
+        setup: Setup::of(&b, threads, batch, runs),
         total_ms,
         by_op,
         nodes,

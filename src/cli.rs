@@ -123,12 +123,8 @@ pub fn model_dir(path: Option<&Path>) -> Result<ModelDir> {
 /// `adaptd bench` options.
 pub struct BenchArgs<'a> {
     pub model: Option<&'a Path>,
-    pub input: Option<&'a Path>,
-    pub runs: usize,
-    pub warmup: usize,
-    pub threads: usize,
-    pub batch: usize,
-    pub layout: DepthwiseLayout,
+    /// What to run and how often.
+    pub run: crate::bench::Options<'a>,
     pub cache_dir: Option<&'a Path>,
     pub profile: bool,
     pub json: bool,
@@ -137,14 +133,7 @@ pub struct BenchArgs<'a> {
 /// `adaptd bench`.
 pub fn bench(a: BenchArgs<'_>) -> Result<()> {
     let model = model_dir(a.model)?;
-    let o = crate::bench::Options {
-        input: a.input,
-        runs: a.runs,
-        warmup: a.warmup,
-        threads: a.threads,
-        batch: a.batch,
-        layout: a.layout,
-    };
+    let o = a.run;
     if a.profile {
         let r = crate::bench::profile(&model, &o)?;
         if a.json {
@@ -152,17 +141,8 @@ pub fn bench(a: BenchArgs<'_>) -> Result<()> {
             return Ok(());
         }
         println!(
-            "{} {} on {}: {} thread(s), batch {}, depthwise {}/{} channel-last ({} on adaptd's kernel), {:.2} ms per pass in nodes, {} runs",
-            r.runtime,
-            r.version,
-            r.model,
-            r.threads,
-            r.batch,
-            r.channel_last_depthwise[0],
-            r.channel_last_depthwise[1],
-            r.adaptd_depthwise,
-            r.total_ms,
-            r.runs
+            "{}, {:.2} ms per pass in nodes, {} runs",
+            r.setup, r.total_ms, r.setup.runs
         );
         println!(
             "{:<24} {:>6} {:>9} {:>7}",
@@ -188,22 +168,15 @@ pub fn bench(a: BenchArgs<'_>) -> Result<()> {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         println!(
-            "{} {} on {}: {} thread(s), batch {}, depthwise {}/{} channel-last ({} on adaptd's kernel), load {:.0} ms{}, median {:.2} ms ({:.2} ms per frame), p90 {:.2} ms, min {:.2} ms over {} runs",
-            r.runtime,
-            r.version,
-            r.model,
-            r.threads,
-            r.batch,
-            r.channel_last_depthwise[0],
-            r.channel_last_depthwise[1],
-            r.adaptd_depthwise,
+            "{}, load {:.0} ms{}, median {:.2} ms ({:.2} ms per frame), p90 {:.2} ms, min {:.2} ms over {} runs",
+            r.setup,
             r.load_ms,
             if r.cached { " (from the model cache)" } else { "" },
             r.median_ms,
             r.median_ms_per_frame,
             r.p90_ms,
             r.min_ms,
-            r.runs
+            r.setup.runs
         );
     }
     Ok(())
