@@ -416,9 +416,7 @@ impl Op for NhwcDepthwise {
 impl EvalOp for NhwcDepthwise {
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let x = args_1!(inputs);
-        // SAFETY: f32 has no invalid bit patterns, and `run` writes every element (each output
-        // point's C channels) before anything reads the tensor; on error it is dropped unread.
-        let mut out = unsafe { Tensor::uninitialized::<f32>(&self.geo.output_shape())? };
+        let mut out = Tensor::zero::<f32>(&self.geo.output_shape())?;
         let xv = x.try_as_plain_ram()?;
         self.run(
             xv.as_slice::<f32>()?,
