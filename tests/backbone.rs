@@ -57,6 +57,12 @@ fn golden() -> serde_json::Value {
     serde_json::from_str(&text).expect("golden json")
 }
 
+/// The preprocessed input tensor of one image of golden.json.
+fn golden_input(img: &serde_json::Value) -> Vec<f32> {
+    let file = img["input"].as_str().expect("input");
+    read_f32(&fixtures().join("golden").join(file))
+}
+
 fn shipped(with_logits: bool) -> Pipeline {
     Pipeline::load(ModelDir::shipped().expect("shipped model"), with_logits).expect("load")
 }
@@ -71,11 +77,7 @@ fn shipped_model_matches_onnxruntime_from_the_tensor() {
     );
     assert_eq!(p.backbone.info().embedding_dim, 1280);
     for img in g["images"].as_array().expect("images") {
-        let x = read_f32(
-            &fixtures()
-                .join("golden")
-                .join(img["input"].as_str().expect("input")),
-        );
+        let x = golden_input(img);
         let out = p.backbone.run(&x).expect("run");
         let (want_e, want_l) = (floats(&img["embedding"]), floats(&img["logits"]));
         let logits = out.logits.expect("logits");
@@ -110,13 +112,10 @@ fn depthwise_rewrites_match_tracts_own_layout() {
     assert_eq!(adaptd.info().channel_last_depthwise, [16, 16]);
     assert_eq!(channel_last.info().channel_last_depthwise, [16, 16]);
     assert_eq!(channel_last.info().adaptd_depthwise, 0);
-    let avx2_fma = cfg!(target_arch = "x86_64") && {
-        #[cfg(target_arch = "x86_64")]
-        let has = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
-        #[cfg(not(target_arch = "x86_64"))]
-        let has = false;
-        has
-    };
+    #[cfg(target_arch = "x86_64")]
+    let avx2_fma = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    let avx2_fma = false;
     let on_kernel = if avx2_fma { 16 } else { 0 };
     assert_eq!(adaptd.info().adaptd_depthwise, on_kernel);
     // tract's own choice: NCHW where tract-linalg has no channel-inner kernel (x86_64, armv7),
@@ -131,11 +130,7 @@ fn depthwise_rewrites_match_tracts_own_layout() {
         );
     }
     for img in g["images"].as_array().expect("images") {
-        let x = read_f32(
-            &fixtures()
-                .join("golden")
-                .join(img["input"].as_str().expect("input")),
-        );
+        let x = golden_input(img);
         let want = own.run(&x).expect("run");
         for (name, b) in [("adaptd", &adaptd), ("channel-last", &channel_last)] {
             let got = b.run(&x).expect("run");
@@ -171,11 +166,7 @@ fn shipped_model_matches_onnxruntime_from_the_image_file() {
         let pre = Preprocessor::new(pre_spec.clone());
         let bytes = std::fs::read(fixtures().join(file)).expect("image");
         let tensor = pre.decode(&bytes).expect("decode");
-        let want = read_f32(
-            &fixtures()
-                .join("golden")
-                .join(img["input"].as_str().expect("in")),
-        );
+        let want = golden_input(img);
         // The Rust decoder and resampler differ from libjpeg/PIL by rounding: bound it.
         let mean_abs = tensor
             .iter()
@@ -382,11 +373,7 @@ fn model_cache_round_trips_and_corrupt_caches_are_rebuilt() {
 
     let check = |b: &Backbone, what: &str| {
         for img in g["images"].as_array().expect("images") {
-            let x = read_f32(
-                &fixtures()
-                    .join("golden")
-                    .join(img["input"].as_str().expect("input")),
-            );
+            let x = golden_input(img);
             let out = b.run(&x).expect("run");
             let e = rel_err(&out.embedding, &floats(&img["embedding"]));
             let l = rel_err(&out.logits.expect("logits"), &floats(&img["logits"]));

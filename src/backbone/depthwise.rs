@@ -261,14 +261,14 @@ mod avx2 {
                         if ox + 1 < g.ow && x_in(ox + 1) {
                             // Two neighbours share every weight load.
                             let next = base.add(g.stride.1 * c);
-                            pair(c, rel, [base, next], wp, bp, lo, hi, [o, o.add(c)]);
+                            points(c, rel, [base, next], wp, bp, lo, hi, [o, o.add(c)]);
                             ox += 2;
                             continue;
                         }
-                        point(c, rel, base, wp, bp, lo, hi, o);
+                        points(c, rel, [base], wp, bp, lo, hi, [o]);
                     } else {
                         let nt = taps_of(g, n, oy, ox, &mut taps);
-                        point(c, &taps[..nt], xp, wp, bp, lo, hi, o);
+                        points(c, &taps[..nt], [xp], wp, bp, lo, hi, [o]);
                     }
                     ox += 1;
                 }
@@ -276,117 +276,70 @@ mod avx2 {
         }
     }
 
-    /// Two interior output points, `xs[i]` and `os[i]` their input bases and outputs: as
-    /// [`point`], with each weight vector loaded once for both (loads, not FMAs, bound `point`).
+    /// `N` output points that share their taps' weight loads: for each point `p`,
+    /// `os[p][ch] = clamp(b[ch] + Σ w[wo + ch] · xs[p][xo + ch])` over `taps`. `N = 2` for
+    /// neighbouring interior points (one weight load feeds two FMAs: the loads, not the FMAs,
+    /// bound a single point), `N = 1` for the rest.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn pair(
+    unsafe fn points<const N: usize>(
         c: usize,
         taps: &[(usize, usize)],
-        xs: [*const f32; 2],
+        xs: [*const f32; N],
         wp: *const f32,
         bp: *const f32,
         lo: f32,
         hi: f32,
-        os: [*mut f32; 2],
+        os: [*mut f32; N],
     ) {
         let (vlo, vhi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
         let clamp = |v| _mm256_min_ps(vhi, _mm256_max_ps(vlo, v));
         let mut cb = 0;
-        while cb + 16 <= c {
-            let (b0, b1) = (_mm256_loadu_ps(bp.add(cb)), _mm256_loadu_ps(bp.add(cb + 8)));
-            let (mut a0, mut a1, mut p0, mut p1) = (b0, b1, b0, b1);
+        // 32 channels at a time: four independent accumulators per point hide the FMA latency.
+        while cb + 32 <= c {
+            let bias: [__m256; 4] = std::array::from_fn(|j| _mm256_loadu_ps(bp.add(cb + 8 * j)));
+            let mut acc = [bias; N];
             for &(wo, xo) in taps {
                 let wv = wp.add(wo + cb);
-                let (w0, w1) = (_mm256_loadu_ps(wv), _mm256_loadu_ps(wv.add(8)));
-                let (x, y) = (xs[0].add(xo + cb), xs[1].add(xo + cb));
-                a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x), a0);
-                a1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x.add(8)), a1);
-                p0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(y), p0);
-                p1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(y.add(8)), p1);
+                let w: [__m256; 4] = std::array::from_fn(|j| _mm256_loadu_ps(wv.add(8 * j)));
+                for (a, x) in acc.iter_mut().zip(xs) {
+                    let x = x.add(xo + cb);
+                    for (j, a) in a.iter_mut().enumerate() {
+                        *a = _mm256_fmadd_ps(w[j], _mm256_loadu_ps(x.add(8 * j)), *a);
+                    }
+                }
             }
-            _mm256_storeu_ps(os[0].add(cb), clamp(a0));
-            _mm256_storeu_ps(os[0].add(cb + 8), clamp(a1));
-            _mm256_storeu_ps(os[1].add(cb), clamp(p0));
-            _mm256_storeu_ps(os[1].add(cb + 8), clamp(p1));
-            cb += 16;
-        }
-        while cb + 8 <= c {
-            let (mut a, mut p) = (_mm256_loadu_ps(bp.add(cb)), _mm256_loadu_ps(bp.add(cb)));
-            for &(wo, xo) in taps {
-                let w = _mm256_loadu_ps(wp.add(wo + cb));
-                a = _mm256_fmadd_ps(w, _mm256_loadu_ps(xs[0].add(xo + cb)), a);
-                p = _mm256_fmadd_ps(w, _mm256_loadu_ps(xs[1].add(xo + cb)), p);
+            for (a, o) in acc.iter().zip(os) {
+                for (j, a) in a.iter().enumerate() {
+                    _mm256_storeu_ps(o.add(cb + 8 * j), clamp(*a));
+                }
             }
-            _mm256_storeu_ps(os[0].add(cb), clamp(a));
-            _mm256_storeu_ps(os[1].add(cb), clamp(p));
-            cb += 8;
-        }
-        while cb < c {
-            let (mut a, mut p) = (*bp.add(cb), *bp.add(cb));
-            for &(wo, xo) in taps {
-                let w = *wp.add(wo + cb);
-                a = w.mul_add(*xs[0].add(xo + cb), a);
-                p = w.mul_add(*xs[1].add(xo + cb), p);
-            }
-            *os[0].add(cb) = super::clamp(a, lo, hi);
-            *os[1].add(cb) = super::clamp(p, lo, hi);
-            cb += 1;
-        }
-    }
-
-    /// One output point: `o[ch] = clamp(b[ch] + Σ w[wo + ch] · x[xo + ch])` over `taps`.
-    #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn point(
-        c: usize,
-        taps: &[(usize, usize)],
-        xp: *const f32,
-        wp: *const f32,
-        bp: *const f32,
-        lo: f32,
-        hi: f32,
-        o: *mut f32,
-    ) {
-        let (vlo, vhi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
-        let mut cb = 0;
-        // 32 channels at a time: four independent accumulators hide the FMA latency.
-        while cb + 32 <= c {
-            let mut a0 = _mm256_loadu_ps(bp.add(cb));
-            let mut a1 = _mm256_loadu_ps(bp.add(cb + 8));
-            let mut a2 = _mm256_loadu_ps(bp.add(cb + 16));
-            let mut a3 = _mm256_loadu_ps(bp.add(cb + 24));
-            for &(wo, xo) in taps {
-                let (wv, xv) = (wp.add(wo + cb), xp.add(xo + cb));
-                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(wv), _mm256_loadu_ps(xv), a0);
-                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(wv.add(8)), _mm256_loadu_ps(xv.add(8)), a1);
-                a2 = _mm256_fmadd_ps(_mm256_loadu_ps(wv.add(16)), _mm256_loadu_ps(xv.add(16)), a2);
-                a3 = _mm256_fmadd_ps(_mm256_loadu_ps(wv.add(24)), _mm256_loadu_ps(xv.add(24)), a3);
-            }
-            _mm256_storeu_ps(o.add(cb), _mm256_min_ps(vhi, _mm256_max_ps(vlo, a0)));
-            _mm256_storeu_ps(o.add(cb + 8), _mm256_min_ps(vhi, _mm256_max_ps(vlo, a1)));
-            _mm256_storeu_ps(o.add(cb + 16), _mm256_min_ps(vhi, _mm256_max_ps(vlo, a2)));
-            _mm256_storeu_ps(o.add(cb + 24), _mm256_min_ps(vhi, _mm256_max_ps(vlo, a3)));
             cb += 32;
         }
         while cb + 8 <= c {
-            let mut a = _mm256_loadu_ps(bp.add(cb));
+            let mut acc = [_mm256_loadu_ps(bp.add(cb)); N];
             for &(wo, xo) in taps {
-                a = _mm256_fmadd_ps(
-                    _mm256_loadu_ps(wp.add(wo + cb)),
-                    _mm256_loadu_ps(xp.add(xo + cb)),
-                    a,
-                );
+                let w = _mm256_loadu_ps(wp.add(wo + cb));
+                for (a, x) in acc.iter_mut().zip(xs) {
+                    *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(x.add(xo + cb)), *a);
+                }
             }
-            _mm256_storeu_ps(o.add(cb), _mm256_min_ps(vhi, _mm256_max_ps(vlo, a)));
+            for (a, o) in acc.iter().zip(os) {
+                _mm256_storeu_ps(o.add(cb), clamp(*a));
+            }
             cb += 8;
         }
         while cb < c {
-            let mut a = *bp.add(cb);
+            let mut acc = [*bp.add(cb); N];
             for &(wo, xo) in taps {
-                a = (*wp.add(wo + cb)).mul_add(*xp.add(xo + cb), a);
+                let w = *wp.add(wo + cb);
+                for (a, x) in acc.iter_mut().zip(xs) {
+                    *a = w.mul_add(*x.add(xo + cb), *a);
+                }
             }
-            *o.add(cb) = super::clamp(a, lo, hi);
+            for (a, o) in acc.iter().zip(os) {
+                *o.add(cb) = super::clamp(*a, lo, hi);
+            }
             cb += 1;
         }
     }

@@ -664,20 +664,18 @@ fn count_depthwise(model: &TypedModel) -> [usize; 2] {
 /// own `change_axes` propagation, but tract asks for it only where tract-linalg has a
 /// channel-inner depthwise kernel (aarch64, wasm). On x86_64 it keeps NCHW, where its depthwise
 /// kernel vectorises along the width and 7- or 14-pixel rows leave the vectors mostly empty; the
-/// channel-last path's plain loop over contiguous channels is faster there: 41 against 27 ms per
-/// pass for EfficientNet-Lite0 (docs/performance.md). The propagation carries the layout on
+/// channel-last path's plain loop over contiguous channels is faster there: 24.9 against 28.3 ms
+/// per pass for EfficientNet-Lite0, release build (docs/performance.md), and it is the layout
+/// adaptd's own kernel ([`depthwise`]) needs. The propagation carries the layout on
 /// through the 1×1 convolutions (matrix products, which take either layout) and stops at the
 /// model's input and outputs, where a single transpose each is inserted.
 fn channel_last_depthwise(model: &mut TypedModel) -> TractResult<()> {
     use std::collections::HashSet;
-    use tract_onnx::tract_core::ops::change_axes::{AxisChange, AxisOp};
+    use tract_onnx::tract_core::ops::change_axes::AxisOp;
     use tract_onnx::tract_core::ops::cnn::Conv;
-    use tract_onnx::tract_core::optim::change_axes::change_axes;
     let mut tried: HashSet<String> = HashSet::new();
     let mut input_pivot_tried = false;
     loop {
-        let mut interfaces = model.output_outlets()?.to_vec();
-        interfaces.extend(model.input_outlets()?.iter());
         let mut patch = None;
         for node in model.nodes() {
             let Some(conv) = node.op_as::<Conv>() else {
@@ -689,13 +687,8 @@ fn channel_last_depthwise(model: &mut TypedModel) -> TractResult<()> {
             let fmt = conv.pool_spec.data_format;
             let rank = conv.pool_spec.rank() + 1 + fmt.has_n() as usize;
             let c_axis = usize::from(fmt.has_n());
-            let change = AxisChange {
-                outlet: node.inputs[0],
-                op: AxisOp::Move(c_axis, rank - 1),
-            };
-            let mut explored = HashSet::new();
-            if let Some((p, _)) = change_axes(model, &change, &interfaces, &[], &mut explored)? {
-                patch = Some(p);
+            patch = propagate(model, node.inputs[0], AxisOp::Move(c_axis, rank - 1))?;
+            if patch.is_some() {
                 break;
             }
         }
@@ -719,20 +712,15 @@ fn channel_last_depthwise(model: &mut TypedModel) -> TractResult<()> {
     }
 }
 
-/// Makes the graph channel-last from a rank-4 model input on, keeping the input itself NCHW: the change on a depthwise conv fed by a regular conv on the model input (the
-/// stem) is blocked at the locked input, so the input gets a transpose pair (to NHWC and back)
-/// and the change starts between them, where the second transpose absorbs it. False (and
+/// Makes the graph channel-last from a rank-4 model input on, keeping the input itself NCHW: the
+/// change on a depthwise conv fed by a regular conv on the model input (the stem) is blocked at
+/// the locked input, so the input gets a transpose pair (to NHWC and back) and the change starts
+/// between them, where the second transpose absorbs it. False (and
 /// `model` unchanged) when no input propagates it, or no depthwise conv is left channel-first.
 fn channel_last_from_inputs(model: &mut TypedModel) -> TractResult<bool> {
-    use std::collections::HashSet;
-    use tract_onnx::tract_core::ops::change_axes::{AxisChange, AxisOp};
-    use tract_onnx::tract_core::ops::cnn::Conv;
-    use tract_onnx::tract_core::optim::change_axes::change_axes;
-    let left = model
-        .nodes()
-        .iter()
-        .any(|n| n.op_as::<Conv>().and_then(depthwise_layout) == Some(false));
-    if !left {
+    use tract_onnx::tract_core::ops::change_axes::AxisOp;
+    let [last, total] = count_depthwise(model);
+    if last == total {
         return Ok(false);
     }
     for &input in model.input_outlets()? {
@@ -746,19 +734,29 @@ fn channel_last_from_inputs(model: &mut TypedModel) -> TractResult<bool> {
         let nchw = pair.wire_node("adaptd.input.nchw", AxisOp::Move(3, 1), &nhwc)?;
         pair.shunt_outside(&pivoted, input, nchw[0])?;
         pair.apply(&mut pivoted)?;
-        let pivot = pivoted.node_by_name("adaptd.input.nchw")?.id;
-        let mut interfaces = pivoted.output_outlets()?.to_vec();
-        interfaces.extend(pivoted.input_outlets()?.iter());
-        let change = AxisChange {
-            outlet: OutletId::new(pivot, 0),
-            op: AxisOp::Move(1, 3),
-        };
-        let mut explored = HashSet::new();
-        if let Some((p, _)) = change_axes(&pivoted, &change, &interfaces, &[], &mut explored)? {
+        let pivot = OutletId::new(pivoted.node_by_name("adaptd.input.nchw")?.id, 0);
+        if let Some(p) = propagate(&pivoted, pivot, AxisOp::Move(1, 3))? {
             p.apply(&mut pivoted)?;
             *model = pivoted.into_compact()?;
             return Ok(true);
         }
     }
     Ok(false)
+}
+
+/// tract's `change_axes` propagation of `op` on `outlet` through the graph, with the model's
+/// inputs and outputs locked (their layout is the model's interface): the patch, or `None` when
+/// some node blocks it.
+fn propagate(
+    model: &TypedModel,
+    outlet: OutletId,
+    op: tract_onnx::tract_core::ops::change_axes::AxisOp,
+) -> TractResult<Option<TypedModelPatch>> {
+    use tract_onnx::tract_core::ops::change_axes::AxisChange;
+    use tract_onnx::tract_core::optim::change_axes::change_axes;
+    let mut locked = model.output_outlets()?.to_vec();
+    locked.extend(model.input_outlets()?.iter());
+    let change = AxisChange { outlet, op };
+    let mut explored = std::collections::HashSet::new();
+    Ok(change_axes(model, &change, &locked, &[], &mut explored)?.map(|(patch, _)| patch))
 }
