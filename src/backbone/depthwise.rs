@@ -580,6 +580,33 @@ mod tests {
         out
     }
 
+    /// A square `k`×`k` kernel with equal strides, dilations and padding on both axes, on an
+    /// `(h, w, c)` input, batch `n` (the axis is present when `n > 1`).
+    fn geometry(
+        (h, w, c): (usize, usize, usize),
+        k: usize,
+        s: usize,
+        d: usize,
+        p: usize,
+        n: usize,
+    ) -> Geometry {
+        let span = d * (k - 1) + 1;
+        Geometry {
+            n,
+            has_n: n > 1,
+            h,
+            w,
+            c,
+            kh: k,
+            kw: k,
+            stride: (s, s),
+            dilation: (d, d),
+            pad: (p, p),
+            oh: (h + 2 * p - span) / s + 1,
+            ow: (w + 2 * p - span) / s + 1,
+        }
+    }
+
     /// A cheap deterministic generator in [-1, 1).
     fn values(len: usize, seed: u64) -> Vec<f32> {
         let mut s = seed
@@ -608,21 +635,7 @@ mod tests {
             (4, 4, 17, 1, 1, 1, 0, 1),
         ];
         for (ci, &(h, w, c, k, s, d, p, n)) in cases.iter().enumerate() {
-            let span = d * (k - 1) + 1;
-            let geo = Geometry {
-                n,
-                has_n: n > 1,
-                h,
-                w,
-                c,
-                kh: k,
-                kw: k,
-                stride: (s, s),
-                dilation: (d, d),
-                pad: (p, p),
-                oh: (h + 2 * p - span) / s + 1,
-                ow: (w + 2 * p - span) / s + 1,
-            };
+            let geo = geometry((h, w, c), k, s, d, p, n);
             let x = values(n * h * w * c, ci as u64);
             let oihw = values(c * k * k, 100 + ci as u64);
             let b = values(c, 200 + ci as u64);
@@ -652,20 +665,7 @@ mod tests {
 
     #[test]
     fn nan_propagates_through_the_clamp() {
-        let geo = Geometry {
-            n: 1,
-            has_n: false,
-            h: 3,
-            w: 3,
-            c: 41,
-            kh: 1,
-            kw: 1,
-            stride: (1, 1),
-            dilation: (1, 1),
-            pad: (0, 0),
-            oh: 3,
-            ow: 3,
-        };
+        let geo = geometry((3, 3, 41), 1, 1, 1, 0, 1);
         let op = NhwcDepthwise::new(geo, &[1.0; 41], &[0.0; 41])
             .expect("op")
             .clamped(0.0, 6.0);
@@ -763,20 +763,7 @@ mod tests {
 
     #[test]
     fn wrong_lengths_are_errors() {
-        let geo = Geometry {
-            n: 1,
-            has_n: false,
-            h: 4,
-            w: 4,
-            c: 8,
-            kh: 3,
-            kw: 3,
-            stride: (1, 1),
-            dilation: (1, 1),
-            pad: (1, 1),
-            oh: 4,
-            ow: 4,
-        };
+        let geo = geometry((4, 4, 8), 3, 1, 1, 1, 1);
         assert!(NhwcDepthwise::new(geo, &[0.0; 71], &[0.0; 8]).is_err());
         let op = NhwcDepthwise::new(geo, &[0.0; 72], &[0.0; 8]).expect("op");
         assert!(op.run(&[0.0; 127], &mut [0.0; 128]).is_err());
