@@ -40,7 +40,7 @@ fn main() -> std::process::ExitCode {
             json,
         } => cli::bench(cli::BenchArgs {
             model: model.as_deref(),
-            run: adaptd::bench::Options {
+            run: adaptd::model::latency::Options {
                 input: input.as_deref(),
                 runs: *runs,
                 warmup: *warmup,

@@ -3,10 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use adaptd::backbone::{self, Backbone, DepthwiseLayout};
-use adaptd::input::Preprocessor;
+use adaptd::model::backbone::{self, Backbone, DepthwiseLayout};
+use adaptd::model::input::Preprocessor;
+use adaptd::model::Embedder;
 use adaptd::model::ModelDir;
-use adaptd::pipeline::Pipeline;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -63,8 +63,8 @@ fn golden_input(img: &serde_json::Value) -> Vec<f32> {
     read_f32(&fixtures().join("golden").join(file))
 }
 
-fn shipped(with_logits: bool) -> Pipeline {
-    Pipeline::load(ModelDir::shipped().expect("shipped model"), with_logits).expect("load")
+fn shipped(with_logits: bool) -> Embedder {
+    Embedder::load(ModelDir::shipped().expect("shipped model"), with_logits).expect("load")
 }
 
 #[test]
@@ -160,8 +160,8 @@ fn shipped_model_matches_onnxruntime_from_the_image_file() {
     for img in g["images"].as_array().expect("images") {
         let file = img["file"].as_str().expect("file");
         pre_spec.crop = match img["crop"].as_str() {
-            Some("pad") => adaptd::input::Crop::Pad,
-            _ => adaptd::input::Crop::Center,
+            Some("pad") => adaptd::model::input::Crop::Pad,
+            _ => adaptd::model::input::Crop::Center,
         };
         let pre = Preprocessor::new(pre_spec.clone());
         let bytes = std::fs::read(fixtures().join(file)).expect("image");
@@ -289,7 +289,7 @@ fn errors_are_clear_not_panics() {
     );
 
     let (_d, m) = tiny_copy(|t| t.to_string());
-    let p = Pipeline::load(m, false).expect("tiny");
+    let p = Embedder::load(m, false).expect("tiny");
     // Tensor of the wrong length.
     assert_eq!(
         p.backbone.embed(&[0.0; 10]).expect_err("len").code(),

@@ -8,8 +8,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use adaptd::cbor::Bytes;
-use adaptd::samples::SampleStore;
-use adaptd::store::{SnapshotData, Store};
+use adaptd::state::samples::SampleStore;
+use adaptd::state::store::{SnapshotData, Store};
 
 struct Counting;
 

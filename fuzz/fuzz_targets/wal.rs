@@ -3,7 +3,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let (records, good) = adaptd::store::parse_wal(data);
+    let (records, good) = adaptd::state::store::parse_wal(data);
     assert!(good <= data.len());
     let _ = records.len();
 });

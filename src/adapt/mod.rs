@@ -2,11 +2,11 @@
 //! unlabeled inputs, the `mean` / `coral` / `t3a` corrections applied before the head, and the
 //! drift distance between the target and the head's source distribution.
 //!
-//! The same [`Adapter`] runs in the daemon (fed by inference requests, see [`online`]) and in
+//! The same [`Adapter`] runs in the daemon (fed by inference requests, see [`handle`] and `daemon::adaptation`) and in
 //! `adaptd eval --shift` (fed by the corrupted test split). See `docs/adaptation.md`.
 
 pub mod coral;
-pub mod online;
+pub mod handle;
 pub mod t3a;
 pub mod target;
 

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 
+use crate::model::Embedder;
 use crate::model::ModelDir;
-use crate::pipeline::Pipeline;
 
 /// Tag hashed into every key; bump it when the cache layout or meaning changes.
 const CACHE_TAG: &[u8] = b"adaptd-eval-embedding-v1\0";
@@ -251,10 +251,10 @@ pub fn embed_with(
     if misses.is_empty() {
         return Ok((out, stats));
     }
-    let pipeline = Pipeline::load(model.clone(), false)
+    let embedder = Embedder::load(model.clone(), false)
         .with_context(|| format!("loading the model in {}", model.dir.display()))?;
     anyhow::ensure!(
-        pipeline.backbone.info().sha256 == id.backbone_sha256,
+        embedder.backbone.info().sha256 == id.backbone_sha256,
         "the model file changed while it was being read"
     );
     let mut progress = Progress::new(n - stats.failed);
@@ -265,11 +265,11 @@ pub fn embed_with(
     std::thread::scope(|s| -> Result<()> {
         for _ in 0..jobs {
             let tx = tx.clone();
-            let (next, misses, pipeline) = (&next, &misses, &pipeline);
+            let (next, misses, embedder) = (&next, &misses, &embedder);
             s.spawn(move || loop {
                 let m = next.fetch_add(1, Ordering::Relaxed);
                 let Some((i, _)) = misses.get(m) else { break };
-                let result = load(*i).and_then(|b| Ok(pipeline.embed_payload(&b)?));
+                let result = load(*i).and_then(|b| Ok(embedder.embed_payload(&b)?));
                 if tx.send((m, result)).is_err() {
                     break;
                 }

@@ -7,8 +7,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use super::bench::LearnerResult;
 use super::embed::EmbedStats;
+use super::prequential::LearnerResult;
 use crate::head::HeadConfig;
 
 /// Offline baselines written by `scripts/ref_offline.py`.
@@ -331,7 +331,7 @@ pub fn plot_svg(report: &Report) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::bench::{Point, Shot, Timing};
+    use super::super::prequential::{Point, Shot, Timing};
     use super::*;
 
     fn result(learner: &str, standardize: bool) -> LearnerResult {

@@ -288,7 +288,7 @@ fn adapt_and_score(
     MethodResult {
         method,
         accuracy,
-        observe_us: super::bench::Timing::of(times).median_us,
+        observe_us: super::prequential::Timing::of(times).median_us,
         drift: adapter.drift(&Source::of(head, false)),
     }
 }
@@ -374,7 +374,7 @@ pub fn run(args: &EvalArgs, head_config: &HeadConfig) -> Result<ShiftReport> {
     let order = data::stream_order(train_ix.len(), args.seed);
     let train_ix: Vec<usize> = order.iter().map(|&i| train_ix[i]).collect();
 
-    let model = crate::cli::model_dir(args.model.as_deref())?;
+    let model = crate::model::ModelDir::find(args.model.as_deref())?;
     let id = ModelId::of(&model)?;
     let size = model
         .spec

@@ -13,15 +13,15 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::cbor::{Bytes, F32s};
-use crate::error::RequestError;
-use crate::fleet::{Accepted, FleetState};
-use crate::head::{Algorithm, Expect, Head, HeadConfig};
-use crate::samples::SampleStore;
-use crate::service::{
+use crate::daemon::error::RequestError;
+use crate::daemon::service::{
     check_label, check_size, embed_input, parse_request, sniff_id, Route, Shared,
 };
-use crate::stats::bump;
-use crate::store::{LearnRecord, Recovered, SnapshotData, Store};
+use crate::daemon::stats::bump;
+use crate::fleet::{Accepted, FleetState};
+use crate::head::{Algorithm, Expect, Head, HeadConfig};
+use crate::state::samples::SampleStore;
+use crate::state::store::{LearnRecord, Recovered, SnapshotData, Store};
 
 /// Message keys remembered to drop broker redeliveries.
 const DEDUP_KEYS: usize = 8192;
@@ -38,7 +38,7 @@ const SNAPSHOT_FORMAT: &str = "adaptd-state-1";
 #[derive(Debug)]
 pub enum LearnerMsg {
     /// A learn, feedback or command message.
-    Job(crate::service::Job),
+    Job(crate::daemon::service::Job),
     /// Finish queued work, snapshot, publish, stop.
     Stop,
 }
@@ -349,7 +349,7 @@ impl Learner {
             let input = req
                 .input
                 .ok_or_else(|| RequestError::BadRequest("no image or tensor".into()))?;
-            let embedding = embed_input(&self.shared.pipeline, &input)?;
+            let embedding = embed_input(&self.shared.embedder, &input)?;
             Ok((req.id, label, embedding))
         })();
         match result {
@@ -577,8 +577,8 @@ impl Learner {
 
     /// The `{root}/info` document.
     pub fn info(&self) -> serde_json::Value {
-        let b = self.shared.pipeline.backbone.info();
-        let spec = &self.shared.pipeline.model.spec.input;
+        let b = self.shared.embedder.backbone.info();
+        let spec = &self.shared.embedder.model.spec.input;
         json!({
             "adaptd": env!("CARGO_PKG_VERSION"),
             "device_id": self.shared.settings.device_id,
@@ -693,7 +693,7 @@ impl Learner {
     }
 
     fn expect(&self) -> (String, usize) {
-        let b = self.shared.pipeline.backbone.info();
+        let b = self.shared.embedder.backbone.info();
         (b.sha256.clone(), b.embedding_dim)
     }
 

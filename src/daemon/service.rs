@@ -11,12 +11,12 @@ use rumqttc::{AsyncClient, Publish, QoS};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::adapt::online::AdaptHandle;
+use crate::adapt::handle::AdaptHandle;
 use crate::config::{Settings, SourceSettings};
-use crate::error::RequestError;
+use crate::daemon::error::RequestError;
+use crate::daemon::stats::{bump, Stats};
 use crate::head::Predictor;
-use crate::pipeline::Pipeline;
-use crate::stats::{bump, Stats};
+use crate::model::Embedder;
 
 /// Commands accepted on `{root}/cmd/<name>`.
 pub const COMMANDS: &[&str] = &[
@@ -288,7 +288,7 @@ pub struct Shared {
     pub settings: Settings,
     pub topics: Topics,
     pub client: AsyncClient,
-    pub pipeline: Arc<Pipeline>,
+    pub embedder: Arc<Embedder>,
     pub predictor: RwLock<Predictor>,
     /// Domain adaptation: the correction inference applies, and the adaptation thread's inbox.
     pub adapt: AdaptHandle,
@@ -309,7 +309,7 @@ impl Shared {
     pub fn new(
         settings: Settings,
         client: AsyncClient,
-        pipeline: Arc<Pipeline>,
+        embedder: Arc<Embedder>,
         predictor: Predictor,
         adapt: AdaptHandle,
     ) -> Shared {
@@ -320,7 +320,7 @@ impl Shared {
             settings,
             topics,
             client,
-            pipeline,
+            embedder,
             predictor: RwLock::new(predictor),
             adapt,
             ring: Mutex::new(ring),
@@ -519,17 +519,17 @@ pub fn check_label(label: &str) -> Result<(), RequestError> {
 }
 
 /// Turns a request's input into an embedding (decode, preprocess, backbone).
-pub fn embed_input(pipeline: &Pipeline, input: &Input) -> Result<Vec<f32>, RequestError> {
+pub fn embed_input(embedder: &Embedder, input: &Input) -> Result<Vec<f32>, RequestError> {
     let tensor = match input {
-        Input::Payload(bytes) => pipeline.preprocessor.decode(bytes),
-        Input::Image(bytes) => pipeline.preprocessor.from_image_bytes(bytes),
-        Input::Tensor(values) => pipeline.preprocessor.from_values(values),
+        Input::Payload(bytes) => embedder.preprocessor.decode(bytes),
+        Input::Image(bytes) => embedder.preprocessor.from_image_bytes(bytes),
+        Input::Tensor(values) => embedder.preprocessor.from_values(values),
     }
-    .map_err(|e| RequestError::Pipeline(e.into()))?;
-    pipeline
+    .map_err(|e| RequestError::Embedder(e.into()))?;
+    embedder
         .backbone
         .embed(&tensor)
-        .map_err(|e| RequestError::Pipeline(e.into()))
+        .map_err(|e| RequestError::Embedder(e.into()))
 }
 
 /// One inference worker: takes requests until the queue closes.
@@ -563,7 +563,7 @@ fn infer(shared: &Shared, job: &Job) -> Result<serde_json::Value, Failed> {
         .as_ref()
         .ok_or_else(|| fail(RequestError::BadRequest("no image or tensor".into())))?;
     let started = Instant::now();
-    let embedding = embed_input(&shared.pipeline, input).map_err(fail)?;
+    let embedding = embed_input(&shared.embedder, input).map_err(fail)?;
     let backbone_ms = started.elapsed().as_secs_f64() * 1e3;
     shared.stats.backbone.push(backbone_ms);
     let predictor = shared.predictor();

@@ -7,9 +7,9 @@ use std::time::Instant;
 use anyhow::Context;
 use serde::Serialize;
 
-use crate::backbone::{self, Backbone, DepthwiseLayout};
+use crate::daemon::stats::quantile;
+use crate::model::backbone::{self, Backbone, DepthwiseLayout};
 use crate::model::ModelDir;
-use crate::stats::quantile;
 
 /// What was run: the runtime, the model and how its depthwise convolutions ran. Both reports
 /// carry it (flattened into their JSON) and print it as their first words.

@@ -6,10 +6,10 @@
 //!
 //! See `docs/learners.md` for the protocol and results.
 
-pub mod bench;
 pub mod data;
 pub mod embed;
 pub mod npy;
+pub mod prequential;
 pub mod report;
 pub mod shift;
 
@@ -20,9 +20,9 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 
 use crate::head::{Algorithm, HeadConfig};
-use bench::{Data, Plan};
 use data::{Item, Origin};
 use embed::{Cache, EmbedStats, ModelId};
+use prequential::{Data, Plan};
 use report::{Baseline, Report};
 
 /// Backbone hash recorded for datasets of precomputed embeddings.
@@ -155,7 +155,7 @@ fn embed_all(
     let (mut vectors, stats, backbone) = if images.is_empty() {
         (Vec::new(), None, NO_BACKBONE.to_string())
     } else {
-        let model = crate::cli::model_dir(args.model.as_deref())?;
+        let model = crate::model::ModelDir::find(args.model.as_deref())?;
         let id = ModelId::of(&model)?;
         let root = if args.no_cache {
             None
@@ -415,7 +415,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     }
     for &algorithm in &learners {
         for &standardize in args.standardize.variants() {
-            let mut r = bench::run(&data, algorithm, standardize, &plan)
+            let mut r = prequential::run(&data, algorithm, standardize, &plan)
                 .with_context(|| format!("running {algorithm}"))?;
             r.ratio_to_logreg = baseline.as_ref().map(|b| r.accuracy / b.logreg);
             tracing::info!(
@@ -567,7 +567,7 @@ mod tests {
         ]);
         let (_, d, _, _) = load(&g).unwrap();
         assert_eq!((d.train.len(), d.test.len()), (90, 90));
-        let r = bench::run(
+        let r = prequential::run(
             &d,
             Algorithm::Slda,
             false,

@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::backbone::{self, DepthwiseLayout};
 pub use crate::eval::EvalArgs;
+use crate::model::backbone::{self, DepthwiseLayout};
+use crate::model::Embedder;
 use crate::model::ModelDir;
-use crate::pipeline::Pipeline;
 
 /// adaptd: on-device transfer learning on MQTT.
 #[derive(Debug, Parser)]
@@ -112,19 +112,11 @@ pub struct ImageArgs {
     pub inputs: Vec<PathBuf>,
 }
 
-/// Loads the model directory given on the command line, or the shipped one.
-pub fn model_dir(path: Option<&Path>) -> Result<ModelDir> {
-    Ok(match path {
-        Some(p) => ModelDir::load(p).with_context(|| format!("loading model {}", p.display()))?,
-        None => ModelDir::shipped()?,
-    })
-}
-
 /// `adaptd bench` options.
 pub struct BenchArgs<'a> {
     pub model: Option<&'a Path>,
     /// What to run and how often.
-    pub run: crate::bench::Options<'a>,
+    pub run: crate::model::latency::Options<'a>,
     pub cache_dir: Option<&'a Path>,
     pub profile: bool,
     pub json: bool,
@@ -132,10 +124,10 @@ pub struct BenchArgs<'a> {
 
 /// `adaptd bench`.
 pub fn bench(a: BenchArgs<'_>) -> Result<()> {
-    let model = model_dir(a.model)?;
+    let model = ModelDir::find(a.model)?;
     let o = a.run;
     if a.profile {
-        let r = crate::bench::profile(&model, &o)?;
+        let r = crate::model::latency::profile(&model, &o)?;
         if a.json {
             println!("{}", serde_json::to_string(&r)?);
             return Ok(());
@@ -163,7 +155,7 @@ pub fn bench(a: BenchArgs<'_>) -> Result<()> {
         }
         return Ok(());
     }
-    let r = crate::bench::backbone(&model, &o, a.cache_dir)?;
+    let r = crate::model::latency::backbone(&model, &o, a.cache_dir)?;
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
@@ -191,7 +183,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
 pub fn inspect(model: Option<&Path>, json: bool) -> Result<()> {
     let onnx = match model {
         Some(m) if !m.is_dir() => m.to_path_buf(),
-        other => model_dir(other)?.onnx_path(),
+        other => ModelDir::find(other)?.onnx_path(),
     };
     let report = backbone::inspect(&onnx)?;
     if json {
@@ -217,12 +209,12 @@ pub fn inspect(model: Option<&Path>, json: bool) -> Result<()> {
 
 /// `adaptd embed`.
 pub fn embed(args: &ImageArgs) -> Result<()> {
-    let pipeline = Pipeline::load(model_dir(args.model.as_deref())?, false)?;
+    let embedder = Embedder::load(ModelDir::find(args.model.as_deref())?, false)?;
     let mut failed = 0;
     for path in &args.inputs {
         let result = std::fs::read(path)
             .with_context(|| format!("reading {}", path.display()))
-            .and_then(|bytes| Ok(pipeline.embed_payload(&bytes)?));
+            .and_then(|bytes| Ok(embedder.embed_payload(&bytes)?));
         match result {
             Ok(e) if args.json => println!(
                 "{}",
@@ -248,19 +240,19 @@ pub fn embed(args: &ImageArgs) -> Result<()> {
 
 /// `adaptd classify`.
 pub fn classify(args: &ImageArgs) -> Result<()> {
-    let model = model_dir(args.model.as_deref())?;
+    let model = ModelDir::find(args.model.as_deref())?;
     anyhow::ensure!(
         model.spec.logits_output.is_some(),
         "model {} has no logits_output in its model.toml",
         model.dir.display()
     );
     let labels = model.labels()?.unwrap_or_default();
-    let pipeline = Pipeline::load(model, true)?;
+    let embedder = Embedder::load(model, true)?;
     let mut failed = 0;
     for path in &args.inputs {
         let result = std::fs::read(path)
             .with_context(|| format!("reading {}", path.display()))
-            .and_then(|bytes| Ok(pipeline.run_payload(&bytes)?));
+            .and_then(|bytes| Ok(embedder.run_payload(&bytes)?));
         let logits = match result {
             Ok(out) => out.logits.unwrap_or_default(),
             Err(e) => {

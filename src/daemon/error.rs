@@ -1,14 +1,14 @@
 //! Request errors with stable machine-readable codes: what goes on `{root}/error`.
 
 use crate::head::HeadError;
-use crate::pipeline::PipelineError;
+use crate::model::EmbedError;
 
 /// Why a request was refused. Every variant has a stable [`code`](RequestError::code); the
 /// message is for humans. A refused request changes nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
     #[error(transparent)]
-    Pipeline(#[from] PipelineError),
+    Embedder(#[from] EmbedError),
     #[error(transparent)]
     Head(#[from] HeadError),
     #[error("payload of {size} bytes exceeds the limit of {max} bytes")]
@@ -21,7 +21,7 @@ pub enum RequestError {
     UnknownLabel(String),
     #[error("no recent prediction has id {0:?} (it may have left the feedback ring)")]
     UnknownId(String),
-    #[error("unknown command {0:?} (known: {known})", known = crate::service::COMMANDS.join(", "))]
+    #[error("unknown command {0:?} (known: {known})", known = crate::daemon::service::COMMANDS.join(", "))]
     UnknownCommand(String),
     #[error("the head has no classes yet: teach one on {root}/learn/<label>")]
     NoClasses { root: String },
@@ -39,7 +39,7 @@ impl RequestError {
     /// Stable error code for `{root}/error` replies.
     pub fn code(&self) -> &'static str {
         match self {
-            RequestError::Pipeline(e) => e.code(),
+            RequestError::Embedder(e) => e.code(),
             RequestError::Head(e) => e.code(),
             RequestError::TooLarge { .. } => "too_large",
             RequestError::BadJson(_) => "bad_json",

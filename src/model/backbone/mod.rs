@@ -303,7 +303,7 @@ mod cache {
             bytes.extend_from_slice(&payload);
             std::fs::create_dir_all(dir)?;
             let path = path(dir, key);
-            crate::store::write_atomic(&path, &bytes)?;
+            crate::state::store::write_atomic(&path, &bytes)?;
             for entry in std::fs::read_dir(dir)?.flatten() {
                 let name = entry.file_name().to_string_lossy().to_string();
                 if name.starts_with(PREFIX) && name.ends_with(SUFFIX) && entry.path() != path {

@@ -11,7 +11,7 @@ use crate::fleet::FleetConfig;
 use crate::head::HeadConfig;
 
 /// The shipped, fully commented default configuration (`systemd/adaptd.toml`).
-pub const DEFAULT_TOML: &str = include_str!("../systemd/adaptd.toml");
+pub const DEFAULT_TOML: &str = include_str!("../../systemd/adaptd.toml");
 
 /// Environment variables with the `ADAPTD_` prefix that are not config keys.
 const RESERVED_ENV: &[&str] = &["ADAPTD_LOG", "ADAPTD_CONFIG"];

@@ -482,7 +482,7 @@ impl Peers {
         };
         match serde_json::to_vec_pretty(&file) {
             Ok(b) => {
-                if let Err(e) = crate::store::write_atomic(p, &b) {
+                if let Err(e) = crate::state::store::write_atomic(p, &b) {
                     tracing::warn!("saving {}: {e}", p.display());
                 }
             }

@@ -1,6 +1,14 @@
 //! `adaptd run`: wires model, state, broker connection, workers and learner together; systemd
 //! readiness, status and watchdog; orderly shutdown.
 
+pub mod adaptation;
+pub mod broker;
+pub mod error;
+pub mod learner;
+pub mod mqtt;
+pub mod service;
+pub mod stats;
+
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -10,16 +18,15 @@ use anyhow::Context;
 use rumqttc::{AsyncClient, QoS};
 use sd_notify::NotifyState;
 
-use crate::adapt::online::{self, AdaptHandle};
+use crate::adapt::handle::{self as adapt_handle, AdaptHandle};
 use crate::adapt::Adapter;
 use crate::config::{BrokerTarget, Settings};
 use crate::fleet::FleetState;
-use crate::learner::{restore, Learner, LearnerMsg};
+use crate::model::Embedder;
 use crate::model::ModelDir;
-use crate::mqtt;
-use crate::pipeline::Pipeline;
-use crate::service::{infer_worker, Shared};
-use crate::store::Store;
+use crate::state::store::Store;
+use learner::{restore, Learner, LearnerMsg};
+use service::{infer_worker, Shared};
 
 fn notify(states: &[NotifyState<'_>]) {
     // Outside systemd NOTIFY_SOCKET is unset and this does nothing.
@@ -34,16 +41,13 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     notify(&[NotifyState::Status("loading model")]);
     let model_dir = settings.model_dir.clone();
     let cache_dir = settings.model_cache.then(|| settings.state.dir.clone());
-    let pipeline = tokio::task::spawn_blocking(move || -> anyhow::Result<Pipeline> {
-        let model = match &model_dir {
-            Some(d) => ModelDir::load(d)?,
-            None => ModelDir::shipped()?,
-        };
-        Ok(Pipeline::load_cached(model, false, cache_dir.as_deref())?)
+    let embedder = tokio::task::spawn_blocking(move || -> anyhow::Result<Embedder> {
+        let model = ModelDir::find(model_dir.as_deref())?;
+        Ok(Embedder::load_cached(model, false, cache_dir.as_deref())?)
     })
     .await??;
-    let pipeline = Arc::new(pipeline);
-    let info = pipeline.backbone.info().clone();
+    let embedder = Arc::new(embedder);
+    let info = embedder.backbone.info().clone();
     tracing::info!(
         model = %info.name,
         sha256 = %info.sha256,
@@ -82,19 +86,19 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
 
     let (host, port) = match &settings.broker.target {
         BrokerTarget::Embedded { port } => {
-            let p = crate::broker::start(*port, settings.broker.max_packet_bytes)?;
+            let p = broker::start(*port, settings.broker.max_packet_bytes)?;
             ("127.0.0.1".to_string(), p)
         }
         BrokerTarget::External { host, port, .. } => (host.clone(), *port),
     };
-    let topics = crate::service::Topics::new(&settings.root);
+    let topics = service::Topics::new(&settings.root);
     let options = mqtt::options(&settings.broker, &host, port, &topics.status)?;
     let (client, mut eventloop) = AsyncClient::new(options, settings.broker.request_queue);
     mqtt::tune(&mut eventloop);
     let predictor = restored.head.snapshot();
     let (adapt, adapt_rx) = AdaptHandle::new(settings.adapt.clone());
     let (sha, dim) = (info.sha256.clone(), info.embedding_dim);
-    let (target, note) = online::restore(&settings.state.dir, &settings.adapt, &sha, dim);
+    let (target, note) = adapt_handle::restore(&settings.state.dir, &settings.adapt, &sha, dim);
     if let Some(n) = note {
         tracing::warn!("{n}");
     }
@@ -105,7 +109,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     let shared = Arc::new(Shared::new(
         settings,
         client.clone(),
-        pipeline,
+        embedder,
         predictor,
         adapt,
     ));
@@ -114,7 +118,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         let sha = sha.clone();
         std::thread::Builder::new()
             .name("adapt".into())
-            .spawn(move || online::run(s, adapt_rx, adapter, &adapt_dir, sha))
+            .spawn(move || adaptation::run(s, adapt_rx, adapter, &adapt_dir, sha))
             .context("spawning the adaptation thread")?
     };
 

@@ -1,12 +1,12 @@
 //! Payload → embedding: a preprocessor and a backbone loaded from one model directory.
 
-use crate::backbone::{Backbone, BackboneError, Outputs};
-use crate::input::{InputError, Preprocessor};
-use crate::model::{ModelDir, ModelError};
+use crate::model::backbone::{Backbone, BackboneError, Outputs};
+use crate::model::input::{InputError, Preprocessor};
+use crate::model::spec::{ModelDir, ModelError};
 
 /// Any failure between a payload and an embedding.
 #[derive(Debug, thiserror::Error)]
-pub enum PipelineError {
+pub enum EmbedError {
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error(transparent)]
@@ -15,21 +15,21 @@ pub enum PipelineError {
     Backbone(#[from] BackboneError),
 }
 
-impl PipelineError {
+impl EmbedError {
     /// Stable error code for replies.
     pub fn code(&self) -> &'static str {
         match self {
-            PipelineError::Model(_) => "model",
-            PipelineError::Input(e) => e.code(),
-            PipelineError::Backbone(e) => e.code(),
+            EmbedError::Model(_) => "model",
+            EmbedError::Input(e) => e.code(),
+            EmbedError::Backbone(e) => e.code(),
         }
     }
 }
 
 /// The model directory's preprocessing plus its backbone.
 #[derive(Debug)]
-pub struct Pipeline {
-    /// The model description this pipeline was loaded from.
+pub struct Embedder {
+    /// The model description this embedder was loaded from.
     pub model: ModelDir,
     /// Payload → tensor.
     pub preprocessor: Preprocessor,
@@ -37,22 +37,22 @@ pub struct Pipeline {
     pub backbone: Backbone,
 }
 
-impl Pipeline {
+impl Embedder {
     /// Loads the backbone of `model` (with its logits output when `with_logits`).
-    pub fn load(model: ModelDir, with_logits: bool) -> Result<Pipeline, PipelineError> {
+    pub fn load(model: ModelDir, with_logits: bool) -> Result<Embedder, EmbedError> {
         Self::load_cached(model, with_logits, None)
     }
 
-    /// [`Pipeline::load`] with the backbone's model cache in `cache_dir` (see
+    /// [`Embedder::load`] with the backbone's model cache in `cache_dir` (see
     /// [`Backbone::load_cached`]).
     pub fn load_cached(
         model: ModelDir,
         with_logits: bool,
         cache_dir: Option<&std::path::Path>,
-    ) -> Result<Pipeline, PipelineError> {
+    ) -> Result<Embedder, EmbedError> {
         let backbone = Backbone::load_cached(&model, with_logits, cache_dir)?;
         let preprocessor = Preprocessor::new(model.spec.input.clone());
-        Ok(Pipeline {
+        Ok(Embedder {
             model,
             preprocessor,
             backbone,
@@ -60,13 +60,13 @@ impl Pipeline {
     }
 
     /// Decodes a payload of any supported kind and embeds it.
-    pub fn embed_payload(&self, bytes: &[u8]) -> Result<Vec<f32>, PipelineError> {
+    pub fn embed_payload(&self, bytes: &[u8]) -> Result<Vec<f32>, EmbedError> {
         let tensor = self.preprocessor.decode(bytes)?;
         Ok(self.backbone.embed(&tensor)?)
     }
 
     /// Decodes a payload and returns the embedding and logits.
-    pub fn run_payload(&self, bytes: &[u8]) -> Result<Outputs, PipelineError> {
+    pub fn run_payload(&self, bytes: &[u8]) -> Result<Outputs, EmbedError> {
         let tensor = self.preprocessor.decode(bytes)?;
         Ok(self.backbone.run(&tensor)?)
     }

@@ -13,9 +13,9 @@ use rumqttc::{
 };
 
 use crate::config::{BrokerSettings, BrokerTarget};
-use crate::learner::LearnerMsg;
-use crate::service::{Job, Route, Shared, Topics};
-use crate::stats::bump;
+use crate::daemon::learner::LearnerMsg;
+use crate::daemon::service::{Job, Route, Shared, Topics};
+use crate::daemon::stats::bump;
 
 /// Learn/feedback/command messages allowed to wait for the learner. QoS 1 learn messages are
 /// in practice bounded by the broker's inflight window (we ack only once durable); this cap
@@ -269,7 +269,11 @@ fn forward(shared: &Shared, learner: &Sender<LearnerMsg>, publish: rumqttc::Publ
             let depth = shared.learn_depth.load(Ordering::Relaxed);
             let j = job(route);
             if depth >= LEARN_QUEUE && j.publish.qos == QoS::AtMostOnce {
-                shared.reply_error(&j.publish.topic, None, &crate::error::RequestError::Busy);
+                shared.reply_error(
+                    &j.publish.topic,
+                    None,
+                    &crate::daemon::error::RequestError::Busy,
+                );
                 return;
             }
             shared.learn_depth.fetch_add(1, Ordering::Relaxed);

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::input::InputSpec;
+use crate::model::input::InputSpec;
 
 /// The name of the description file inside a model directory.
 pub const MODEL_TOML: &str = "model.toml";
@@ -115,6 +115,15 @@ impl ModelDir {
                 .collect::<Vec<_>>()
                 .join(", "),
         })
+    }
+
+    /// The model at `path` when one is given (a flag or `[model] dir`), else the shipped one:
+    /// the one rule the daemon, the CLI and `eval` follow.
+    pub fn find(path: Option<&Path>) -> Result<ModelDir, ModelError> {
+        match path {
+            Some(p) => ModelDir::load(p),
+            None => ModelDir::shipped(),
+        }
     }
 
     /// Full path of the ONNX file.

@@ -1,0 +1,11 @@
+//! The model: its description (`model.toml`), payload decoding, the frozen backbone (the only
+//! tract code) and the one payload → embedding path that the daemon, the CLI and `eval` share.
+
+pub mod backbone;
+pub mod embedder;
+pub mod input;
+pub mod latency;
+pub mod spec;
+
+pub use embedder::{EmbedError, Embedder};
+pub use spec::{ModelDir, ModelError, ModelSpec, MODEL_TOML, SHIPPED_MODEL};

@@ -1,0 +1,4 @@
+//! The state directory: write-ahead log, snapshots, kept heads, the sample reservoir.
+
+pub mod samples;
+pub mod store;
