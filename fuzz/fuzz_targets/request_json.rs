@@ -4,6 +4,6 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let payload = bytes::Bytes::copy_from_slice(data);
-    let _ = adaptd::daemon::service::parse_request(&payload);
-    let _ = adaptd::daemon::service::sniff_id(data);
+    let _ = adaptd::daemon::request::parse_request(&payload);
+    let _ = adaptd::daemon::request::sniff_id(data);
 });

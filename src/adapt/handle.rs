@@ -20,8 +20,6 @@ pub enum Msg {
     Sample(Arc<Vec<f32>>),
     /// Forget the target domain.
     Reset,
-    /// Persist and stop.
-    Stop,
 }
 
 /// Drift alarm state, written by the adaptation thread.
@@ -113,11 +111,6 @@ impl AdaptHandle {
     pub fn reset(&self) -> bool {
         self.set_snapshot(Arc::new(Adapted::identity(self.config.method)));
         self.tx.send(Msg::Reset).is_ok()
-    }
-
-    /// Asks the thread to persist and stop.
-    pub fn stop(&self) {
-        let _ = self.tx.send(Msg::Stop);
     }
 
     /// The drift status, for the adaptation thread to update.

@@ -8,12 +8,20 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rumqttc::QoS;
-use serde_json::json;
-
 use crate::adapt::handle::{AdaptHandle, Msg, Status, FILE};
 use crate::adapt::Adapter;
-use crate::daemon::service::Shared;
+use crate::daemon::outbox::Outbox;
+use crate::daemon::reply::Drift;
+use crate::daemon::serving::PredictorSlot;
+use crate::daemon::shutdown::Shutdown;
+
+/// What the adaptation thread shares with the rest of the daemon.
+pub struct Context {
+    pub handle: Arc<AdaptHandle>,
+    pub predictor: Arc<PredictorSlot>,
+    pub outbox: Arc<Outbox>,
+    pub shutdown: Shutdown,
+}
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -22,7 +30,7 @@ fn unix_now() -> u64 {
 }
 
 struct Worker {
-    shared: Arc<Shared>,
+    ctx: Context,
     adapter: Adapter,
     path: PathBuf,
     sha: String,
@@ -34,7 +42,7 @@ struct Worker {
 
 impl Worker {
     fn handle(&self) -> &AdaptHandle {
-        &self.shared.adapt
+        &self.ctx.handle
     }
 
     fn persist(&mut self) {
@@ -58,7 +66,7 @@ impl Worker {
             return;
         }
         let started = Instant::now();
-        let predictor = self.shared.predictor();
+        let predictor = self.ctx.predictor.get();
         let snap = self.adapter.recompute(&source, &predictor);
         self.handle().set_snapshot(snap);
         self.recompute_cost = started.elapsed();
@@ -95,20 +103,15 @@ impl Worker {
     }
 
     fn publish_drift(&self, alarm: bool, distance: Option<f64>, head_version: u64) {
-        let doc = json!({
-            "alarm": alarm,
-            "distance": distance,
-            "threshold": self.adapter.config().drift_threshold,
-            "target_samples": self.adapter.target().seen(),
-            "head_version": head_version,
-            "time": unix_now(),
-        });
-        self.shared.publish(
-            &self.shared.topics.drift,
-            QoS::AtLeastOnce,
-            true,
-            doc.to_string().into_bytes(),
-        );
+        let doc = Drift {
+            alarm,
+            distance,
+            threshold: self.adapter.config().drift_threshold,
+            target_samples: self.adapter.target().seen(),
+            head_version,
+            time: unix_now(),
+        };
+        self.ctx.outbox.retain(&self.ctx.outbox.topics.drift, &doc);
     }
 
     fn reset(&mut self) {
@@ -127,18 +130,18 @@ impl Worker {
             was
         };
         if was == Some(true) {
-            self.publish_drift(false, None, self.shared.predictor().version());
+            self.publish_drift(false, None, self.ctx.predictor.get().version());
         }
         tracing::info!("adaptation statistics reset");
     }
 }
 
-/// The thread body: runs until [`Msg::Stop`] or until every sender is gone.
-pub fn run(shared: Arc<Shared>, rx: Receiver<Msg>, adapter: Adapter, dir: &Path, sha: String) {
+/// The thread body: runs until shutdown (or until every sender is gone), then persists.
+pub fn run(ctx: Context, rx: Receiver<Msg>, adapter: Adapter, dir: &Path, sha: String) {
     let persist_every = Duration::from_secs(adapter.config().persist_interval_secs.max(1));
     let now = Instant::now();
     let mut w = Worker {
-        shared,
+        ctx,
         adapter,
         path: dir.join(FILE),
         sha,
@@ -157,13 +160,16 @@ pub fn run(shared: Arc<Shared>, rx: Receiver<Msg>, adapter: Adapter, dir: &Path,
     loop {
         match rx.recv_timeout(Duration::from_secs(1)) {
             Ok(Msg::Sample(x)) => {
-                let p = w.shared.predictor();
+                let p = w.ctx.predictor.get();
                 w.adapter.observe(&x, &p);
                 w.dirty = true;
             }
             Ok(Msg::Reset) => w.reset(),
-            Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Disconnected) => break,
             Err(RecvTimeoutError::Timeout) => {}
+        }
+        if w.ctx.shutdown.is_triggered() {
+            break;
         }
         if !primed && w.handle().source().is_some() {
             w.recompute(true);

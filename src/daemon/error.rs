@@ -8,7 +8,7 @@ use crate::model::EmbedError;
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
     #[error(transparent)]
-    Embedder(#[from] EmbedError),
+    Embed(#[from] EmbedError),
     #[error(transparent)]
     Head(#[from] HeadError),
     #[error("payload of {size} bytes exceeds the limit of {max} bytes")]
@@ -21,8 +21,8 @@ pub enum RequestError {
     UnknownLabel(String),
     #[error("no recent prediction has id {0:?} (it may have left the feedback ring)")]
     UnknownId(String),
-    #[error("unknown command {0:?} (known: {known})", known = crate::daemon::service::COMMANDS.join(", "))]
-    UnknownCommand(String),
+    #[error("unknown command {name:?} (known: {known})")]
+    UnknownCommand { name: String, known: String },
     #[error("the head has no classes yet: teach one on {root}/learn/<label>")]
     NoClasses { root: String },
     #[error("no kept head has version {0}")]
@@ -39,14 +39,14 @@ impl RequestError {
     /// Stable error code for `{root}/error` replies.
     pub fn code(&self) -> &'static str {
         match self {
-            RequestError::Embedder(e) => e.code(),
+            RequestError::Embed(e) => e.code(),
             RequestError::Head(e) => e.code(),
             RequestError::TooLarge { .. } => "too_large",
             RequestError::BadJson(_) => "bad_json",
             RequestError::BadRequest(_) => "bad_request",
             RequestError::UnknownId(_) => "unknown_id",
             RequestError::UnknownLabel(_) => "unknown_label",
-            RequestError::UnknownCommand(_) => "unknown_command",
+            RequestError::UnknownCommand { .. } => "unknown_command",
             RequestError::NoClasses { .. } => "no_classes",
             RequestError::NoSuchVersion(_) => "no_such_version",
             RequestError::Busy => "busy",

@@ -1,20 +1,33 @@
-//! `adaptd run`: wires model, state, broker connection, workers and learner together; systemd
-//! readiness, status and watchdog; orderly shutdown.
+//! `adaptd run`: wires model, state, broker connection, workers, learner and adaptation thread
+//! together; systemd readiness, status and watchdog; orderly shutdown through one token.
+//!
+//! An inference request: [`mqtt`] (driver) → [`intake`] (route, ack, queue) → [`workers`]
+//! (decode, embed, adapt, predict) → [`outbox`] (publish). A learn message: [`mqtt`] →
+//! [`intake`] → [`workers`] (decode, embed) → [`learner`] (in order: WAL fsync, ack, update) →
+//! [`outbox`].
 
 pub mod adaptation;
 pub mod broker;
 pub mod error;
+pub mod intake;
 pub mod learner;
 pub mod mqtt;
-pub mod service;
+pub mod outbox;
+pub mod queue;
+pub mod reply;
+pub mod request;
+pub mod serving;
+pub mod shutdown;
 pub mod stats;
+pub mod topics;
+pub mod workers;
 
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::Context as _;
 use rumqttc::{AsyncClient, QoS};
 use sd_notify::NotifyState;
 
@@ -22,11 +35,19 @@ use crate::adapt::handle::{self as adapt_handle, AdaptHandle};
 use crate::adapt::Adapter;
 use crate::config::{BrokerTarget, Settings};
 use crate::fleet::FleetState;
-use crate::model::Embedder;
-use crate::model::ModelDir;
+use crate::model::{Embedder, ModelDir};
+use crate::state::recovery::restore;
 use crate::state::store::Store;
-use learner::{restore, Learner, LearnerMsg};
-use service::{infer_worker, Shared};
+use intake::Intake;
+use learner::Learner;
+use outbox::Outbox;
+use queue::WorkQueue;
+use reply::BackboneSummary;
+use serving::PredictorSlot;
+use shutdown::Shutdown;
+use stats::Stats;
+use topics::Topics;
+use workers::Workers;
 
 fn notify(states: &[NotifyState<'_>]) {
     // Outside systemd NOTIFY_SOCKET is unset and this does nothing.
@@ -91,70 +112,115 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         }
         BrokerTarget::External { host, port, .. } => (host.clone(), *port),
     };
-    let topics = service::Topics::new(&settings.root);
+    let topics = Topics::new(&settings.root).with_fleet(&settings.fleet, &settings.device_id);
     let options = mqtt::options(&settings.broker, &host, port, &topics.status)?;
     let (client, mut eventloop) = AsyncClient::new(options, settings.broker.request_queue);
     mqtt::tune(&mut eventloop);
-    let predictor = restored.head.snapshot();
+
+    let stop = Shutdown::new();
+    let stats = Arc::new(Stats::default());
+    let outbox = Arc::new(Outbox::new(
+        Box::new(client.clone()),
+        topics.clone(),
+        stats.clone(),
+    ));
+    let predictor = Arc::new(PredictorSlot::new(restored.head.snapshot()));
+    let queue = Arc::new(WorkQueue::new(settings.service.infer_queue, stop.clone()));
+
     let (adapt, adapt_rx) = AdaptHandle::new(settings.adapt.clone());
-    let (sha, dim) = (info.sha256.clone(), info.embedding_dim);
-    let (target, note) = adapt_handle::restore(&settings.state.dir, &settings.adapt, &sha, dim);
+    let adapt = Arc::new(adapt);
+    let (target, note) =
+        adapt_handle::restore(&settings.state.dir, &settings.adapt, &info.sha256, dim);
     if let Some(n) = note {
         tracing::warn!("{n}");
     }
-    let adapter = Adapter::with_target(settings.adapt.clone(), target);
-    let adapt_dir = settings.state.dir.clone();
-    let backoff = (settings.broker.reconnect_min, settings.broker.reconnect_max);
-    let workers = settings.service.workers;
-    let shared = Arc::new(Shared::new(
-        settings,
-        client.clone(),
-        embedder,
-        predictor,
-        adapt,
-    ));
     let adapt_thread = {
-        let s = shared.clone();
-        let sha = sha.clone();
+        let ctx = adaptation::Context {
+            handle: adapt.clone(),
+            predictor: predictor.clone(),
+            outbox: outbox.clone(),
+            shutdown: stop.clone(),
+        };
+        let adapter = Adapter::with_target(settings.adapt.clone(), target);
+        let (dir, sha) = (settings.state.dir.clone(), info.sha256.clone());
         std::thread::Builder::new()
             .name("adapt".into())
-            .spawn(move || adaptation::run(s, adapt_rx, adapter, &adapt_dir, sha))
+            .spawn(move || adaptation::run(ctx, adapt_rx, adapter, &dir, sha))
             .context("spawning the adaptation thread")?
     };
 
-    let (learn_tx, learn_rx) = std::sync::mpsc::channel();
-    let fleet = FleetState::load(&shared.settings.fleet, &shared.settings.state.dir)?;
+    let fleet = FleetState::load(&settings.fleet, &settings.state.dir)?;
     tracing::info!(
         public_key = %fleet.identity.public_hex(),
-        group = %shared.settings.fleet.group,
+        group = %settings.fleet.group,
         "fleet identity"
     );
-    let learner = Learner::new(shared.clone(), restored, store, fleet);
+    let (learn_tx, learn_rx) = std::sync::mpsc::channel();
+    let learner = Learner::new(
+        learner::Context {
+            settings: settings.clone(),
+            backbone: BackboneSummary::of(&embedder),
+            outbox: outbox.clone(),
+            predictor: predictor.clone(),
+            adapt: adapt.clone(),
+            queue: queue.clone(),
+            stats: stats.clone(),
+        },
+        restored,
+        store,
+        fleet,
+    );
     let heartbeat = learner.heartbeat.clone();
     let learner_thread = std::thread::Builder::new()
         .name("learner".into())
         .spawn(move || learner.run(learn_rx))
         .context("spawning the learner")?;
+
+    let workers = Arc::new(Workers::new(
+        embedder,
+        queue.clone(),
+        predictor,
+        adapt,
+        outbox.clone(),
+        stats.clone(),
+        &settings,
+    ));
     let mut worker_threads = Vec::new();
-    for i in 0..workers {
-        let s = shared.clone();
+    for i in 0..settings.service.workers {
+        let (w, tx) = (workers.clone(), learn_tx.clone());
         worker_threads.push(
             std::thread::Builder::new()
-                .name(format!("infer-{i}"))
-                .spawn(move || infer_worker(s))
-                .context("spawning an inference worker")?,
+                .name(format!("worker-{i}"))
+                .spawn(move || w.run(tx))
+                .context("spawning a worker")?,
         );
     }
+    // The workers hold the learner's only senders: it ends once they all have.
+    drop(learn_tx);
+
     let driver = tokio::spawn(mqtt::drive(
         eventloop,
-        shared.clone(),
-        learn_tx.clone(),
-        backoff,
+        mqtt::Driver {
+            client: client.clone(),
+            intake: Intake {
+                sources: settings.sources.clone(),
+                queue,
+                outbox: outbox.clone(),
+                stats: stats.clone(),
+                shutdown: stop.clone(),
+            },
+            outbox: outbox.clone(),
+            stats,
+            shutdown: stop.clone(),
+            subscriptions: topics.subscriptions(&settings.sources),
+            backoff: (settings.broker.reconnect_min, settings.broker.reconnect_max),
+        },
     ));
-    tracing::info!(root = %shared.topics.root, broker = %format!("{host}:{port}"), workers, "adaptd running");
+    let workers_n = settings.service.workers;
+    tracing::info!(root = %topics.root, broker = %format!("{host}:{port}"), workers = workers_n, "adaptd running");
     notify(&[
         NotifyState::Ready,
-        NotifyState::Status(&format!("serving {} on {host}:{port}", shared.topics.root)),
+        NotifyState::Status(&format!("serving {} on {host}:{port}", topics.root)),
     ]);
 
     // The watchdog is fed from here, and only while the learner loop makes progress.
@@ -185,22 +251,21 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
                 } else {
                     tracing::warn!("learner made no progress for {tick:?}");
                 }
-                let status = if shared.connected.load(Ordering::Relaxed) {
+                let status = if outbox.is_connected() {
                     "connected"
                 } else {
                     "broker unreachable, retrying"
                 };
-                notify(&[NotifyState::Status(&format!("{} — {status}", shared.topics.root))]);
+                notify(&[NotifyState::Status(&format!("{} — {status}", topics.root))]);
             }
         }
     }
 
     tracing::info!("stopping: no new requests, draining");
     notify(&[NotifyState::Stopping, NotifyState::Status("draining")]);
-    shared.stopping.store(true, Ordering::Relaxed);
-    shared.infer_queue.close();
-    let _ = learn_tx.send(LearnerMsg::Stop);
-    shared.adapt.stop();
+    // The intake stops taking messages, the workers finish what is queued, the adaptation
+    // thread persists; the learner ends after the last worker, then snapshots and publishes.
+    stop.trigger();
     tokio::task::spawn_blocking(move || {
         for w in worker_threads {
             let _ = w.join();
@@ -209,12 +274,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         let _ = adapt_thread.join();
     })
     .await?;
-    shared.publish(
-        &shared.topics.status,
-        QoS::AtLeastOnce,
-        true,
-        b"offline".to_vec(),
-    );
+    outbox.publish(&topics.status, QoS::AtLeastOnce, true, b"offline".to_vec());
     let _ = client.try_disconnect();
     if tokio::time::timeout(Duration::from_secs(5), driver)
         .await

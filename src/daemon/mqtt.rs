@@ -1,26 +1,23 @@
 //! The MQTT side: client options (TLS, credentials, last will, persistent session) and the
-//! event-loop driver, which only polls and forwards into bounded queues.
+//! event-loop driver, which only polls, keeps the subscriptions, and hands every inbound
+//! message to the intake.
 
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::Sender;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use rand::Rng;
 use rumqttc::{
-    Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport,
+    AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration,
+    Transport,
 };
 
 use crate::config::{BrokerSettings, BrokerTarget};
-use crate::daemon::learner::LearnerMsg;
-use crate::daemon::service::{Job, Route, Shared, Topics};
-use crate::daemon::stats::bump;
-
-/// Learn/feedback/command messages allowed to wait for the learner. QoS 1 learn messages are
-/// in practice bounded by the broker's inflight window (we ack only once durable); this cap
-/// stops a flood of QoS 0 learn messages.
-pub const LEARN_QUEUE: u64 = 1024;
+use crate::daemon::intake::Intake;
+use crate::daemon::outbox::Outbox;
+use crate::daemon::shutdown::Shutdown;
+use crate::daemon::stats::{bump, Stats};
 
 /// Builds the client options for `broker` with adaptd's last will on `status_topic`.
 pub fn options(
@@ -110,6 +107,19 @@ pub fn tune(eventloop: &mut EventLoop) {
     eventloop.set_network_options(net);
 }
 
+/// The driver's view of the daemon.
+pub struct Driver {
+    pub client: AsyncClient,
+    pub intake: Intake,
+    pub outbox: Arc<Outbox>,
+    pub stats: Arc<Stats>,
+    pub shutdown: Shutdown,
+    /// adaptd's subscriptions (inputs and configured sources).
+    pub subscriptions: Vec<(String, QoS)>,
+    /// Reconnection backoff bounds.
+    pub backoff: (Duration, Duration),
+}
+
 /// What must reach the broker after each (re)connection. rumqttc's request queue can be full
 /// at that moment (acks and retained state queued before the outage was noticed), so what the
 /// queue does not take at once is retried every 100 ms by a task of its own (never by
@@ -122,27 +132,38 @@ struct AfterConnect {
     online: bool,
 }
 
+/// What [`AfterConnect`] needs, shareable with its retry task.
+#[derive(Clone)]
+struct Link {
+    client: AsyncClient,
+    outbox: Arc<Outbox>,
+    stats: Arc<Stats>,
+    shutdown: Shutdown,
+    subscriptions: Vec<(String, QoS)>,
+}
+
 impl AfterConnect {
     fn pending(&self) -> bool {
         self.subscribe || self.resubscribe_fleet || self.online
     }
 
     /// Tries what is still pending, in order (subscriptions before `online`).
-    fn flush(&mut self, shared: &Shared, subs: &[(String, QoS)]) {
+    fn flush(&mut self, link: &Link) {
         if self.subscribe {
-            let filters = subs
+            let filters = link
+                .subscriptions
                 .iter()
                 .map(|(t, q)| rumqttc::SubscribeFilter::new(t.clone(), *q));
-            if let Err(e) = shared.client.try_subscribe_many(filters) {
+            if let Err(e) = link.client.try_subscribe_many(filters) {
                 tracing::debug!("subscribe not queued yet ({e}); retrying");
                 return;
             }
             self.subscribe = false;
         }
         if self.resubscribe_fleet {
-            if let Some(f) = &shared.topics.fleet {
+            if let Some(f) = &link.outbox.topics.fleet {
                 let filter = format!("{}+", f.heads_prefix);
-                if let Err(e) = shared.client.try_subscribe(filter, QoS::AtLeastOnce) {
+                if let Err(e) = link.client.try_subscribe(filter, QoS::AtLeastOnce) {
                     tracing::debug!("fleet subscribe not queued yet ({e}); retrying");
                     return;
                 }
@@ -150,9 +171,11 @@ impl AfterConnect {
             self.resubscribe_fleet = false;
         }
         if self.online {
-            let status = &shared.topics.status;
-            if shared.stopping.load(Ordering::Relaxed)
-                || shared.publish(status, QoS::AtLeastOnce, true, b"online".to_vec())
+            let status = &link.outbox.topics.status;
+            if link.shutdown.is_triggered()
+                || link
+                    .outbox
+                    .publish(status, QoS::AtLeastOnce, true, b"online".to_vec())
             {
                 self.online = false;
             }
@@ -161,21 +184,20 @@ impl AfterConnect {
 
     /// Flushes now, and keeps retrying in a task while something is left and connection
     /// number `generation` is still up.
-    fn run(mut self, shared: &Arc<Shared>, subs: &[(String, QoS)], generation: u64) {
-        self.flush(shared, subs);
+    fn run(mut self, link: &Link, generation: u64) {
+        self.flush(link);
         if !self.pending() {
             return;
         }
         tracing::warn!("request queue full after connecting; retrying the subscription");
-        let (shared, subs) = (shared.clone(), subs.to_vec());
+        let link = link.clone();
         tokio::spawn(async move {
-            let current = |s: &Shared| {
-                s.connected.load(Ordering::Relaxed)
-                    && s.stats.connects.load(Ordering::Relaxed) == generation
+            let current = |l: &Link| {
+                l.outbox.is_connected() && l.stats.connects.load(Ordering::Relaxed) == generation
             };
-            while self.pending() && current(&shared) {
+            while self.pending() && current(&link) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                self.flush(&shared, &subs);
+                self.flush(&link);
             }
             if !self.pending() {
                 tracing::info!("subscribed and online after waiting for the request queue");
@@ -185,21 +207,31 @@ impl AfterConnect {
 }
 
 /// Polls the event loop until `client.disconnect()` has gone out (or the connection is lost
-/// while stopping). Forwards input messages; never does heavy work itself.
-pub async fn drive(
-    mut eventloop: EventLoop,
-    shared: Arc<Shared>,
-    learner: Sender<LearnerMsg>,
-    backoff: (Duration, Duration),
-) {
-    let topics: Topics = shared.topics.clone();
-    let subs = topics.subscriptions(&shared.settings.sources);
+/// while stopping). Hands inbound messages to the intake; never does heavy work itself.
+pub async fn drive(mut eventloop: EventLoop, driver: Driver) {
+    let Driver {
+        client,
+        intake,
+        outbox,
+        stats,
+        shutdown,
+        subscriptions,
+        backoff,
+    } = driver;
+    let link = Link {
+        client,
+        outbox: outbox.clone(),
+        stats: stats.clone(),
+        shutdown: shutdown.clone(),
+        subscriptions,
+    };
+    let has_fleet = outbox.topics.fleet.is_some();
     let mut backoff = Backoff::new(backoff.0, backoff.1);
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                bump(&shared.stats.connects);
-                shared.connected.store(true, Ordering::Relaxed);
+                bump(&stats.connects);
+                outbox.set_connected(true);
                 backoff.reset();
                 tracing::info!(session_present = ack.session_present, "connected to broker");
                 let after = AfterConnect {
@@ -208,77 +240,27 @@ pub async fn drive(
                     // A stored session does not replay retained messages, and a restarted
                     // process has no peer heads: subscribing again makes the broker send every
                     // peer's retained head (unchanged ones are no-ops).
-                    resubscribe_fleet: ack.session_present && topics.fleet.is_some(),
+                    resubscribe_fleet: ack.session_present && has_fleet,
                     online: true,
                 };
-                after.run(
-                    &shared,
-                    &subs,
-                    shared.stats.connects.load(Ordering::Relaxed),
-                );
+                after.run(&link, stats.connects.load(Ordering::Relaxed));
             }
-            Ok(Event::Incoming(Packet::Publish(p))) => forward(&shared, &learner, p),
+            Ok(Event::Incoming(Packet::Publish(p))) => intake.accept(p),
             Ok(Event::Outgoing(Outgoing::Disconnect)) => {
-                shared.connected.store(false, Ordering::Relaxed);
+                outbox.set_connected(false);
                 return;
             }
             Ok(_) => {}
             Err(e) => {
-                shared.connected.store(false, Ordering::Relaxed);
-                bump(&shared.stats.connection_errors);
-                if shared.stopping.load(Ordering::Relaxed) {
+                outbox.set_connected(false);
+                bump(&stats.connection_errors);
+                if shutdown.is_triggered() {
                     tracing::info!("connection closed while stopping: {e}");
                     return;
                 }
                 let delay = backoff.next_delay();
                 tracing::warn!("broker connection: {e}; retrying in {delay:?}");
                 tokio::time::sleep(delay).await;
-            }
-        }
-    }
-}
-
-fn forward(shared: &Shared, learner: &Sender<LearnerMsg>, publish: rumqttc::Publish) {
-    if shared.stopping.load(Ordering::Relaxed) {
-        // Not acknowledged: a QoS 1 message is redelivered after the restart.
-        return;
-    }
-    let route = shared
-        .topics
-        .route(&publish.topic, &shared.settings.sources);
-    if route == Route::Ignore {
-        shared.ack(&publish);
-        return;
-    }
-    let job = |route| Job {
-        publish,
-        route,
-        received: Instant::now(),
-    };
-    match route {
-        Route::Infer => {
-            bump(&shared.stats.infer_received);
-            let j = job(Route::Infer);
-            // Inference is not durable work: acknowledge on receipt.
-            shared.ack(&j.publish);
-            if shared.infer_queue.push(j).is_some() {
-                bump(&shared.stats.infer_dropped);
-            }
-        }
-        route => {
-            let depth = shared.learn_depth.load(Ordering::Relaxed);
-            let j = job(route);
-            if depth >= LEARN_QUEUE && j.publish.qos == QoS::AtMostOnce {
-                shared.reply_error(
-                    &j.publish.topic,
-                    None,
-                    &crate::daemon::error::RequestError::Busy,
-                );
-                return;
-            }
-            shared.learn_depth.fetch_add(1, Ordering::Relaxed);
-            if learner.send(LearnerMsg::Job(j)).is_err() {
-                tracing::error!("learner is gone; message left unacknowledged");
             }
         }
     }

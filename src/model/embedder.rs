@@ -1,4 +1,5 @@
-//! Payload → embedding: a preprocessor and a backbone loaded from one model directory.
+//! The one payload → embedding path: a model directory's preprocessing plus its backbone. The
+//! daemon's workers, the CLI and `adaptd eval` all embed through [`Embedder::embed`].
 
 use crate::model::backbone::{Backbone, BackboneError, Outputs};
 use crate::model::input::{InputError, Preprocessor};
@@ -24,6 +25,17 @@ impl EmbedError {
             EmbedError::Backbone(e) => e.code(),
         }
     }
+}
+
+/// An input as a request carries it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// A payload of any supported kind: JPEG, PNG, raw little-endian f32, a JSON array.
+    Payload(bytes::Bytes),
+    /// Image bytes (JPEG/PNG), e.g. from a JSON request's base64 `image`.
+    Image(Vec<u8>),
+    /// Tensor values, e.g. from a JSON request's `tensor`.
+    Tensor(Vec<f64>),
 }
 
 /// The model directory's preprocessing plus its backbone.
@@ -59,15 +71,33 @@ impl Embedder {
         })
     }
 
-    /// Decodes a payload of any supported kind and embeds it.
-    pub fn embed_payload(&self, bytes: &[u8]) -> Result<Vec<f32>, EmbedError> {
-        let tensor = self.preprocessor.decode(bytes)?;
+    fn tensor(&self, input: &Input) -> Result<Vec<f32>, InputError> {
+        match input {
+            Input::Payload(bytes) => self.preprocessor.decode(bytes),
+            Input::Image(bytes) => self.preprocessor.from_image_bytes(bytes),
+            Input::Tensor(values) => self.preprocessor.from_values(values),
+        }
+    }
+
+    /// Decodes and preprocesses an input and embeds it.
+    pub fn embed(&self, input: &Input) -> Result<Vec<f32>, EmbedError> {
+        let tensor = self.tensor(input)?;
         Ok(self.backbone.embed(&tensor)?)
     }
 
-    /// Decodes a payload and returns the embedding and logits.
-    pub fn run_payload(&self, bytes: &[u8]) -> Result<Outputs, EmbedError> {
-        let tensor = self.preprocessor.decode(bytes)?;
+    /// Like [`embed`](Self::embed), returning the logits too (a model loaded `with_logits`).
+    pub fn run(&self, input: &Input) -> Result<Outputs, EmbedError> {
+        let tensor = self.tensor(input)?;
         Ok(self.backbone.run(&tensor)?)
+    }
+
+    /// [`embed`](Self::embed) of a raw payload (the CLI's files, `eval`'s images).
+    pub fn embed_payload(&self, bytes: &[u8]) -> Result<Vec<f32>, EmbedError> {
+        self.embed(&Input::Payload(bytes::Bytes::copy_from_slice(bytes)))
+    }
+
+    /// [`run`](Self::run) of a raw payload.
+    pub fn run_payload(&self, bytes: &[u8]) -> Result<Outputs, EmbedError> {
+        self.run(&Input::Payload(bytes::Bytes::copy_from_slice(bytes)))
     }
 }

@@ -7,5 +7,5 @@ pub mod input;
 pub mod latency;
 pub mod spec;
 
-pub use embedder::{EmbedError, Embedder};
+pub use embedder::{EmbedError, Embedder, Input};
 pub use spec::{ModelDir, ModelError, ModelSpec, MODEL_TOML, SHIPPED_MODEL};

@@ -1,0 +1,61 @@
+//! Where an inbound message enters the daemon: routed by topic, acknowledged at once when it is
+//! not durable work (inference, ignored topics), and queued for the workers. Runs on the MQTT
+//! driver's task, so it never blocks.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use rumqttc::Publish;
+
+use crate::config::SourceSettings;
+use crate::daemon::error::RequestError;
+use crate::daemon::outbox::Outbox;
+use crate::daemon::queue::{Job, Refused, WorkQueue};
+use crate::daemon::shutdown::Shutdown;
+use crate::daemon::stats::{bump, Stats};
+use crate::daemon::topics::Route;
+
+/// The intake.
+pub struct Intake {
+    pub sources: Vec<SourceSettings>,
+    pub queue: Arc<WorkQueue>,
+    pub outbox: Arc<Outbox>,
+    pub stats: Arc<Stats>,
+    pub shutdown: Shutdown,
+}
+
+impl Intake {
+    /// Takes one inbound message.
+    pub fn accept(&self, publish: Publish) {
+        if self.shutdown.is_triggered() {
+            // Not acknowledged: a QoS 1 message is redelivered after the restart.
+            return;
+        }
+        let route = self.outbox.topics.route(&publish.topic, &self.sources);
+        let job = |route| Job {
+            publish,
+            route,
+            received: Instant::now(),
+        };
+        match route {
+            Route::Ignore => self.outbox.ack(&job(Route::Ignore).publish),
+            Route::Infer => {
+                bump(&self.stats.infer_received);
+                let j = job(Route::Infer);
+                // Inference is not durable work: acknowledge on receipt.
+                self.outbox.ack(&j.publish);
+                if let Ok(Some(_)) = self.queue.push_infer(j) {
+                    bump(&self.stats.infer_dropped);
+                }
+            }
+            route => match self.queue.push_learner(job(route)) {
+                Ok(_) => {}
+                Err((Refused::Busy, j)) => {
+                    self.outbox
+                        .refuse(&j.publish.topic, None, &RequestError::Busy)
+                }
+                Err((Refused::Closed, _)) => {}
+            },
+        }
+    }
+}

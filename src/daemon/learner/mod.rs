@@ -1,0 +1,454 @@
+//! The learner: one thread that owns the head, the stored samples, the state directory and the
+//! fleet peers. It receives labeled embeddings and commands from the workers, puts them back in
+//! arrival order, commits samples durably (WAL fsync before the MQTT ack), runs commands,
+//! snapshots, refreshes the prediction snapshot and publishes heads, info and stats. It holds
+//! no backbone and no network client: its unit tests feed it synthetic embeddings.
+
+mod commands;
+mod order;
+#[cfg(test)]
+mod tests;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rumqttc::{Publish, QoS};
+use serde_json::json;
+
+use crate::adapt::handle::AdaptHandle;
+use crate::cbor::{Bytes, F32s};
+use crate::config::Settings;
+use crate::daemon::error::RequestError;
+use crate::daemon::outbox::Outbox;
+use crate::daemon::queue::WorkQueue;
+use crate::daemon::reply::{BackboneSummary, HeadSummary, Info, Learned};
+use crate::daemon::request::{Command, MAX_HEAD_BYTES};
+use crate::daemon::serving::PredictorSlot;
+use crate::daemon::stats::{bump, Stats};
+use crate::fleet::{Accepted, FleetState};
+use crate::head::{Expect, Head};
+use crate::state::recovery::{Dedup, Restored};
+use crate::state::samples::SampleStore;
+use crate::state::store::{LearnRecord, SnapshotData, Store};
+
+pub use order::InOrder;
+
+/// Most steps applied per turn (samples among them are committed with one fsync).
+const BATCH: usize = 64;
+/// Format tag of snapshots.
+const SNAPSHOT_FORMAT: &str = "adaptd-state-1";
+
+/// One learner-bound message, prepared by a worker, with its place in arrival order.
+#[derive(Debug)]
+pub struct Step {
+    /// Arrival order, from the work queue.
+    pub seq: u64,
+    /// The message, acknowledged by the learner once its effect is durable.
+    pub publish: Publish,
+    pub work: Work,
+}
+
+/// What a step asks of the learner.
+#[derive(Debug)]
+pub enum Work {
+    /// A labeled embedding from `learn` or `feedback`.
+    Sample(Sample),
+    /// A learn or feedback message that cannot succeed: answered and acknowledged in order.
+    Refused {
+        id: Option<String>,
+        error: RequestError,
+    },
+    /// A command on `{root}/cmd/<name>`, parsed (or not) by the worker.
+    Command(Result<Command, RequestError>),
+    /// A fleet peer's signed head, with the peer's device id.
+    Peer(String),
+    /// The worker failed to prepare the message: left unacknowledged, so it is redelivered.
+    Lost,
+}
+
+/// A labeled embedding ready to commit.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub id: String,
+    pub label: String,
+    pub embedding: Vec<f32>,
+    /// Recognises a broker's redelivery of the same message ([`crate::daemon::workers`]).
+    pub key: [u8; 16],
+}
+
+/// What the learner shares with the rest of the daemon.
+pub struct Context {
+    pub settings: Settings,
+    pub backbone: BackboneSummary,
+    pub outbox: Arc<Outbox>,
+    pub predictor: Arc<PredictorSlot>,
+    pub adapt: Arc<AdaptHandle>,
+    pub queue: Arc<WorkQueue>,
+    pub stats: Arc<Stats>,
+}
+
+/// The learner's state.
+pub struct Learner {
+    ctx: Context,
+    head: Head,
+    samples: SampleStore,
+    store: Store,
+    dedup: Dedup,
+    /// Fleet identity and peers (the key exists even without a group).
+    fleet: FleetState,
+    since_snapshot: u64,
+    unpublished: u64,
+    head_dirty: bool,
+    predictor_stale: bool,
+    last_publish: Instant,
+    last_refresh: Instant,
+    last_refresh_cost: Duration,
+    last_stats: Instant,
+    /// Incremented on every loop turn and step: the watchdog checks it moves.
+    pub heartbeat: Arc<AtomicU64>,
+}
+
+impl Learner {
+    /// A learner over restored state.
+    pub fn new(ctx: Context, restored: Restored, store: Store, fleet: FleetState) -> Learner {
+        let now = Instant::now();
+        Learner {
+            ctx,
+            head: restored.head,
+            samples: restored.samples,
+            store,
+            dedup: restored.dedup,
+            fleet,
+            since_snapshot: 0,
+            unpublished: 0,
+            head_dirty: true,
+            predictor_stale: true,
+            last_publish: now - Duration::from_secs(3600),
+            last_refresh: now,
+            last_refresh_cost: Duration::ZERO,
+            last_stats: now,
+            heartbeat: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The thread body: applies steps in arrival order until every sender is gone (the
+    /// workers end after shutdown, having handed over all they took), then snapshots and
+    /// publishes.
+    pub fn run(mut self, rx: Receiver<Step>) {
+        self.refresh_predictor();
+        self.publish_head_and_info();
+        let mut order = InOrder::default();
+        let mut open = true;
+        while open {
+            self.heartbeat.fetch_add(1, Ordering::Relaxed);
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(step) => order.insert(step),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => open = false,
+            }
+            while let Ok(step) = rx.try_recv() {
+                order.insert(step);
+            }
+            loop {
+                let ready = order.take_ready(BATCH);
+                if ready.is_empty() {
+                    break;
+                }
+                self.apply(ready);
+            }
+            self.housekeeping(!open);
+        }
+        if !order.is_empty() {
+            // Only a step lost by a worker leaves a gap; what follows it was never acked.
+            tracing::error!(
+                waiting = order.len(),
+                "learner stopped with messages after a gap"
+            );
+        }
+        if let Err(e) = self.snapshot() {
+            tracing::error!("final snapshot failed: {e:#}");
+        }
+        self.refresh_predictor();
+        self.publish_head_and_info();
+    }
+
+    /// Applies steps given in arrival order: consecutive samples are committed with one fsync;
+    /// a command or peer head sees every sample that arrived before it.
+    pub fn apply(&mut self, steps: Vec<Step>) {
+        let mut pending: Vec<(Publish, Sample)> = Vec::new();
+        for step in steps {
+            // Progress per message, not per batch: a long backlog must not starve the watchdog.
+            self.heartbeat.fetch_add(1, Ordering::Relaxed);
+            self.ctx.queue.learner_done();
+            let publish = step.publish;
+            match step.work {
+                Work::Sample(s) => {
+                    if publish.dup && self.dedup.contains(&s.key) {
+                        bump(&self.ctx.stats.duplicates);
+                        self.ctx.outbox.ack(&publish);
+                    } else {
+                        pending.push((publish, s));
+                    }
+                }
+                Work::Refused { id, error } => {
+                    // A message that can never succeed is acknowledged: redelivering it forever
+                    // would help nobody.
+                    self.ctx
+                        .outbox
+                        .refuse(&publish.topic, id.as_deref(), &error);
+                    self.ctx.outbox.ack(&publish);
+                }
+                Work::Command(cmd) => {
+                    self.commit(std::mem::take(&mut pending));
+                    self.command(&publish, cmd);
+                }
+                Work::Peer(peer) => {
+                    self.commit(std::mem::take(&mut pending));
+                    self.peer_head(&peer, &publish);
+                }
+                Work::Lost => {}
+            }
+        }
+        self.commit(pending);
+    }
+
+    /// Logs the batch durably, acknowledges it, then learns it.
+    fn commit(&mut self, batch: Vec<(Publish, Sample)>) {
+        if batch.is_empty() {
+            return;
+        }
+        let mut records = Vec::with_capacity(batch.len());
+        let mut sources = Vec::with_capacity(batch.len());
+        for (publish, s) in batch {
+            records.push(LearnRecord {
+                seq: self.store.next_seq(),
+                label: s.label,
+                embedding: F32s(s.embedding),
+                key: Some(s.key),
+            });
+            sources.push((publish, s.id));
+        }
+        if let Err(e) = self.store.append(&records) {
+            // Not durable: no ack, so the broker redelivers after a restart.
+            tracing::error!("write-ahead log append failed: {e}");
+            for (publish, id) in &sources {
+                self.ctx.outbox.refuse(
+                    &publish.topic,
+                    Some(id),
+                    &RequestError::Storage(std::io::Error::new(e.kind(), e.to_string())),
+                );
+            }
+            return;
+        }
+        let predictor = self.ctx.predictor.get();
+        for (r, (publish, id)) in records.iter().zip(sources) {
+            self.ctx.outbox.ack(&publish);
+            let x = &r.embedding.0;
+            if !predictor.is_empty() {
+                if let Ok(pred) = predictor.predict(x, 1) {
+                    bump(&self.ctx.stats.prequential_total);
+                    if pred.top.first().is_some_and(|s| s.label == r.label) {
+                        bump(&self.ctx.stats.prequential_correct);
+                    }
+                }
+            }
+            if let Err(e) = self.head.update(x, &r.label) {
+                // The record is in the WAL but the head refused it (e.g. class limit): the
+                // replay refuses it the same way. Report it.
+                self.ctx
+                    .outbox
+                    .refuse(&publish.topic, Some(&id), &RequestError::Head(e));
+                continue;
+            }
+            self.samples.add(&r.label, x);
+            if let Some(k) = r.key {
+                self.dedup.insert(k);
+            }
+            bump(&self.ctx.stats.learned);
+            self.since_snapshot += 1;
+            self.unpublished += 1;
+            self.head_dirty = true;
+            self.predictor_stale = true;
+            let samples = self.head.class_stats(&r.label).map_or(0, |c| c.count());
+            self.ctx.outbox.reply(
+                &self.ctx.outbox.topics.learned,
+                &Learned {
+                    id: &id,
+                    label: &r.label,
+                    samples,
+                    head_version: self.head.version(),
+                },
+            );
+        }
+        if self.since_snapshot >= self.ctx.settings.state.snapshot_every_samples {
+            if let Err(e) = self.snapshot() {
+                tracing::error!("snapshot failed: {e:#}");
+            }
+        }
+    }
+
+    fn snapshot(&mut self) -> std::io::Result<()> {
+        let head = self
+            .head
+            .to_bytes()
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let data = SnapshotData {
+            format: SNAPSHOT_FORMAT.into(),
+            last_seq: self.store.last_seq(),
+            head: Bytes(head),
+            samples: Bytes(self.samples.to_bytes()),
+            dedup: self.dedup.keys().copied().collect(),
+        };
+        self.store.snapshot(&data, self.head.version())?;
+        self.since_snapshot = 0;
+        Ok(())
+    }
+
+    fn refresh_predictor(&mut self) {
+        let started = Instant::now();
+        let full = self.ctx.adapt.wants_covariance();
+        if self.fleet.peers.heads.is_empty() {
+            self.ctx.predictor.set(self.head.snapshot());
+            self.ctx
+                .adapt
+                .set_source(crate::adapt::Source::of(&self.head, full));
+        } else {
+            // Predict with the fleet head: local statistics merged with every peer's.
+            let fleet = self.fleet.peers.fleet_head(&self.head);
+            self.ctx.predictor.set(fleet.snapshot());
+            self.ctx
+                .adapt
+                .set_source(crate::adapt::Source::of(&fleet, full));
+        }
+        self.last_refresh_cost = started.elapsed();
+        self.last_refresh = Instant::now();
+        self.predictor_stale = false;
+    }
+
+    fn publish_head_and_info(&mut self) {
+        let outbox = &self.ctx.outbox;
+        match self.head.to_bytes() {
+            Ok(bytes) => {
+                if !outbox.publish(&outbox.topics.head, QoS::AtLeastOnce, true, bytes) {
+                    return; // stays dirty: retried on the next turn
+                }
+            }
+            Err(e) => tracing::error!("cannot encode head: {e}"),
+        }
+        if let Some(f) = &outbox.topics.fleet {
+            let device = &self.ctx.settings.device_id;
+            match self
+                .fleet
+                .identity
+                .seal(device, &self.fleet.config.group, &self.head)
+            {
+                Ok(env) => {
+                    if !outbox.publish(&f.mine, QoS::AtLeastOnce, true, env) {
+                        return;
+                    }
+                }
+                Err(e) => tracing::error!("cannot seal the fleet head: {e}"),
+            }
+        }
+        if outbox.retain(&outbox.topics.info, &self.info()) {
+            self.head_dirty = false;
+            self.unpublished = 0;
+            self.last_publish = Instant::now();
+        }
+    }
+
+    /// The `{root}/info` document.
+    fn info(&self) -> Info<'_> {
+        Info {
+            adaptd: env!("CARGO_PKG_VERSION"),
+            device_id: &self.ctx.settings.device_id,
+            root: &self.ctx.outbox.topics.root,
+            backbone: &self.ctx.backbone,
+            head: HeadSummary {
+                algorithm: self.head.algorithm(),
+                version: self.head.version(),
+                samples: self.head.samples(),
+                classes: self.head.classes(),
+            },
+            stored_samples: self.samples.len(),
+            adapt: self.ctx.adapt.status_json(),
+            fleet: self.fleet.info(),
+        }
+    }
+
+    /// What a head file must match: this backbone, its embedding size.
+    fn expect(&self) -> Expect<'_> {
+        Expect {
+            backbone_sha256: Some(&self.ctx.backbone.sha256),
+            dim: Some(self.ctx.backbone.embedding_dim),
+            max_bytes: MAX_HEAD_BYTES,
+        }
+    }
+
+    /// A fleet peer's signed head: verified, then merged into the prediction head.
+    fn peer_head(&mut self, peer: &str, publish: &Publish) {
+        let sha = self.ctx.backbone.sha256.clone();
+        let expect = Expect {
+            backbone_sha256: Some(&sha),
+            dim: Some(self.ctx.backbone.embedding_dim),
+            max_bytes: MAX_HEAD_BYTES,
+        };
+        match self
+            .fleet
+            .on_peer(peer, &publish.payload, &expect, self.head.algorithm())
+        {
+            Ok(Accepted::Updated) => {
+                tracing::info!(peer, "fleet head updated");
+                self.head_dirty = true;
+                // Predictions follow peers at once, not at the next duty-cycle slot.
+                self.refresh_predictor();
+            }
+            Ok(Accepted::Unchanged) => {}
+            Err(e) => {
+                tracing::warn!(peer, "rejected fleet head: {e}");
+                self.ctx
+                    .outbox
+                    .refuse(&publish.topic, None, &RequestError::Fleet(e));
+            }
+        }
+        self.ctx.outbox.ack(publish);
+    }
+
+    fn housekeeping(&mut self, stopping: bool) {
+        let publish = self.ctx.settings.publish.clone();
+        if self.predictor_stale {
+            // Bound the time spent on (possibly O(d³)) snapshots to ~10% of the wall clock.
+            if stopping || self.last_refresh.elapsed() >= self.last_refresh_cost * 10 {
+                self.refresh_predictor();
+            }
+        }
+        let due = self.last_publish.elapsed() >= publish.head_interval
+            || self.unpublished >= publish.head_every_samples;
+        if self.head_dirty && due && !self.predictor_stale {
+            self.publish_head_and_info();
+        }
+        if self.last_stats.elapsed() >= publish.stats_interval {
+            self.last_stats = Instant::now();
+            let extra = json!({
+                "queues": {
+                    "infer": self.ctx.queue.infer_len(),
+                    "learn": self.ctx.queue.learner_depth(),
+                },
+                "head_version": self.head.version(),
+                "classes": self.head.classes().len(),
+                "stored_samples": self.samples.len(),
+                "stored_samples_bytes": self.samples.heap_bytes(),
+                "connected": self.ctx.outbox.is_connected(),
+                "adapt": self.ctx.adapt.status_json(),
+                "fleet": {
+                    "peers": self.fleet.peers.heads.len(),
+                    "rejected": self.fleet.peers.rejected,
+                },
+            });
+            let doc = self.ctx.stats.to_json(extra);
+            self.ctx.outbox.reply(&self.ctx.outbox.topics.stats, &doc);
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! What adaptd publishes, one serde type per topic: the fields `docs/mqtt-api.md` documents.
+//! `{root}/stats` is built by [`crate::daemon::stats`], `{root}/head` is the head file.
+
+use serde::Serialize;
+
+use crate::adapt::Method;
+use crate::head::{Algorithm, ClassInfo, Scored};
+use crate::model::Embedder;
+
+/// `{root}/prediction`.
+#[derive(Debug, Serialize)]
+pub struct Prediction<'a> {
+    pub id: String,
+    pub label: Option<&'a str>,
+    pub score: Option<f32>,
+    pub top: &'a [Scored],
+    pub head_version: u64,
+    /// The adaptation method applied, when a correction was active.
+    pub adapted: Option<Method>,
+    pub latency_ms: f64,
+    pub backbone_ms: f64,
+    /// The topic the input came in on.
+    pub source: &'a str,
+}
+
+/// `{root}/learned`.
+#[derive(Debug, Serialize)]
+pub struct Learned<'a> {
+    pub id: &'a str,
+    pub label: &'a str,
+    /// Samples the class holds now.
+    pub samples: u64,
+    pub head_version: u64,
+}
+
+/// `{root}/result`: a command that succeeded, with its command-specific fields.
+#[derive(Debug, Serialize)]
+pub struct CommandResult<'a, D: Serialize> {
+    pub command: &'a str,
+    pub ok: bool,
+    pub head_version: u64,
+    #[serde(flatten)]
+    pub detail: D,
+}
+
+/// `{root}/error`.
+#[derive(Debug, Serialize)]
+pub struct ErrorReply<'a> {
+    /// Stable, machine-readable.
+    pub code: &'static str,
+    /// For humans.
+    pub message: String,
+    /// The topic of the refused request.
+    pub topic: &'a str,
+    pub id: Option<&'a str>,
+}
+
+/// `{root}/drift` (retained).
+#[derive(Debug, Serialize)]
+pub struct Drift {
+    pub alarm: bool,
+    pub distance: Option<f64>,
+    pub threshold: f64,
+    pub target_samples: u64,
+    pub head_version: u64,
+    /// Unix seconds.
+    pub time: u64,
+}
+
+/// `{root}/info` (retained).
+#[derive(Debug, Serialize)]
+pub struct Info<'a> {
+    pub adaptd: &'static str,
+    pub device_id: &'a str,
+    pub root: &'a str,
+    pub backbone: &'a BackboneSummary,
+    pub head: HeadSummary,
+    pub stored_samples: usize,
+    pub adapt: serde_json::Value,
+    pub fleet: serde_json::Value,
+}
+
+/// The backbone part of `{root}/info`; fixed for the daemon's life.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackboneSummary {
+    pub name: String,
+    pub sha256: String,
+    pub input: InputSummary,
+    pub embedding_dim: usize,
+}
+
+/// The input a backbone expects.
+#[derive(Debug, Clone, Serialize)]
+pub struct InputSummary {
+    pub shape: Vec<usize>,
+    /// `nchw` or `nhwc`.
+    pub layout: String,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl BackboneSummary {
+    /// The summary of a loaded model.
+    pub fn of(embedder: &Embedder) -> BackboneSummary {
+        let b = embedder.backbone.info();
+        let spec = &embedder.model.spec.input;
+        BackboneSummary {
+            name: b.name.clone(),
+            sha256: b.sha256.clone(),
+            input: InputSummary {
+                shape: spec.shape.clone(),
+                layout: format!("{:?}", spec.layout).to_lowercase(),
+                mean: spec.mean,
+                std: spec.std,
+            },
+            embedding_dim: b.embedding_dim,
+        }
+    }
+}
+
+/// The head part of `{root}/info`.
+#[derive(Debug, Serialize)]
+pub struct HeadSummary {
+    pub algorithm: Algorithm,
+    pub version: u64,
+    pub samples: u64,
+    pub classes: Vec<ClassInfo>,
+}

@@ -1,0 +1,174 @@
+//! adaptd's topics under one root, the subscriptions, and the route of an inbound topic.
+
+use rumqttc::QoS;
+
+use crate::config::SourceSettings;
+
+/// adaptd's topics under one root.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    pub root: String,
+    pub infer: String,
+    pub learn: String,
+    pub learn_prefix: String,
+    pub feedback: String,
+    pub cmd_prefix: String,
+    pub prediction: String,
+    pub learned: String,
+    pub result: String,
+    pub head: String,
+    pub info: String,
+    pub status: String,
+    pub error: String,
+    pub stats: String,
+    pub drift: String,
+    /// Fleet topics, when `[fleet] group` is set.
+    pub fleet: Option<FleetTopics>,
+}
+
+/// The topics of one fleet group.
+#[derive(Debug, Clone)]
+pub struct FleetTopics {
+    /// `{prefix}/{group}/heads/` (+ device id: a board's signed local head, retained).
+    pub heads_prefix: String,
+    /// This board's signed head topic.
+    pub mine: String,
+    /// `{prefix}/{group}/cmd/`: group-wide commands (only `forget`).
+    pub cmd_prefix: String,
+}
+
+impl Topics {
+    /// The topics under `root`.
+    pub fn new(root: &str) -> Topics {
+        let t = |s: &str| format!("{root}/{s}");
+        Topics {
+            root: root.to_string(),
+            infer: t("infer"),
+            learn: t("learn"),
+            learn_prefix: t("learn/"),
+            feedback: t("feedback"),
+            cmd_prefix: t("cmd/"),
+            prediction: t("prediction"),
+            learned: t("learned"),
+            result: t("result"),
+            head: t("head"),
+            info: t("info"),
+            status: t("status"),
+            error: t("error"),
+            stats: t("stats"),
+            drift: t("drift"),
+            fleet: None,
+        }
+    }
+
+    /// Adds the fleet topics of `fleet` (if it names a group) for this device.
+    pub fn with_fleet(mut self, fleet: &crate::fleet::FleetConfig, device_id: &str) -> Topics {
+        if fleet.enabled() {
+            let base = format!("{}/{}", fleet.topic_prefix, fleet.group);
+            self.fleet = Some(FleetTopics {
+                heads_prefix: format!("{base}/heads/"),
+                mine: format!("{base}/heads/{device_id}"),
+                cmd_prefix: format!("{base}/cmd/"),
+            });
+        }
+        self
+    }
+
+    /// Subscriptions: adaptd's input topics and the configured sources.
+    pub fn subscriptions(&self, sources: &[SourceSettings]) -> Vec<(String, QoS)> {
+        let mut subs = vec![
+            (self.infer.clone(), QoS::AtLeastOnce),
+            (self.learn.clone(), QoS::AtLeastOnce),
+            (format!("{}+", self.learn_prefix), QoS::AtLeastOnce),
+            (self.feedback.clone(), QoS::AtLeastOnce),
+            (format!("{}+", self.cmd_prefix), QoS::AtLeastOnce),
+        ];
+        if let Some(f) = &self.fleet {
+            subs.push((format!("{}+", f.heads_prefix), QoS::AtLeastOnce));
+            subs.push((format!("{}forget", f.cmd_prefix), QoS::AtLeastOnce));
+        }
+        for s in sources {
+            let qos = if s.qos == 0 {
+                QoS::AtMostOnce
+            } else {
+                QoS::AtLeastOnce
+            };
+            subs.push((s.topic.clone(), qos));
+        }
+        subs
+    }
+
+    /// What a message on `topic` asks for.
+    pub fn route(&self, topic: &str, sources: &[SourceSettings]) -> Route {
+        if topic == self.infer {
+            return Route::Infer;
+        }
+        if topic == self.learn {
+            return Route::Learn(None);
+        }
+        if let Some(label) = topic.strip_prefix(&self.learn_prefix) {
+            return Route::Learn(Some(label.to_string()));
+        }
+        if topic == self.feedback {
+            return Route::Feedback;
+        }
+        if let Some(cmd) = topic.strip_prefix(&self.cmd_prefix) {
+            return Route::Command(cmd.to_string());
+        }
+        if let Some(f) = &self.fleet {
+            if topic == f.mine {
+                return Route::Ignore;
+            }
+            if let Some(peer) = topic.strip_prefix(&f.heads_prefix) {
+                return Route::Peer(peer.to_string());
+            }
+            if topic.strip_prefix(&f.cmd_prefix) == Some("forget") {
+                return Route::Command("forget".into());
+            }
+        }
+        if sources.iter().any(|s| rumqttc::matches(topic, &s.topic)) {
+            return Route::Infer;
+        }
+        Route::Ignore
+    }
+}
+
+/// Where an inbound message goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Infer,
+    /// Learn, with the label from the topic when there is one.
+    Learn(Option<String>),
+    Feedback,
+    Command(String),
+    /// A fleet peer's signed head, with the peer's device id.
+    Peer(String),
+    Ignore,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        let t = Topics::new("adaptd/cam");
+        let src = vec![SourceSettings {
+            topic: "frigate/+/snapshot".into(),
+            qos: 0,
+        }];
+        assert_eq!(t.route("adaptd/cam/infer", &src), Route::Infer);
+        assert_eq!(t.route("frigate/door/snapshot", &src), Route::Infer);
+        assert_eq!(
+            t.route("adaptd/cam/learn/cat", &src),
+            Route::Learn(Some("cat".into()))
+        );
+        assert_eq!(t.route("adaptd/cam/learn", &src), Route::Learn(None));
+        assert_eq!(t.route("adaptd/cam/feedback", &src), Route::Feedback);
+        assert_eq!(
+            t.route("adaptd/cam/cmd/forget", &src),
+            Route::Command("forget".into())
+        );
+        assert_eq!(t.route("adaptd/cam/prediction", &src), Route::Ignore);
+    }
+}

@@ -1,0 +1,304 @@
+//! The worker pool: OS threads that take tasks from the work queue. An inference request is
+//! decoded, embedded, adapted and predicted, and its prediction published; a learner-bound
+//! message is decoded and, for learn and feedback, embedded, then handed to the learner with
+//! its sequence number. All backbone work happens here.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rumqttc::Publish;
+use sha2::{Digest, Sha256};
+
+use crate::adapt::handle::AdaptHandle;
+use crate::daemon::error::RequestError;
+use crate::daemon::learner::{Sample, Step, Work};
+use crate::daemon::outbox::Outbox;
+use crate::daemon::queue::{Job, Task, WorkQueue};
+use crate::daemon::reply::Prediction;
+use crate::daemon::request::{check_size, parse_request, sniff_id, Command, MAX_FEEDBACK_BYTES};
+use crate::daemon::serving::{FeedbackRing, PredictorSlot};
+use crate::daemon::stats::{bump, Stats};
+use crate::daemon::topics::Route;
+use crate::head::validate_label;
+use crate::model::Embedder;
+
+/// What every worker shares.
+pub struct Workers {
+    pub embedder: Arc<Embedder>,
+    pub queue: Arc<WorkQueue>,
+    pub predictor: Arc<PredictorSlot>,
+    pub adapt: Arc<AdaptHandle>,
+    pub ring: FeedbackRing,
+    pub outbox: Arc<Outbox>,
+    pub stats: Arc<Stats>,
+    /// Prefix of generated request ids (the device id).
+    pub device_id: String,
+    pub max_payload_bytes: usize,
+    pub top_k: usize,
+    next_id: AtomicU64,
+}
+
+/// A request that failed, with the id to answer with.
+type Failed = (Option<String>, RequestError);
+
+/// The key that recognises a broker's redelivery (DUP) of a message already learned: topic and
+/// payload. Not the packet identifier: mosquitto renumbers in-flight messages when it restores
+/// sessions from its persistence file after a restart (tests/daemon.rs
+/// `broker_restart_mid_stream_loses_nothing` learned a message twice with it). The price: an
+/// identical message sent again on purpose is dropped if, and only if, it arrives as a DUP
+/// redelivery while the first copy's key is still among the recent keys (docs/design.md).
+pub fn message_key(p: &Publish) -> [u8; 16] {
+    let mut h = Sha256::new();
+    h.update(p.topic.as_bytes());
+    h.update([0]);
+    h.update(&p.payload);
+    let d = h.finalize();
+    let mut k = [0u8; 16];
+    k.copy_from_slice(&d[..16]);
+    k
+}
+
+impl Workers {
+    /// The shared part of a pool.
+    pub fn new(
+        embedder: Arc<Embedder>,
+        queue: Arc<WorkQueue>,
+        predictor: Arc<PredictorSlot>,
+        adapt: Arc<AdaptHandle>,
+        outbox: Arc<Outbox>,
+        stats: Arc<Stats>,
+        settings: &crate::config::Settings,
+    ) -> Workers {
+        Workers {
+            embedder,
+            queue,
+            predictor,
+            adapt,
+            ring: FeedbackRing::new(settings.service.feedback_ring),
+            outbox,
+            stats,
+            device_id: settings.device_id.clone(),
+            max_payload_bytes: settings.service.max_payload_bytes,
+            top_k: settings.publish.top_k,
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// A fresh request id (for requests that carry none).
+    fn new_id(&self) -> String {
+        format!(
+            "{}-{}",
+            self.device_id,
+            self.next_id.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// One worker thread: takes tasks until the queue is closed and drained.
+    pub fn run(&self, learner: Sender<Step>) {
+        while let Some(task) = self.queue.pop() {
+            match task {
+                Task::Infer(job) => self.infer(job),
+                Task::Learner { seq, job } => {
+                    let publish = job.publish.clone();
+                    // Whatever happens while preparing, the learner gets this sequence number,
+                    // or it would wait for it forever.
+                    let work = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        self.prepare(job)
+                    }))
+                    .unwrap_or_else(|_| {
+                        tracing::error!(topic = %publish.topic, "preparing a message panicked");
+                        Work::Lost
+                    });
+                    if learner.send(Step { seq, publish, work }).is_err() {
+                        tracing::error!("learner is gone; message left unacknowledged");
+                    }
+                }
+            }
+        }
+    }
+
+    fn infer(&self, job: Job) {
+        let topic = &job.publish.topic;
+        match self.predict(&job) {
+            Ok(()) => {
+                bump(&self.stats.infer_done);
+                self.stats
+                    .latency
+                    .push(job.received.elapsed().as_secs_f64() * 1e3);
+            }
+            Err((id, e)) => self.outbox.refuse(topic, id.as_deref(), &e),
+        }
+    }
+
+    fn predict(&self, job: &Job) -> Result<(), Failed> {
+        let payload = &job.publish.payload;
+        check_size(payload, self.max_payload_bytes).map_err(|e| (None, e))?;
+        let req = parse_request(payload).map_err(|e| (sniff_id(payload), e))?;
+        let id = req.id.clone();
+        let fail = |e: RequestError| (id.clone(), e);
+        let input = req
+            .input
+            .as_ref()
+            .ok_or_else(|| fail(RequestError::BadRequest("no image or tensor".into())))?;
+        let started = Instant::now();
+        let embedding = self.embedder.embed(input).map_err(|e| fail(e.into()))?;
+        let backbone_ms = started.elapsed().as_secs_f64() * 1e3;
+        self.stats.backbone.push(backbone_ms);
+        let predictor = self.predictor.get();
+        if predictor.is_empty() {
+            return Err(fail(RequestError::NoClasses {
+                root: self.outbox.topics.root.clone(),
+            }));
+        }
+        let adapted = self.adapt.snapshot();
+        let prediction = adapted
+            .predict(&predictor, &embedding, self.top_k)
+            .map_err(|e| fail(e.into()))?;
+        let id = id.unwrap_or_else(|| self.new_id());
+        // The raw embedding is what feedback learns from and what adaptation observes.
+        let embedding = Arc::new(embedding);
+        self.ring.insert(id.clone(), embedding.clone());
+        self.adapt.offer(embedding);
+        let best = prediction.top.first();
+        self.outbox.reply(
+            &self.outbox.topics.prediction,
+            &Prediction {
+                id,
+                label: best.map(|s| s.label.as_str()),
+                score: best.map(|s| s.score),
+                top: &prediction.top,
+                head_version: predictor.version(),
+                adapted: adapted.is_active().then_some(adapted.method),
+                latency_ms: job.received.elapsed().as_secs_f64() * 1e3,
+                backbone_ms,
+                source: &job.publish.topic,
+            },
+        );
+        Ok(())
+    }
+
+    /// Turns a learner-bound message into what the learner applies.
+    fn prepare(&self, job: Job) -> Work {
+        let payload = &job.publish.payload;
+        let refused = |error| Work::Refused {
+            id: sniff_id(payload),
+            error,
+        };
+        match job.route {
+            Route::Learn(label) => {
+                bump(&self.stats.learn_received);
+                match self.learn_sample(&job.publish, label) {
+                    Ok(s) => Work::Sample(s),
+                    Err(e) => refused(e),
+                }
+            }
+            Route::Feedback => {
+                bump(&self.stats.learn_received);
+                match self.feedback_sample(&job.publish) {
+                    Ok(s) => Work::Sample(s),
+                    Err(e) => refused(e),
+                }
+            }
+            Route::Command(name) => Work::Command(Command::parse(&name, payload)),
+            Route::Peer(peer) => Work::Peer(peer),
+            Route::Infer | Route::Ignore => Work::Lost,
+        }
+    }
+
+    fn learn_sample(
+        &self,
+        publish: &Publish,
+        topic_label: Option<String>,
+    ) -> Result<Sample, RequestError> {
+        check_size(&publish.payload, self.max_payload_bytes)?;
+        let req = parse_request(&publish.payload)?;
+        let label = match (topic_label, req.label) {
+            (Some(_), Some(_)) => {
+                return Err(RequestError::BadRequest(
+                    "label given in both topic and payload".into(),
+                ))
+            }
+            (Some(l), None) | (None, Some(l)) => l,
+            (None, None) => {
+                return Err(RequestError::BadRequest(format!(
+                    "no label: publish to {}/learn/<label> or give \"label\" in JSON",
+                    self.outbox.topics.root
+                )))
+            }
+        };
+        validate_label(&label)?;
+        let input = req
+            .input
+            .ok_or_else(|| RequestError::BadRequest("no image or tensor".into()))?;
+        let embedding = self.embedder.embed(&input)?;
+        Ok(Sample {
+            id: req.id.unwrap_or_else(|| self.new_id()),
+            label,
+            embedding,
+            key: message_key(publish),
+        })
+    }
+
+    fn feedback_sample(&self, publish: &Publish) -> Result<Sample, RequestError> {
+        check_size(&publish.payload, MAX_FEEDBACK_BYTES)?;
+        if publish.payload.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(RequestError::BadJson(
+                "feedback is a JSON object {\"id\": …, \"label\": …}".into(),
+            ));
+        }
+        let req = parse_request(&publish.payload)?;
+        if req.input.is_some() {
+            return Err(RequestError::BadRequest(
+                "feedback carries only id and label".into(),
+            ));
+        }
+        let id = req
+            .id
+            .ok_or_else(|| RequestError::BadRequest("feedback needs the prediction id".into()))?;
+        let label = req
+            .label
+            .ok_or_else(|| RequestError::BadRequest("feedback needs a label".into()))?;
+        validate_label(&label)?;
+        let embedding = self
+            .ring
+            .get(&id)
+            .ok_or_else(|| RequestError::UnknownId(id.clone()))?;
+        Ok(Sample {
+            id,
+            label,
+            embedding: embedding.as_ref().clone(),
+            key: message_key(publish),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rumqttc::QoS;
+
+    fn publish(topic: &str, pkid: u16, payload: &[u8]) -> Publish {
+        let mut p = Publish::new(topic, QoS::AtLeastOnce, payload.to_vec());
+        p.pkid = pkid;
+        p
+    }
+
+    #[test]
+    fn redelivery_keys_depend_on_topic_and_payload_only() {
+        let first = publish("adaptd/a/learn/cat", 7, b"jpeg bytes");
+        // A redelivery, even renumbered by a restarted broker, has the same key.
+        let mut redelivered = publish("adaptd/a/learn/cat", 9, b"jpeg bytes");
+        redelivered.dup = true;
+        assert_eq!(message_key(&first), message_key(&redelivered));
+        assert_ne!(
+            message_key(&first),
+            message_key(&publish("adaptd/a/learn/dog", 7, b"jpeg bytes"))
+        );
+        assert_ne!(
+            message_key(&first),
+            message_key(&publish("adaptd/a/learn/cat", 7, b"other bytes"))
+        );
+    }
+}
