@@ -185,7 +185,10 @@ impl Learner {
             let publish = step.publish;
             match step.work {
                 Work::Sample(s) => {
-                    if publish.dup && self.dedup.contains(&s.key) {
+                    let seen = |k: &[u8; 16]| {
+                        self.dedup.contains(k) || pending.iter().any(|(_, p)| p.key == *k)
+                    };
+                    if publish.dup && seen(&s.key) {
                         bump(&self.ctx.stats.duplicates);
                         self.ctx.outbox.ack(&publish);
                     } else {

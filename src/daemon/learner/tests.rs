@@ -1,1 +1,392 @@
+//! The learner's unit tests: synthetic 4-d embeddings, a real state directory, a recording
+//! transport instead of a broker, no model.
 
+use std::sync::Arc;
+
+use rumqttc::{Publish, QoS};
+
+use super::*;
+use crate::adapt::handle::{AdaptHandle, Msg};
+use crate::daemon::outbox::{Outbox, Recorder};
+use crate::daemon::queue::WorkQueue;
+use crate::daemon::reply::{BackboneSummary, InputSummary};
+use crate::daemon::request::Command;
+use crate::daemon::serving::PredictorSlot;
+use crate::daemon::shutdown::Shutdown;
+use crate::daemon::stats::Stats;
+use crate::daemon::topics::Topics;
+use crate::daemon::workers::message_key;
+use crate::head::{Algorithm, Head, HeadConfig};
+use crate::state::recovery::restore;
+use crate::state::store::Store;
+
+const SHA: &str = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
+const DIM: usize = 4;
+const ROOT: &str = "adaptd/t";
+
+struct Rig {
+    learner: Learner,
+    rec: Arc<Recorder>,
+    stats: Arc<Stats>,
+    predictor: Arc<PredictorSlot>,
+    dir: tempfile::TempDir,
+    seq: u64,
+    _adapt_rx: std::sync::mpsc::Receiver<Msg>,
+}
+
+fn settings(dir: &std::path::Path) -> Settings {
+    let env = [
+        ("ADAPTD_STATE_DIR", dir.display().to_string()),
+        ("ADAPTD_DEVICE_ID", "t".to_string()),
+    ];
+    Settings::from_parts(
+        None,
+        "test",
+        env.into_iter().map(|(k, v)| (k.to_string(), v)),
+    )
+    .expect("settings")
+}
+
+fn backbone() -> BackboneSummary {
+    BackboneSummary {
+        name: "synthetic".into(),
+        sha256: SHA.into(),
+        input: InputSummary {
+            shape: vec![1, DIM],
+            layout: "nchw".into(),
+            mean: [0.0; 3],
+            std: [1.0; 3],
+        },
+        embedding_dim: DIM,
+    }
+}
+
+/// A learner over the state directory `dir` (made when `None`), as the daemon builds it.
+fn rig_in(dir: Option<tempfile::TempDir>) -> Rig {
+    let dir = dir.unwrap_or_else(|| tempfile::tempdir().expect("tempdir"));
+    let settings = settings(dir.path());
+    let (store, rec) = Store::open(dir.path(), settings.state.keep_heads).expect("store");
+    let restored = restore(
+        rec,
+        &settings.head,
+        DIM,
+        SHA,
+        settings.state.samples_max_bytes,
+    )
+    .expect("restore");
+    let recorder = Arc::new(Recorder::default());
+    let stats = Arc::new(Stats::default());
+    let outbox = Arc::new(Outbox::new(
+        Box::new(recorder.clone()),
+        Topics::new(ROOT),
+        stats.clone(),
+    ));
+    outbox.set_connected(true);
+    let predictor = Arc::new(PredictorSlot::new(restored.head.snapshot()));
+    let (adapt, adapt_rx) = AdaptHandle::new(settings.adapt.clone());
+    let fleet = FleetState::load(&settings.fleet, dir.path()).expect("fleet");
+    let ctx = Context {
+        settings,
+        backbone: backbone(),
+        outbox,
+        predictor: predictor.clone(),
+        adapt: Arc::new(adapt),
+        queue: Arc::new(WorkQueue::new(4, Shutdown::new())),
+        stats: stats.clone(),
+    };
+    Rig {
+        learner: Learner::new(ctx, restored, store, fleet),
+        rec: recorder,
+        stats,
+        predictor,
+        dir,
+        seq: 0,
+        _adapt_rx: adapt_rx,
+    }
+}
+
+fn rig() -> Rig {
+    rig_in(None)
+}
+
+/// A one-hot-ish embedding for class `c` with a little variation `v`.
+fn x(c: usize, v: f32) -> Vec<f32> {
+    let mut e = vec![v; DIM];
+    e[c % DIM] = 1.0 + v;
+    e
+}
+
+impl Rig {
+    fn step(&mut self, topic: &str, payload: &[u8], work: impl FnOnce(&Publish) -> Work) -> Step {
+        let publish = Publish::new(topic, QoS::AtLeastOnce, payload.to_vec());
+        let work = work(&publish);
+        self.seq += 1;
+        Step {
+            seq: self.seq,
+            publish,
+            work,
+        }
+    }
+
+    fn sample(&mut self, label: &str, embedding: Vec<f32>) -> Step {
+        let payload = format!("{label} {}", self.seq).into_bytes();
+        let id = format!("s{}", self.seq);
+        let label = label.to_string();
+        self.step(&format!("{ROOT}/learn/{label}"), &payload, |p| {
+            Work::Sample(Sample {
+                id,
+                label,
+                embedding,
+                key: message_key(p),
+            })
+        })
+    }
+
+    fn command(&mut self, name: &str, payload: &[u8]) -> Step {
+        let parsed = Command::parse(name, &bytes::Bytes::copy_from_slice(payload));
+        self.step(&format!("{ROOT}/cmd/{name}"), payload, |_| {
+            Work::Command(parsed)
+        })
+    }
+
+    /// Teaches `n` samples of each of the first `classes` classes.
+    fn teach(&mut self, classes: usize, n: usize) {
+        let mut steps = Vec::new();
+        for c in 0..classes {
+            for i in 0..n {
+                steps.push(self.sample(&format!("c{c}"), x(c, i as f32 * 0.01)));
+            }
+        }
+        self.learner.apply(steps);
+    }
+
+    fn results(&self) -> Vec<serde_json::Value> {
+        self.rec.json_on(&format!("{ROOT}/result"))
+    }
+
+    fn errors(&self) -> Vec<serde_json::Value> {
+        self.rec.json_on(&format!("{ROOT}/error"))
+    }
+
+    fn classes(&self) -> Vec<String> {
+        self.learner
+            .head
+            .classes()
+            .into_iter()
+            .map(|c| c.name)
+            .collect()
+    }
+
+    /// The learner of a restarted daemon on the same state directory.
+    fn restart(self) -> Rig {
+        drop(self.learner);
+        rig_in(Some(self.dir))
+    }
+}
+
+#[test]
+fn samples_are_durable_before_the_ack_and_replayed_after_a_restart() {
+    let mut r = rig();
+    r.teach(2, 3);
+    assert_eq!(r.rec.acks(), 6);
+    let learned = r.rec.json_on(&format!("{ROOT}/learned"));
+    assert_eq!(learned.len(), 6);
+    assert_eq!(learned[2]["label"], "c0");
+    assert_eq!(learned[2]["samples"], 3);
+    assert_eq!(r.classes(), ["c0", "c1"]);
+    // No snapshot was taken: the restart finds the samples in the write-ahead log.
+    let r = r.restart();
+    assert_eq!(r.learner.head.samples(), 6);
+    assert_eq!(r.learner.samples.len(), 6);
+    assert_eq!(r.classes(), ["c0", "c1"]);
+}
+
+#[test]
+fn redeliveries_are_acked_not_learned_twice_and_refusals_are_answered() {
+    let mut r = rig();
+    let first = r.sample("cat", x(0, 0.0));
+    let mut again = Step {
+        seq: first.seq + 1,
+        publish: first.publish.clone(),
+        work: match &first.work {
+            Work::Sample(s) => Work::Sample(s.clone()),
+            _ => unreachable!(),
+        },
+    };
+    again.publish.dup = true;
+    r.seq += 1;
+    let refused = r.step(&format!("{ROOT}/learn/a+b"), b"x", |_| Work::Refused {
+        id: Some("r1".into()),
+        error: RequestError::BadRequest("no".into()),
+    });
+    r.learner.apply(vec![first, again, refused]);
+    assert_eq!(r.learner.head.samples(), 1);
+    assert_eq!(r.stats.duplicates.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        r.rec.acks(),
+        3,
+        "learned, duplicate and refused are all acked"
+    );
+    let errors = r.errors();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0]["code"], "bad_request");
+    assert_eq!(errors[0]["id"], "r1");
+}
+
+#[test]
+fn a_command_sees_every_sample_before_it_and_none_after() {
+    let mut r = rig();
+    let steps = vec![
+        r.sample("cat", x(0, 0.0)),
+        r.sample("dog", x(1, 0.0)),
+        r.command("reset", b""),
+        r.sample("cup", x(2, 0.0)),
+    ];
+    r.learner.apply(steps);
+    assert_eq!(r.classes(), ["cup"]);
+    assert_eq!(r.results()[0]["command"], "reset");
+}
+
+#[test]
+fn reset_forgets_every_class_and_sample_durably() {
+    let mut r = rig();
+    r.teach(3, 2);
+    let before = r.learner.head.version();
+    let s = r.command("reset", b"");
+    r.learner.apply(vec![s]);
+    let res = r.results();
+    assert_eq!(res.len(), 1);
+    assert_eq!(res[0]["ok"], true);
+    assert!(res[0]["head_version"].as_u64().expect("version") > before);
+    assert!(r.classes().is_empty());
+    assert_eq!(r.learner.samples.len(), 0);
+    assert!(r.predictor.get().is_empty(), "predictions stop at once");
+    let r = r.restart();
+    assert!(r.classes().is_empty(), "the reset survives a restart");
+    assert_eq!(r.learner.head.samples(), 0);
+}
+
+#[test]
+fn merge_adds_another_heads_statistics_and_refuses_foreign_heads() {
+    let mut r = rig();
+    r.teach(2, 2);
+    let mut other = Head::new(&HeadConfig::default(), DIM, SHA);
+    for i in 0..3 {
+        other
+            .update(&x(3, i as f32 * 0.01), "bird")
+            .expect("update");
+    }
+    let bytes = other.to_bytes().expect("bytes");
+    let s = r.command("merge", &bytes);
+    r.learner.apply(vec![s]);
+    assert_eq!(r.classes(), ["c0", "c1", "bird"]);
+    assert_eq!(r.learner.head.samples(), 7);
+    assert_eq!(r.results()[0]["classes"], 3);
+    let p = r.predictor.get().predict(&x(3, 0.0), 1).expect("predict");
+    assert_eq!(p.top[0].label, "bird");
+
+    let foreign = Head::new(&HeadConfig::default(), DIM, &"0".repeat(64));
+    let s = r.command("merge", &foreign.to_bytes().expect("bytes"));
+    r.learner.apply(vec![s]);
+    assert_eq!(r.errors()[0]["code"], "backbone_mismatch");
+    assert_eq!(
+        r.classes(),
+        ["c0", "c1", "bird"],
+        "a refused merge changes nothing"
+    );
+    let r = r.restart();
+    assert_eq!(
+        r.classes(),
+        ["c0", "c1", "bird"],
+        "the merge survives a restart"
+    );
+}
+
+#[test]
+fn forget_removes_one_class_and_unknown_labels_are_errors() {
+    let mut r = rig();
+    r.teach(2, 2);
+    let s = r.command("forget", b"c0");
+    let t = r.command("forget", b"{\"label\": \"nope\"}");
+    r.learner.apply(vec![s, t]);
+    assert_eq!(r.classes(), ["c1"]);
+    assert_eq!(r.learner.samples.len(), 2);
+    assert_eq!(r.results()[0]["label"], "c0");
+    assert_eq!(r.errors()[0]["code"], "unknown_label");
+}
+
+#[test]
+fn rollback_restores_the_kept_head() {
+    let mut r = rig();
+    r.teach(1, 2);
+    let s = r.command("snapshot", b"");
+    r.learner.apply(vec![s]);
+    let kept = r.learner.head.version();
+    r.teach(2, 2);
+    let s = r.command("snapshot", b"");
+    r.learner.apply(vec![s]);
+    assert_eq!(r.classes(), ["c0", "c1"]);
+    let s = r.command("rollback", format!("{kept}").as_bytes());
+    let t = r.command("rollback", b"{\"version\": 999999}");
+    r.learner.apply(vec![s, t]);
+    assert_eq!(r.classes(), ["c0"]);
+    let res = r.results();
+    let last = res.last().expect("result");
+    assert_eq!(last["command"], "rollback");
+    assert_eq!(last["restored"], kept);
+    assert_eq!(r.errors()[0]["code"], "no_such_version");
+}
+
+#[test]
+fn algorithm_retrains_from_the_stored_samples() {
+    let mut r = rig();
+    r.teach(3, 4);
+    let s = r.command("algorithm", b"ridge");
+    r.learner.apply(vec![s]);
+    assert_eq!(r.learner.head.algorithm(), Algorithm::Ridge);
+    assert_eq!(r.results()[0]["retrained_samples"], 12);
+    let p = r.predictor.get().predict(&x(2, 0.0), 1).expect("predict");
+    assert_eq!(p.top[0].label, "c2");
+}
+
+#[test]
+fn import_replaces_the_head_with_a_version_above_every_earlier_one() {
+    let mut r = rig();
+    r.teach(2, 2);
+    let before = r.learner.head.version();
+    let mut other = Head::new(&HeadConfig::default(), DIM, SHA);
+    other.update(&x(3, 0.0), "bird").expect("update");
+    let s = r.command("import", &other.to_bytes().expect("bytes"));
+    let t = r.command("import", b"not a head");
+    r.learner.apply(vec![s, t]);
+    assert_eq!(r.classes(), ["bird"]);
+    assert!(r.learner.head.version() > before);
+    assert_eq!(r.errors()[0]["code"], "bad_head");
+}
+
+#[test]
+fn unparsable_commands_are_answered_acked_and_change_nothing() {
+    let mut r = rig();
+    r.teach(1, 1);
+    let version = r.learner.head.version();
+    let s = r.command("dance", b"");
+    let t = r.command("algorithm", b"nope");
+    r.learner.apply(vec![s, t]);
+    let codes: Vec<_> = r.errors().iter().map(|e| e["code"].clone()).collect();
+    assert_eq!(codes, ["unknown_command", "bad_config"]);
+    assert_eq!(r.learner.head.version(), version);
+    assert_eq!(r.rec.acks(), 3);
+}
+
+#[test]
+fn adapt_reset_and_fleet_leave_succeed() {
+    let mut r = rig();
+    let s = r.command("adapt-reset", b"");
+    let t = r.command("fleet-leave", b"cam2");
+    r.learner.apply(vec![s, t]);
+    let res = r.results();
+    assert_eq!(res[0]["command"], "adapt-reset");
+    assert_eq!(res[1]["peer"], "cam2");
+    assert_eq!(res[1]["was_merged"], false);
+    assert!(r.errors().is_empty());
+}
