@@ -7,6 +7,8 @@ use std::time::Instant;
 
 use serde_json::json;
 
+use crate::model::latency::quantile;
+
 /// How many recent latencies the percentiles are computed over.
 const WINDOW: usize = 1024;
 
@@ -42,11 +44,6 @@ impl Window {
         v.sort_by(f64::total_cmp);
         Some((quantile(&v, 0.5), quantile(&v, 0.99)))
     }
-}
-
-/// The `q` quantile (nearest rank) of sorted, non-empty values.
-pub fn quantile(sorted: &[f64], q: f64) -> f64 {
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
 /// Counters shared by the driver, the workers and the learner.

@@ -7,9 +7,13 @@ use std::time::Instant;
 use anyhow::Context;
 use serde::Serialize;
 
-use crate::daemon::stats::quantile;
 use crate::model::backbone::{self, Backbone, DepthwiseLayout};
 use crate::model::ModelDir;
+
+/// The `q` quantile (nearest rank) of sorted, non-empty values.
+pub fn quantile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
 
 /// What was run: the runtime, the model and how its depthwise convolutions ran. Both reports
 /// carry it (flattened into their JSON) and print it as their first words.
