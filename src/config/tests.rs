@@ -112,3 +112,58 @@ fn names_are_validated() {
         assert!(validate_name("label", bad).is_err(), "{bad:?}");
     }
 }
+
+/// The `[name]` table of the shipped file, deserialized on its own.
+fn shipped<T: serde::de::DeserializeOwned>(name: &str) -> T {
+    let mut table: toml::Table = DEFAULT_TOML.parse().expect("shipped TOML");
+    let section = table.remove(name).expect(name);
+    section.try_into().expect(name)
+}
+
+/// `[head]`, `[adapt]` and `[fleet]` also have Rust defaults: `Default` (used by `adaptd eval`
+/// and tests) and serde's per-field defaults (used for partial tables: `--head-config`,
+/// `--adapt-config`, head files written before a field existed). Both must equal the shipped
+/// file, which is what the daemon runs with.
+#[test]
+fn shipped_defaults_equal_the_code_defaults_in_every_section() {
+    fn check<T>(name: &str)
+    where
+        T: serde::de::DeserializeOwned + Default + PartialEq + std::fmt::Debug,
+    {
+        let file: T = shipped(name);
+        assert_eq!(file, T::default(), "[{name}]: shipped file vs Default");
+        let omitted: T = toml::Value::Table(toml::Table::new())
+            .try_into()
+            .expect(name);
+        assert_eq!(file, omitted, "[{name}]: shipped file vs serde defaults");
+    }
+    check::<HeadConfig>("head");
+    check::<AdaptConfig>("adapt");
+    check::<FleetConfig>("fleet");
+}
+
+/// The other sections have no Rust defaults, so the shipped file is their only copy: a key
+/// missing after the merge is an error, never a silent value from the code.
+#[test]
+fn other_sections_have_no_code_defaults() {
+    use super::raw::{RawBroker, RawDevice, RawModel, RawPublish, RawService, RawState};
+    fn none<T: serde::de::DeserializeOwned>(name: &str) {
+        let empty = toml::Value::Table(toml::Table::new());
+        assert!(empty.try_into::<T>().is_err(), "[{name}] has code defaults");
+        let _: T = shipped(name);
+    }
+    none::<RawDevice>("device");
+    none::<RawBroker>("broker");
+    none::<RawModel>("model");
+    none::<RawPublish>("publish");
+    none::<RawState>("state");
+    none::<RawService>("service");
+    let table: toml::Table = DEFAULT_TOML.parse().expect("shipped TOML");
+    let mut sections: Vec<&str> = table.keys().map(String::as_str).collect();
+    sections.sort_unstable();
+    assert_eq!(
+        sections,
+        ["adapt", "broker", "device", "fleet", "head", "model", "publish", "service", "state"],
+        "a new section needs its defaults checked here"
+    );
+}
