@@ -1,0 +1,95 @@
+//! Step 1 of 3, the configuration as written: serde structs mirroring the TOML sections, with
+//! unknown keys refused. `[head]`, `[adapt]` and `[fleet]` use their modules' config types.
+
+use serde::Deserialize;
+
+use crate::adapt::AdaptConfig;
+use crate::fleet::FleetConfig;
+use crate::head::HeadConfig;
+
+/// The whole merged configuration, before any check.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub device: RawDevice,
+    pub broker: RawBroker,
+    pub model: RawModel,
+    pub head: HeadConfig,
+    pub adapt: AdaptConfig,
+    pub fleet: FleetConfig,
+    pub publish: RawPublish,
+    pub state: RawState,
+    pub service: RawService,
+    #[serde(default)]
+    pub sources: Vec<RawSource>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDevice {
+    pub id: String,
+    pub root: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBroker {
+    pub url: String,
+    pub embedded_port: u16,
+    pub client_id: String,
+    pub username: String,
+    pub password_file: String,
+    pub ca_file: String,
+    pub client_cert_file: String,
+    pub client_key_file: String,
+    pub keepalive_secs: u64,
+    pub inflight: u16,
+    pub request_queue: usize,
+    pub reconnect_min_ms: u64,
+    pub reconnect_max_ms: u64,
+    pub max_packet_bytes: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawModel {
+    pub dir: String,
+    pub cache: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPublish {
+    pub head_interval_secs: u64,
+    pub head_every_samples: u64,
+    pub stats_interval_secs: u64,
+    pub top_k: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawState {
+    pub dir: String,
+    pub snapshot_every_samples: u64,
+    pub keep_heads: usize,
+    pub samples_max_bytes: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawService {
+    pub workers: usize,
+    pub infer_queue: usize,
+    pub feedback_ring: usize,
+    pub max_payload_bytes: usize,
+}
+
+/// One `[[sources]]` entry. The shipped file has none (only a commented example), so `qos`
+/// defaults here.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSource {
+    pub topic: String,
+    #[serde(default)]
+    pub qos: u8,
+}

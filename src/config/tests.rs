@@ -1,0 +1,169 @@
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect::<Vec<_>>()
+        .into_iter()
+}
+
+#[test]
+fn defaults_load_and_are_embedded() {
+    let s =
+        Settings::from_parts(None, "", env(&[("ADAPTD_STATE_DIR", "/tmp/x")])).expect("defaults");
+    assert_eq!(s.broker.target, BrokerTarget::Embedded { port: 1883 });
+    assert!(s.root.starts_with("adaptd/"));
+    assert_eq!(s.state.dir, PathBuf::from("/tmp/x"));
+    assert_eq!(s.publish.top_k, 3);
+}
+
+#[test]
+fn env_overrides_take_the_type_of_the_key() {
+    let s = Settings::from_parts(
+        None,
+        "",
+        env(&[
+            ("ADAPTD_BROKER_URL", "mqtt://127.0.0.1:1999"),
+            ("ADAPTD_DEVICE_ID", "cam1"),
+            ("ADAPTD_STATE_DIR", "/tmp/s"),
+            ("ADAPTD_PUBLISH_TOP_K", "5"),
+            ("ADAPTD_HEAD_ALGORITHM", "slda"),
+            ("ADAPTD_LOG", "debug"),
+            ("PATH", "/bin"),
+        ]),
+    )
+    .expect("env");
+    assert_eq!(
+        s.broker.target,
+        BrokerTarget::External {
+            host: "127.0.0.1".into(),
+            port: 1999,
+            tls: None
+        }
+    );
+    assert_eq!(s.root, "adaptd/cam1");
+    assert_eq!(s.broker.client_id, "adaptd-cam1");
+    assert_eq!(s.publish.top_k, 5);
+    assert_eq!(s.head.algorithm.to_string(), "slda");
+}
+
+#[test]
+fn unknown_keys_are_errors_in_file_and_env() {
+    let e = Settings::from_parts(Some("[broker]\nurll = \"x\"\n"), "f.toml", env(&[]))
+        .expect_err("typo");
+    assert!(matches!(e, ConfigError::UnknownKey { .. }), "{e}");
+    let e =
+        Settings::from_parts(None, "", env(&[("ADAPTD_BROKER_URLL", "x")])).expect_err("env typo");
+    assert!(e.to_string().contains("ADAPTD_BROKER_URLL"));
+    let e = Settings::from_parts(Some("[nope]\na = 1\n"), "f.toml", env(&[])).expect_err("section");
+    assert!(matches!(e, ConfigError::UnknownKey { .. }));
+}
+
+#[test]
+fn invalid_values_are_refused() {
+    for (text, key) in [
+        ("[device]\nid = \"a/b\"\n", "device.id"),
+        ("[broker]\nurl = \"http://x\"\n", "broker.url"),
+        ("[broker]\nurl = \"mqtts://x\"\n", "broker.ca_file"),
+        ("[publish]\ntop_k = 0\n", "publish.top_k"),
+    ] {
+        let e = Settings::from_parts(Some(text), "f", env(&[("ADAPTD_STATE_DIR", "/tmp")]))
+            .expect_err(text);
+        assert!(e.to_string().contains(key), "{e}");
+    }
+    let e = Settings::from_parts(Some("[broker]\nkeepalive_secs = \"x\"\n"), "f", env(&[]))
+        .expect_err("type");
+    assert!(matches!(e, ConfigError::Parse { .. }));
+}
+
+#[test]
+fn shipped_head_defaults_equal_the_code_defaults() {
+    let s = Settings::from_parts(None, "", env(&[("ADAPTD_STATE_DIR", "/tmp")])).expect("defaults");
+    assert_eq!(s.head, HeadConfig::default());
+    let e = Settings::from_parts(
+        Some("[head]\nslda_shrinkage = 2.0\n"),
+        "f",
+        env(&[("ADAPTD_STATE_DIR", "/tmp")]),
+    )
+    .expect_err("bad shrinkage");
+    assert!(e.to_string().contains("head"), "{e}");
+}
+
+#[test]
+fn sources_and_urls() {
+    let s = Settings::from_parts(
+        Some("[broker]\nurl = \"mqtt://broker.lan\"\n[[sources]]\ntopic = \"cam/+/snap\"\n"),
+        "f",
+        env(&[("ADAPTD_STATE_DIR", "/tmp")]),
+    )
+    .expect("sources");
+    assert_eq!(s.sources.len(), 1);
+    assert!(matches!(
+        s.broker.target,
+        BrokerTarget::External { port: 1883, .. }
+    ));
+}
+
+#[test]
+fn names_are_validated() {
+    assert!(validate_name("label", "cat").is_ok());
+    for bad in ["", "a+b", "a#", "a/b", "a\0b", &"x".repeat(65)] {
+        assert!(validate_name("label", bad).is_err(), "{bad:?}");
+    }
+}
+
+/// The `[name]` table of the shipped file, deserialized on its own.
+fn shipped<T: serde::de::DeserializeOwned>(name: &str) -> T {
+    let mut table: toml::Table = DEFAULT_TOML.parse().expect("shipped TOML");
+    let section = table.remove(name).expect(name);
+    section.try_into().expect(name)
+}
+
+/// `[head]`, `[adapt]` and `[fleet]` also have Rust defaults: `Default` (used by `adaptd eval`
+/// and tests) and serde's per-field defaults (used for partial tables: `--head-config`,
+/// `--adapt-config`, head files written before a field existed). Both must equal the shipped
+/// file, which is what the daemon runs with.
+#[test]
+fn shipped_defaults_equal_the_code_defaults_in_every_section() {
+    fn check<T>(name: &str)
+    where
+        T: serde::de::DeserializeOwned + Default + PartialEq + std::fmt::Debug,
+    {
+        let file: T = shipped(name);
+        assert_eq!(file, T::default(), "[{name}]: shipped file vs Default");
+        let omitted: T = toml::Value::Table(toml::Table::new())
+            .try_into()
+            .expect(name);
+        assert_eq!(file, omitted, "[{name}]: shipped file vs serde defaults");
+    }
+    check::<HeadConfig>("head");
+    check::<AdaptConfig>("adapt");
+    check::<FleetConfig>("fleet");
+}
+
+/// The other sections have no Rust defaults, so the shipped file is their only copy: a key
+/// missing after the merge is an error, never a silent value from the code.
+#[test]
+fn other_sections_have_no_code_defaults() {
+    use super::raw::{RawBroker, RawDevice, RawModel, RawPublish, RawService, RawState};
+    fn none<T: serde::de::DeserializeOwned>(name: &str) {
+        let empty = toml::Value::Table(toml::Table::new());
+        assert!(empty.try_into::<T>().is_err(), "[{name}] has code defaults");
+        let _: T = shipped(name);
+    }
+    none::<RawDevice>("device");
+    none::<RawBroker>("broker");
+    none::<RawModel>("model");
+    none::<RawPublish>("publish");
+    none::<RawState>("state");
+    none::<RawService>("service");
+    let table: toml::Table = DEFAULT_TOML.parse().expect("shipped TOML");
+    let mut sections: Vec<&str> = table.keys().map(String::as_str).collect();
+    sections.sort_unstable();
+    assert_eq!(
+        sections,
+        ["adapt", "broker", "device", "fleet", "head", "model", "publish", "service", "state"],
+        "a new section needs its defaults checked here"
+    );
+}

@@ -1,0 +1,337 @@
+//! Step 3 of 3, raw → [`Settings`]: each section checks its values and fills the defaults that
+//! depend on the machine (hostname, state directory, core count), in one style:
+//! `Raw<Section>::validate(self) -> Result<<Section>Settings, ConfigError>`. Sections are
+//! checked in file order, so the first invalid key reported stays the same.
+
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::raw::{
+    RawBroker, RawConfig, RawDevice, RawModel, RawPublish, RawService, RawSource, RawState,
+};
+use super::{
+    validate_name, BrokerSettings, BrokerTarget, ConfigError, PublishSettings, ServiceSettings,
+    Settings, SourceSettings, StateSettings, TlsSettings,
+};
+use crate::adapt::AdaptConfig;
+use crate::fleet::FleetConfig;
+use crate::head::HeadConfig;
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        message: message.into(),
+    }
+}
+
+impl RawConfig {
+    pub(super) fn validate(self) -> Result<Settings, ConfigError> {
+        let device = self.device.validate()?;
+        let broker = self.broker.validate(&device.id)?;
+        let model = self.model.validate()?;
+        let head = section("head", self.head, HeadConfig::validate)?;
+        let adapt = section("adapt", self.adapt, AdaptConfig::validate)?;
+        let fleet = section("fleet", self.fleet, FleetConfig::validate)?;
+        let publish = self.publish.validate()?;
+        let state = self.state.validate()?;
+        let service = self.service.validate()?;
+        let sources = self
+            .sources
+            .into_iter()
+            .map(RawSource::validate)
+            .collect::<Result<_, _>>()?;
+        Ok(Settings {
+            device_id: device.id,
+            root: device.root,
+            broker,
+            model_dir: model.dir,
+            model_cache: model.cache,
+            head,
+            adapt,
+            fleet,
+            publish,
+            state,
+            service,
+            sources,
+        })
+    }
+}
+
+/// `[head]`, `[adapt]` and `[fleet]` deserialize into their modules' config types, which check
+/// themselves; a failure is reported under the section's name.
+fn section<T, E: Display>(
+    name: &str,
+    config: T,
+    check: impl FnOnce(&T) -> Result<(), E>,
+) -> Result<T, ConfigError> {
+    check(&config).map_err(|e| invalid(name, e.to_string()))?;
+    Ok(config)
+}
+
+/// `[device]` validated; [`Settings`] holds these as `device_id` and `root`.
+struct Device {
+    id: String,
+    root: String,
+}
+
+impl RawDevice {
+    fn validate(self) -> Result<Device, ConfigError> {
+        let id = non_empty(&self.id).unwrap_or_else(hostname);
+        validate_name("device.id", &id).map_err(|m| invalid("device.id", m))?;
+        let root = self.root.replace("{device_id}", &id);
+        if root.is_empty()
+            || root.contains(['+', '#'])
+            || root.ends_with('/')
+            || root.starts_with('/')
+        {
+            return Err(invalid(
+                "device.root",
+                format!("{root:?}: must be non-empty, without + or #, and not start or end with /"),
+            ));
+        }
+        Ok(Device { id, root })
+    }
+}
+
+impl RawBroker {
+    /// `device_id` names the default client id.
+    fn validate(self, device_id: &str) -> Result<BrokerSettings, ConfigError> {
+        let target = match non_empty(&self.url) {
+            None => BrokerTarget::Embedded {
+                port: self.embedded_port,
+            },
+            Some(url) => {
+                let (tls, host, port) = parse_broker_url(&url)?;
+                let tls = if tls { Some(self.tls()?) } else { None };
+                BrokerTarget::External { host, port, tls }
+            }
+        };
+        let password = match non_empty(&self.password_file) {
+            Some(path) => {
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    invalid("broker.password_file", format!("cannot read {path}: {e}"))
+                })?;
+                Some(text.lines().next().unwrap_or_default().to_string())
+            }
+            None => None,
+        };
+        if self.inflight == 0 {
+            return Err(invalid("broker.inflight", "must be at least 1"));
+        }
+        if self.request_queue < 4 {
+            return Err(invalid("broker.request_queue", "must be at least 4"));
+        }
+        if self.keepalive_secs < 5 {
+            return Err(invalid("broker.keepalive_secs", "must be at least 5"));
+        }
+        if self.reconnect_min_ms == 0 || self.reconnect_max_ms < self.reconnect_min_ms {
+            return Err(invalid(
+                "broker.reconnect_min_ms",
+                "need 0 < reconnect_min_ms <= reconnect_max_ms",
+            ));
+        }
+        let client_id = non_empty(&self.client_id).unwrap_or_else(|| format!("adaptd-{device_id}"));
+        Ok(BrokerSettings {
+            target,
+            client_id,
+            username: non_empty(&self.username),
+            password,
+            keepalive: Duration::from_secs(self.keepalive_secs),
+            inflight: self.inflight,
+            request_queue: self.request_queue,
+            reconnect_min: Duration::from_millis(self.reconnect_min_ms),
+            reconnect_max: Duration::from_millis(self.reconnect_max_ms),
+            max_packet_bytes: self.max_packet_bytes.max(64 * 1024),
+        })
+    }
+
+    /// The TLS material an `mqtts://` URL needs.
+    fn tls(&self) -> Result<TlsSettings, ConfigError> {
+        let ca_file = non_empty(&self.ca_file)
+            .ok_or_else(|| invalid("broker.ca_file", "mqtts:// needs a CA file (PEM)"))?;
+        let client_auth = match (
+            non_empty(&self.client_cert_file),
+            non_empty(&self.client_key_file),
+        ) {
+            (Some(c), Some(k)) => Some((PathBuf::from(c), PathBuf::from(k))),
+            (None, None) => None,
+            _ => {
+                return Err(invalid(
+                    "broker.client_cert_file",
+                    "client_cert_file and client_key_file go together",
+                ))
+            }
+        };
+        Ok(TlsSettings {
+            ca_file: PathBuf::from(ca_file),
+            client_auth,
+        })
+    }
+}
+
+/// `[model]` validated; [`Settings`] holds these as `model_dir` and `model_cache`.
+struct Model {
+    dir: Option<PathBuf>,
+    cache: bool,
+}
+
+impl RawModel {
+    fn validate(self) -> Result<Model, ConfigError> {
+        Ok(Model {
+            dir: non_empty(&self.dir).map(PathBuf::from),
+            cache: self.cache,
+        })
+    }
+}
+
+impl RawPublish {
+    fn validate(self) -> Result<PublishSettings, ConfigError> {
+        if self.top_k == 0 {
+            return Err(invalid("publish.top_k", "must be at least 1"));
+        }
+        if self.stats_interval_secs == 0 {
+            return Err(invalid("publish.stats_interval_secs", "must be at least 1"));
+        }
+        Ok(PublishSettings {
+            head_interval: Duration::from_secs(self.head_interval_secs),
+            head_every_samples: self.head_every_samples.max(1),
+            stats_interval: Duration::from_secs(self.stats_interval_secs),
+            top_k: self.top_k,
+        })
+    }
+}
+
+impl RawState {
+    fn validate(self) -> Result<StateSettings, ConfigError> {
+        if self.keep_heads == 0 {
+            return Err(invalid("state.keep_heads", "must be at least 1"));
+        }
+        Ok(StateSettings {
+            dir: non_empty(&self.dir)
+                .map(PathBuf::from)
+                .unwrap_or_else(default_state_dir),
+            snapshot_every_samples: self.snapshot_every_samples.max(1),
+            keep_heads: self.keep_heads,
+            samples_max_bytes: self.samples_max_bytes,
+        })
+    }
+}
+
+impl RawService {
+    fn validate(self) -> Result<ServiceSettings, ConfigError> {
+        if self.infer_queue == 0 || self.feedback_ring == 0 {
+            return Err(invalid(
+                "service",
+                "infer_queue and feedback_ring must be at least 1",
+            ));
+        }
+        if self.max_payload_bytes == 0 {
+            return Err(invalid("service.max_payload_bytes", "must be positive"));
+        }
+        let workers = if self.workers == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        } else {
+            self.workers
+        };
+        Ok(ServiceSettings {
+            workers,
+            infer_queue: self.infer_queue,
+            feedback_ring: self.feedback_ring,
+            max_payload_bytes: self.max_payload_bytes,
+        })
+    }
+}
+
+impl RawSource {
+    fn validate(self) -> Result<SourceSettings, ConfigError> {
+        if self.topic.is_empty() || self.qos > 1 {
+            return Err(invalid(
+                "sources",
+                format!("{:?}: topic must be non-empty and qos 0 or 1", self.topic),
+            ));
+        }
+        Ok(SourceSettings {
+            topic: self.topic,
+            qos: self.qos,
+        })
+    }
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    (!s.trim().is_empty()).then(|| s.trim().to_string())
+}
+
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let name = String::from_utf8_lossy(&buf[..end]).trim().to_string();
+    if rc == 0 && validate_name("hostname", &name).is_ok() {
+        name
+    } else {
+        "adaptd".into()
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("STATE_DIRECTORY") {
+        // systemd may list several, colon-separated: the first is ours.
+        let d = d
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        return PathBuf::from(d);
+    }
+    let system = Path::new("/var/lib/adaptd");
+    let writable = std::fs::create_dir_all(system).is_ok() && tempfile_probe(system);
+    if writable {
+        return system.to_path_buf();
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| ".".into());
+    home.join(".local/state/adaptd")
+}
+
+fn tempfile_probe(dir: &Path) -> bool {
+    let probe = dir.join(".adaptd-write-probe");
+    let ok = std::fs::write(&probe, b"").is_ok();
+    let _ = std::fs::remove_file(&probe);
+    ok
+}
+
+fn parse_broker_url(url: &str) -> Result<(bool, String, u16), ConfigError> {
+    let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
+        (true, r)
+    } else if let Some(r) = url.strip_prefix("mqtt://") {
+        (false, r)
+    } else {
+        return Err(invalid(
+            "broker.url",
+            format!("{url:?} must start with mqtt:// or mqtts://"),
+        ));
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+            let port = p
+                .parse::<u16>()
+                .map_err(|_| invalid("broker.url", format!("bad port {p:?}")))?;
+            (
+                h.trim_start_matches('[').trim_end_matches(']').to_string(),
+                port,
+            )
+        }
+        _ => (rest.to_string(), if tls { 8883 } else { 1883 }),
+    };
+    if host.is_empty() {
+        return Err(invalid("broker.url", "no host"));
+    }
+    Ok((tls, host, port))
+}
