@@ -24,9 +24,10 @@ fn main() -> std::process::ExitCode {
 }
 
 /// glibc gives every thread that allocates its own malloc arena (up to 8 per core), and each
-/// keeps the peak of what its thread once freed: with two inference workers decoding images
-/// adaptd's RSS settled at 123 MiB instead of 87 MiB with two arenas (examples/loadgen.rs,
-/// docs/performance.md). Set before any thread exists; `MALLOC_ARENA_MAX` still overrides.
+/// keeps the peak of what its thread once freed, so with inference workers decoding images the
+/// resident memory grows with the number of threads; two arenas keep it lower and flat under
+/// load (the figures, from examples/loadgen.rs: docs/performance.md, "End to end through
+/// mosquitto" and "Memory"). Set before any thread exists; `MALLOC_ARENA_MAX` still overrides.
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
