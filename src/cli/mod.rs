@@ -1,14 +1,17 @@
-//! The command line: argument parsing (clap) and the one-shot commands (inspect, embed, classify).
+//! The command line: the clap definitions and [`dispatch`], which hands each subcommand to its
+//! implementation (`run` to [`run`], the one-shot commands to [`commands`]).
 
-use std::path::{Path, PathBuf};
+pub mod commands;
+pub mod run;
 
-use anyhow::{Context, Result};
+use std::path::PathBuf;
+
+use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
 pub use crate::eval::EvalArgs;
-use crate::model::backbone::{self, DepthwiseLayout};
-use crate::model::Embedder;
-use crate::model::ModelDir;
+use crate::model::backbone::DepthwiseLayout;
+pub use commands::{bench, classify, embed, eval, fleet_key, inspect, top_k_softmax, BenchArgs};
 
 /// adaptd: on-device transfer learning on MQTT.
 #[derive(Debug, Parser)]
@@ -112,219 +115,40 @@ pub struct ImageArgs {
     pub inputs: Vec<PathBuf>,
 }
 
-/// `adaptd bench` options.
-pub struct BenchArgs<'a> {
-    pub model: Option<&'a Path>,
-    /// What to run and how often.
-    pub run: crate::model::latency::Options<'a>,
-    pub cache_dir: Option<&'a Path>,
-    pub profile: bool,
-    pub json: bool,
-}
-
-/// `adaptd bench`.
-pub fn bench(a: BenchArgs<'_>) -> Result<()> {
-    let model = ModelDir::find(a.model)?;
-    let o = a.run;
-    if a.profile {
-        let r = crate::model::latency::profile(&model, &o)?;
-        if a.json {
-            println!("{}", serde_json::to_string(&r)?);
-            return Ok(());
-        }
-        println!(
-            "{}, {:.2} ms per pass in nodes, {} runs",
-            r.setup, r.total_ms, r.setup.runs
-        );
-        println!(
-            "{:<24} {:>6} {:>9} {:>7}",
-            "op", "nodes", "ms/pass", "share"
-        );
-        for o in &r.by_op {
-            println!(
-                "{:<24} {:>6} {:>9.3} {:>6.1}%",
-                o.op,
-                o.nodes,
-                o.ms,
-                o.share * 100.0
-            );
-        }
-        println!("\nslowest nodes:");
-        for n in r.nodes.iter().take(15) {
-            println!("{:>8.3} ms  {:<14} {}  [{}]", n.ms, n.op, n.name, n.info);
-        }
-        return Ok(());
+/// Runs the parsed command line; the binary reports the error chain and sets the exit code.
+pub fn dispatch(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Run { config } => run::run(config.as_deref()),
+        Command::Config { default, config } => commands::config(default, config.as_deref()),
+        Command::Inspect { model, json } => inspect(model.as_deref(), json),
+        Command::Bench {
+            model,
+            input,
+            runs,
+            warmup,
+            threads,
+            batch,
+            depthwise_layout,
+            cache_dir,
+            profile,
+            json,
+        } => bench(BenchArgs {
+            model: model.as_deref(),
+            run: crate::model::latency::Options {
+                input: input.as_deref(),
+                runs,
+                warmup,
+                threads,
+                batch,
+                layout: depthwise_layout,
+            },
+            cache_dir: cache_dir.as_deref(),
+            profile,
+            json,
+        }),
+        Command::Eval(a) => eval(&a),
+        Command::FleetKey { config } => fleet_key(config.as_deref()),
+        Command::Embed(a) => embed(&a),
+        Command::Classify(a) => classify(&a),
     }
-    let r = crate::model::latency::backbone(&model, &o, a.cache_dir)?;
-    if a.json {
-        println!("{}", serde_json::to_string(&r)?);
-    } else {
-        println!(
-            "{}, load {:.0} ms{}, median {:.2} ms ({:.2} ms per frame), p90 {:.2} ms, min {:.2} ms over {} runs",
-            r.setup,
-            r.load_ms,
-            if r.cached { " (from the model cache)" } else { "" },
-            r.median_ms,
-            r.median_ms_per_frame,
-            r.p90_ms,
-            r.min_ms,
-            r.setup.runs
-        );
-    }
-    Ok(())
-}
-
-/// `adaptd eval`.
-pub fn eval(args: &EvalArgs) -> Result<()> {
-    crate::eval::run(args)
-}
-
-/// `adaptd inspect`.
-pub fn inspect(model: Option<&Path>, json: bool) -> Result<()> {
-    let onnx = match model {
-        Some(m) if !m.is_dir() => m.to_path_buf(),
-        other => ModelDir::find(other)?.onnx_path(),
-    };
-    let report = backbone::inspect(&onnx)?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(());
-    }
-    println!("model   {}", report.path);
-    println!("bytes   {}", report.bytes);
-    println!("sha256  {}", report.sha256);
-    for (name, fact) in &report.inputs {
-        println!("input   {name}: {fact}");
-    }
-    for (name, fact) in &report.outputs {
-        println!("output  {name}: {fact}");
-    }
-    let total: usize = report.ops.values().sum();
-    println!("ops     {total} nodes");
-    for (op, n) in &report.ops {
-        println!("  {op:<24} {n}");
-    }
-    Ok(())
-}
-
-/// `adaptd embed`.
-pub fn embed(args: &ImageArgs) -> Result<()> {
-    let embedder = Embedder::load(ModelDir::find(args.model.as_deref())?, false)?;
-    let mut failed = 0;
-    for path in &args.inputs {
-        let result = std::fs::read(path)
-            .with_context(|| format!("reading {}", path.display()))
-            .and_then(|bytes| Ok(embedder.embed_payload(&bytes)?));
-        match result {
-            Ok(e) if args.json => println!(
-                "{}",
-                serde_json::json!({ "file": path.display().to_string(), "embedding": e })
-            ),
-            Ok(e) => {
-                let head: Vec<String> = e.iter().take(8).map(|v| format!("{v:.4}")).collect();
-                println!(
-                    "{}: dim {} [{} …]",
-                    path.display(),
-                    e.len(),
-                    head.join(", ")
-                );
-            }
-            Err(e) => {
-                failed += 1;
-                report_failure(path, &e, args.json);
-            }
-        }
-    }
-    finish(failed)
-}
-
-/// `adaptd classify`.
-pub fn classify(args: &ImageArgs) -> Result<()> {
-    let model = ModelDir::find(args.model.as_deref())?;
-    anyhow::ensure!(
-        model.spec.logits_output.is_some(),
-        "model {} has no logits_output in its model.toml",
-        model.dir.display()
-    );
-    let labels = model.labels()?.unwrap_or_default();
-    let embedder = Embedder::load(model, true)?;
-    let mut failed = 0;
-    for path in &args.inputs {
-        let result = std::fs::read(path)
-            .with_context(|| format!("reading {}", path.display()))
-            .and_then(|bytes| Ok(embedder.run_payload(&bytes)?));
-        let logits = match result {
-            Ok(out) => out.logits.unwrap_or_default(),
-            Err(e) => {
-                failed += 1;
-                report_failure(path, &e, args.json);
-                continue;
-            }
-        };
-        let top = top_k_softmax(&logits, 5);
-        let named: Vec<(usize, String, f32)> = top
-            .into_iter()
-            .map(|(i, p)| {
-                let name = labels
-                    .get(i)
-                    .cloned()
-                    .unwrap_or_else(|| format!("class {i}"));
-                (i, name, p)
-            })
-            .collect();
-        if args.json {
-            let top5: Vec<_> = named
-                .iter()
-                .map(|(i, l, p)| serde_json::json!({"index": i, "label": l, "score": p}))
-                .collect();
-            println!(
-                "{}",
-                serde_json::json!({ "file": path.display().to_string(), "top5": top5 })
-            );
-        } else {
-            println!("{}", path.display());
-            for (i, l, p) in named {
-                println!("  {:6.2}%  {l} ({i})", p * 100.0);
-            }
-        }
-    }
-    finish(failed)
-}
-
-fn report_failure(path: &Path, e: &anyhow::Error, json: bool) {
-    if json {
-        println!(
-            "{}",
-            serde_json::json!({ "file": path.display().to_string(), "error": format!("{e:#}") })
-        );
-    } else {
-        eprintln!("{}: {e:#}", path.display());
-    }
-}
-
-fn finish(failed: usize) -> Result<()> {
-    anyhow::ensure!(failed == 0, "{failed} input(s) failed");
-    Ok(())
-}
-
-/// Indices and softmax probabilities of the `k` largest logits, best first.
-pub fn top_k_softmax(logits: &[f32], k: usize) -> Vec<(usize, f32)> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let exps: Vec<f64> = logits.iter().map(|&l| f64::from(l - max).exp()).collect();
-    let sum: f64 = exps.iter().sum();
-    let mut ix: Vec<usize> = (0..logits.len()).collect();
-    ix.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-    ix.into_iter()
-        .take(k)
-        .map(|i| (i, (exps[i] / sum) as f32))
-        .collect()
-}
-
-/// `adaptd fleet-key`.
-pub fn fleet_key(config: Option<&Path>) -> Result<()> {
-    let settings = crate::config::Settings::load(config)?;
-    let id = crate::fleet::Identity::load_or_create(&settings.state.dir)
-        .with_context(|| format!("fleet key in {}", settings.state.dir.display()))?;
-    println!("{}", id.public_hex());
-    Ok(())
 }

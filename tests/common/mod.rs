@@ -1,5 +1,6 @@
 //! Test harness: a real mosquitto on a free loopback port, the real adaptd binary as a child
-//! process, and an MQTT client that records what adaptd publishes.
+//! process (or `adaptd::run` inside the test process), and an MQTT client that records what
+//! adaptd publishes.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -145,6 +146,98 @@ impl Drop for Mosquitto {
     }
 }
 
+/// The `ADAPTD_*` settings every test daemon runs with (broker, state directory, device id, fast
+/// publishing and reconnects, two workers), with `extra` added or replacing a default.
+pub fn daemon_env(
+    broker_url: &str,
+    state: &Path,
+    device: &str,
+    extra: &[(&str, &str)],
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = vec![
+        ("ADAPTD_BROKER_URL".into(), broker_url.into()),
+        ("ADAPTD_STATE_DIR".into(), state.display().to_string()),
+        ("ADAPTD_DEVICE_ID".into(), device.into()),
+        ("ADAPTD_PUBLISH_HEAD_INTERVAL_SECS".into(), "0".into()),
+        ("ADAPTD_PUBLISH_STATS_INTERVAL_SECS".into(), "1".into()),
+        ("ADAPTD_BROKER_RECONNECT_MIN_MS".into(), "100".into()),
+        ("ADAPTD_BROKER_RECONNECT_MAX_MS".into(), "1000".into()),
+        ("ADAPTD_SERVICE_WORKERS".into(), "2".into()),
+    ];
+    for (k, v) in extra {
+        env.retain(|(ek, _)| ek != k);
+        env.push((k.to_string(), v.to_string()));
+    }
+    env
+}
+
+/// adaptd inside the test process, as tokio's mini-redis tests run their server: `adaptd::run`
+/// on a task of the test's runtime, with a oneshot channel as its shutdown future.
+pub struct InProcess {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl InProcess {
+    /// Settings as the child-process [`Daemon`] gets them ([`daemon_env`]), built without the
+    /// process environment: `toml` is a config file's text on top of the defaults, the pairs
+    /// are the `ADAPTD_*` overrides.
+    pub fn settings(
+        toml: &str,
+        broker_url: &str,
+        state: &Path,
+        device: &str,
+        extra: &[(&str, &str)],
+    ) -> adaptd::config::Settings {
+        adaptd::config::Settings::from_parts(
+            Some(toml),
+            "the test's config text",
+            daemon_env(broker_url, state, device, extra).into_iter(),
+        )
+        .expect("test settings are valid")
+    }
+
+    /// Spawns `adaptd::run(settings, <shutdown>)` on the current tokio runtime.
+    pub fn start(settings: adaptd::config::Settings) -> InProcess {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(adaptd::run(settings, async move {
+            // A dropped sender is a shutdown too.
+            let _ = rx.await;
+        }));
+        InProcess {
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// True until `run` returned (an error, or a shutdown).
+    pub fn running(&self) -> bool {
+        self.task.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    /// Resolves the shutdown future and returns what `run` returned (panics if it did not
+    /// return within [`wait_bound`] or panicked).
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let task = self.task.take().expect("started");
+        tokio::time::timeout(wait_bound(), task)
+            .await
+            .expect("adaptd::run returned in time")
+            .expect("adaptd::run did not panic")
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        // A test that failed half-way: ask the daemon to stop; the runtime ends the task.
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
 /// The adaptd binary running as a child process.
 pub struct Daemon {
     pub state: PathBuf,
@@ -157,20 +250,7 @@ pub struct Daemon {
 impl Daemon {
     /// Starts adaptd against `broker_url` with its state in `state`.
     pub fn start(broker_url: &str, state: &Path, device: &str, extra: &[(&str, &str)]) -> Daemon {
-        let mut env: Vec<(String, String)> = vec![
-            ("ADAPTD_BROKER_URL".into(), broker_url.into()),
-            ("ADAPTD_STATE_DIR".into(), state.display().to_string()),
-            ("ADAPTD_DEVICE_ID".into(), device.into()),
-            ("ADAPTD_PUBLISH_HEAD_INTERVAL_SECS".into(), "0".into()),
-            ("ADAPTD_PUBLISH_STATS_INTERVAL_SECS".into(), "1".into()),
-            ("ADAPTD_BROKER_RECONNECT_MIN_MS".into(), "100".into()),
-            ("ADAPTD_BROKER_RECONNECT_MAX_MS".into(), "1000".into()),
-            ("ADAPTD_SERVICE_WORKERS".into(), "2".into()),
-        ];
-        for (k, v) in extra {
-            env.retain(|(ek, _)| ek != k);
-            env.push((k.to_string(), v.to_string()));
-        }
+        let env = daemon_env(broker_url, state, device, extra);
         let log = state.with_extension("log");
         let mut d = Daemon {
             state: state.to_path_buf(),

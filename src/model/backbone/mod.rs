@@ -664,9 +664,9 @@ fn count_depthwise(model: &TypedModel) -> [usize; 2] {
 /// own `change_axes` propagation, but tract asks for it only where tract-linalg has a
 /// channel-inner depthwise kernel (aarch64, wasm). On x86_64 it keeps NCHW, where its depthwise
 /// kernel vectorises along the width and 7- or 14-pixel rows leave the vectors mostly empty; the
-/// channel-last path's plain loop over contiguous channels is faster there: 24.9 against 28.3 ms
-/// per pass for EfficientNet-Lite0, release build (docs/performance.md), and it is the layout
-/// adaptd's own kernel ([`depthwise`]) needs. The propagation carries the layout on
+/// channel-last path's plain loop over contiguous channels is faster there (EfficientNet-Lite0,
+/// release build: docs/performance.md, "Depthwise convolutions", the `--depthwise-layout`
+/// variants), and it is the layout adaptd's own kernel ([`depthwise`]) needs. The propagation carries the layout on
 /// through the 1×1 convolutions (matrix products, which take either layout) and stops at the
 /// model's input and outputs, where a single transpose each is inserted.
 fn channel_last_depthwise(model: &mut TypedModel) -> TractResult<()> {
