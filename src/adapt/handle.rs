@@ -10,9 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use serde_json::json;
 
 use super::{AdaptConfig, Adapted, Source, TargetStats};
-
-/// File name of the target statistics in the state directory.
-pub const FILE: &str = "adapt.cbor";
+use crate::state::files::ADAPT;
 
 /// A message for the adaptation thread.
 pub enum Msg {
@@ -155,7 +153,7 @@ pub fn restore(
     sha: &str,
     dim: usize,
 ) -> (TargetStats, Option<String>) {
-    let path = dir.join(FILE);
+    let path = dir.join(ADAPT);
     let full = config.method == super::Method::Coral;
     let fresh = TargetStats::new(dim, config.window, full);
     match std::fs::read(&path) {

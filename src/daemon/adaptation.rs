@@ -11,9 +11,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rumqttc::QoS;
 use serde_json::json;
 
-use crate::adapt::handle::{AdaptHandle, Msg, Status, FILE};
+use crate::adapt::handle::{AdaptHandle, Msg, Status};
 use crate::adapt::Adapter;
 use crate::daemon::service::Shared;
+use crate::state::files::ADAPT;
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -42,7 +43,7 @@ impl Worker {
             return;
         }
         let bytes = self.adapter.target().to_bytes(&self.sha);
-        match crate::state::store::write_atomic(&self.path, &bytes) {
+        match crate::state::files::write_atomic(&self.path, &bytes) {
             Ok(()) => self.dirty = false,
             Err(e) => tracing::warn!("saving adaptation statistics: {e}"),
         }
@@ -140,7 +141,7 @@ pub fn run(shared: Arc<Shared>, rx: Receiver<Msg>, adapter: Adapter, dir: &Path,
     let mut w = Worker {
         shared,
         adapter,
-        path: dir.join(FILE),
+        path: dir.join(ADAPT),
         sha,
         dirty: false,
         last_persist: now,

@@ -4,7 +4,6 @@
 //! latest local head). See `docs/fleet.md`.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use ring::rand::SystemRandom;
@@ -14,15 +13,12 @@ use sha2::{Digest, Sha256};
 
 use crate::cbor::Bytes;
 use crate::head::{Algorithm, Expect, Head, HeadError};
+use crate::state::files::{write_atomic, write_atomic_with, FLEET_KEY, FLEET_PEERS};
 
 /// Largest |mean| of an embedding dimension a peer head may claim (and its square for the
 /// variance): far beyond any real backbone's outputs, small enough to keep merges finite.
 const MAX_ABS_MEAN: f64 = 1e6;
 
-/// File of this board's private key (PKCS#8) in the state directory.
-pub const KEY_FILE: &str = "fleet.key";
-/// File of the peers' last accepted versions and keys in the state directory.
-pub const PEERS_FILE: &str = "fleet-peers.json";
 /// Envelope format name and version.
 pub const ENVELOPE_FORMAT: &str = "adaptd-fleet-head";
 const ENVELOPE_VERSION: u32 = 1;
@@ -193,7 +189,7 @@ pub struct Identity {
 impl Identity {
     /// Loads `dir/fleet.key`, creating it (mode 0600) on first start.
     pub fn load_or_create(dir: &Path) -> std::io::Result<Identity> {
-        let path = dir.join(KEY_FILE);
+        let path = dir.join(FLEET_KEY);
         let other = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
         match std::fs::read(&path) {
             Ok(pkcs8) => Ed25519KeyPair::from_pkcs8(&pkcs8)
@@ -208,7 +204,8 @@ impl Identity {
                 std::fs::create_dir_all(dir)?;
                 let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
                     .map_err(|_| other("cannot generate a key".into()))?;
-                write_private(&path, pkcs8.as_ref())?;
+                // Private from its creation: a power cut leaves no half-written key.
+                write_atomic_with(&path, Some(0o600), |w| w.write_all(pkcs8.as_ref()))?;
                 let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
                     .map_err(|e| other(format!("generated key unreadable: {e}")))?;
                 tracing::info!(path = %path.display(), "generated this board's fleet key");
@@ -270,28 +267,6 @@ impl Identity {
             .map_err(|e| HeadError::Encode(format!("fleet envelope: {e}")))?;
         Ok(out)
     }
-}
-
-/// Writes a private file (mode 0600) atomically: a power cut leaves no half-written key.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    {
-        let mut f = opts.open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 /// The signed message: tag, device id, group, version, SHA-256 of the head file.
@@ -453,7 +428,7 @@ pub enum Accepted {
 impl Peers {
     /// Peers remembered in `dir` (or none), with the configured exclusions.
     pub fn load(dir: Option<&Path>, excluded: Vec<String>) -> Peers {
-        let path = dir.map(|d| d.join(PEERS_FILE));
+        let path = dir.map(|d| d.join(FLEET_PEERS));
         let file: PeersFile = path
             .as_ref()
             .and_then(|p| std::fs::read(p).ok())
@@ -482,7 +457,7 @@ impl Peers {
         };
         match serde_json::to_vec_pretty(&file) {
             Ok(b) => {
-                if let Err(e) = crate::state::store::write_atomic(p, &b) {
+                if let Err(e) = write_atomic(p, &b) {
                     tracing::warn!("saving {}: {e}", p.display());
                 }
             }
@@ -786,13 +761,13 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join(KEY_FILE))
+            let mode = std::fs::metadata(dir.path().join(FLEET_KEY))
                 .unwrap()
                 .permissions()
                 .mode();
             assert_eq!(mode & 0o077, 0, "key readable by others: {mode:o}");
         }
-        std::fs::write(dir.path().join(KEY_FILE), b"junk").unwrap();
+        std::fs::write(dir.path().join(FLEET_KEY), b"junk").unwrap();
         assert!(Identity::load_or_create(dir.path()).is_err());
     }
 

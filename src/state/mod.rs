@@ -1,4 +1,6 @@
-//! The state directory: write-ahead log, snapshots, kept heads, the sample reservoir.
+//! The state directory: its file names and atomic write, the write-ahead log, snapshots, kept
+//! heads, the sample reservoir.
 
+pub mod files;
 pub mod samples;
 pub mod store;
