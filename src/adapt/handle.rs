@@ -2,17 +2,13 @@
 //! the head's source statistics, the drift status, and the inbox of the adaptation thread
 //! (`daemon::adaptation`), which it feeds without ever blocking.
 
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use serde_json::json;
 
-use super::{AdaptConfig, Adapted, Source, TargetStats};
-
-/// File name of the target statistics in the state directory.
-pub const FILE: &str = "adapt.cbor";
+use super::{AdaptConfig, Adapted, Source};
 
 /// A message for the adaptation thread.
 pub enum Msg {
@@ -137,38 +133,5 @@ impl AdaptHandle {
             "recompute_ms": (s.recompute_ms * 10.0).round() / 10.0,
             "dropped": self.dropped.load(Ordering::Relaxed),
         })
-    }
-}
-
-/// Loads the target statistics kept in `dir`, or fresh ones (with a note) when missing or
-/// unreadable.
-pub fn restore(
-    dir: &Path,
-    config: &AdaptConfig,
-    sha: &str,
-    dim: usize,
-) -> (TargetStats, Option<String>) {
-    let path = dir.join(FILE);
-    let full = config.method == super::Method::Coral;
-    let fresh = TargetStats::new(dim, config.window, full);
-    match std::fs::read(&path) {
-        Ok(bytes) => match TargetStats::from_bytes(&bytes, sha, dim, config.window, full) {
-            Ok(t) => (t, None),
-            Err(e) => (
-                fresh,
-                Some(format!(
-                    "{}: {e}; starting adaptation afresh",
-                    path.display()
-                )),
-            ),
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (fresh, None),
-        Err(e) => (
-            fresh,
-            Some(format!(
-                "{}: {e}; starting adaptation afresh",
-                path.display()
-            )),
-        ),
     }
 }

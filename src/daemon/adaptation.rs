@@ -8,8 +8,8 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::adapt::handle::{AdaptHandle, Msg, Status, FILE};
-use crate::adapt::Adapter;
+use crate::adapt::handle::{AdaptHandle, Msg, Status};
+use crate::adapt::{AdaptConfig, Adapter, TargetStats};
 use crate::daemon::outbox::Outbox;
 use crate::daemon::reply::Drift;
 use crate::daemon::serving::PredictorSlot;
@@ -21,6 +21,40 @@ pub struct Context {
     pub predictor: Arc<PredictorSlot>,
     pub outbox: Arc<Outbox>,
     pub shutdown: Shutdown,
+}
+use crate::state::files::ADAPT;
+
+/// Loads the target statistics kept in `dir`, or fresh ones (with a note) when missing or
+/// unreadable.
+pub fn restore(
+    dir: &Path,
+    config: &AdaptConfig,
+    sha: &str,
+    dim: usize,
+) -> (TargetStats, Option<String>) {
+    let path = dir.join(ADAPT);
+    let full = config.method == crate::adapt::Method::Coral;
+    let fresh = TargetStats::new(dim, config.window, full);
+    match std::fs::read(&path) {
+        Ok(bytes) => match TargetStats::from_bytes(&bytes, sha, dim, config.window, full) {
+            Ok(t) => (t, None),
+            Err(e) => (
+                fresh,
+                Some(format!(
+                    "{}: {e}; starting adaptation afresh",
+                    path.display()
+                )),
+            ),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (fresh, None),
+        Err(e) => (
+            fresh,
+            Some(format!(
+                "{}: {e}; starting adaptation afresh",
+                path.display()
+            )),
+        ),
+    }
 }
 
 fn unix_now() -> u64 {
@@ -50,7 +84,7 @@ impl Worker {
             return;
         }
         let bytes = self.adapter.target().to_bytes(&self.sha);
-        match crate::state::store::write_atomic(&self.path, &bytes) {
+        match crate::state::files::write_atomic(&self.path, &bytes) {
             Ok(()) => self.dirty = false,
             Err(e) => tracing::warn!("saving adaptation statistics: {e}"),
         }
@@ -143,7 +177,7 @@ pub fn run(ctx: Context, rx: Receiver<Msg>, adapter: Adapter, dir: &Path, sha: S
     let mut w = Worker {
         ctx,
         adapter,
-        path: dir.join(FILE),
+        path: dir.join(ADAPT),
         sha,
         dirty: false,
         last_persist: now,

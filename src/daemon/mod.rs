@@ -31,7 +31,7 @@ use anyhow::Context as _;
 use rumqttc::{AsyncClient, QoS};
 use sd_notify::NotifyState;
 
-use crate::adapt::handle::{self as adapt_handle, AdaptHandle};
+use crate::adapt::handle::AdaptHandle;
 use crate::adapt::Adapter;
 use crate::config::{BrokerTarget, Settings};
 use crate::fleet::FleetState;
@@ -130,7 +130,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     let (adapt, adapt_rx) = AdaptHandle::new(settings.adapt.clone());
     let adapt = Arc::new(adapt);
     let (target, note) =
-        adapt_handle::restore(&settings.state.dir, &settings.adapt, &info.sha256, dim);
+        adaptation::restore(&settings.state.dir, &settings.adapt, &info.sha256, dim);
     if let Some(n) = note {
         tracing::warn!("{n}");
     }

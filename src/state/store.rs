@@ -1,7 +1,7 @@
 //! Durable state in the state directory: a write-ahead log of labeled samples (fsynced before
 //! the MQTT acknowledgement), atomic snapshots, and previous heads kept for rollback.
 //!
-//! Files:
+//! Files (names in [`super::files`]):
 //! - `wal.log`: records `[len u32 LE][crc32 u32 LE][CBOR body]`, appended and fdatasync'ed.
 //! - `snapshot.cbor`: head + stored samples + dedup keys + the last WAL sequence it contains,
 //!   written as temp file → fsync → rename → fsync(dir). Replay skips records it already holds,
@@ -14,16 +14,16 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::files::{
+    ctx, kept_head, write_atomic, write_atomic_with, CORRUPT_SNAPSHOT_PREFIX, HEADS,
+    HEAD_EXTENSION, SNAPSHOT, TEMP_EXTENSION, WAL,
+};
 use crate::cbor::{Bytes, F32s};
 
 /// Largest WAL record accepted when reading (a record holds one embedding and a label).
 pub const MAX_RECORD_BYTES: usize = 4 * 1024 * 1024;
 /// Largest snapshot accepted when reading.
 pub const MAX_SNAPSHOT_BYTES: u64 = 1 << 31;
-
-const WAL: &str = "wal.log";
-const SNAPSHOT: &str = "snapshot.cbor";
-const HEADS: &str = "heads";
 
 /// A labeled sample as logged.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,49 +79,16 @@ pub struct Store {
     keep_heads: usize,
 }
 
-fn ctx(e: io::Error, what: &str, path: &Path) -> io::Error {
-    io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
-}
-
-fn fsync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| ctx(e, "fsync directory", dir))
-}
-
-/// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync of the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    write_atomic_with(path, |w| w.write_all(bytes))
-}
-
-/// Like [`write_atomic`], with the content streamed by `write` through a buffered writer: large
-/// files (snapshots) are never assembled in memory first.
-pub fn write_atomic_with(
-    path: &Path,
-    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
-) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = path.with_extension("tmp");
-    {
-        let f = File::create(&tmp).map_err(|e| ctx(e, "create", &tmp))?;
-        let mut w = io::BufWriter::with_capacity(64 * 1024, f);
-        write(&mut w).map_err(|e| ctx(e, "write", &tmp))?;
-        let f = w
-            .into_inner()
-            .map_err(|e| ctx(e.into_error(), "write", &tmp))?;
-        f.sync_all().map_err(|e| ctx(e, "fsync", &tmp))?;
-    }
-    fs::rename(&tmp, path).map_err(|e| ctx(e, "rename to", path))?;
-    fsync_dir(dir)
-}
-
 fn list_versions(dir: &Path) -> io::Result<Vec<u64>> {
     let mut v: Vec<u64> = fs::read_dir(dir)
         .map_err(|e| ctx(e, "list", dir))?
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().to_string();
-            name.strip_suffix(".cbor")?.parse().ok()
+            name.strip_suffix(HEAD_EXTENSION)?
+                .strip_suffix('.')?
+                .parse()
+                .ok()
         })
         .collect();
     v.sort_unstable();
@@ -179,7 +146,7 @@ impl Store {
         for sub in [dir.to_path_buf(), dir.join(HEADS)] {
             for entry in fs::read_dir(&sub).map_err(|e| ctx(e, "list", &sub))? {
                 let path = entry?.path();
-                if path.extension().is_some_and(|x| x == "tmp") {
+                if path.extension().is_some_and(|x| x == TEMP_EXTENSION) {
                     fs::remove_file(&path).map_err(|e| ctx(e, "remove", &path))?;
                     rec.removed_temp_files += 1;
                 }
@@ -206,7 +173,7 @@ impl Store {
                         Ok(s) => format!("unknown format {:?}", s.format),
                     };
                     let aside = dir.join(format!(
-                        "snapshot.corrupt-{}",
+                        "{CORRUPT_SNAPSHOT_PREFIX}{}",
                         std::time::SystemTime::now()
                             .duration_since(std::time::UNIX_EPOCH)
                             .map(|d| d.as_secs())
@@ -219,7 +186,7 @@ impl Store {
                     ));
                     let heads = list_versions(&dir.join(HEADS))?;
                     if let Some(v) = heads.last() {
-                        let p = dir.join(HEADS).join(format!("{v}.cbor"));
+                        let p = kept_head(dir, *v);
                         rec.fallback_head = Some(fs::read(&p).map_err(|e| ctx(e, "read", &p))?);
                     }
                 }
@@ -291,14 +258,14 @@ impl Store {
     /// Writes a snapshot atomically, keeps a copy of its head for rollback, then truncates the
     /// WAL (everything in it is in the snapshot).
     pub fn snapshot(&mut self, data: &SnapshotData, head_version: u64) -> io::Result<()> {
-        write_atomic_with(&self.dir.join(SNAPSHOT), |w| {
+        write_atomic_with(&self.dir.join(SNAPSHOT), None, |w| {
             ciborium::into_writer(data, w).map_err(|e| match e {
                 ciborium::ser::Error::Io(e) => e,
                 ciborium::ser::Error::Value(v) => io::Error::new(io::ErrorKind::InvalidData, v),
             })
         })?;
         if !data.head.0.is_empty() {
-            let kept = self.dir.join(HEADS).join(format!("{head_version}.cbor"));
+            let kept = kept_head(&self.dir, head_version);
             if !kept.exists() {
                 write_atomic(&kept, &data.head.0)?;
             }
@@ -315,7 +282,7 @@ impl Store {
         let versions = self.head_versions()?;
         if versions.len() > self.keep_heads {
             for v in &versions[..versions.len() - self.keep_heads] {
-                let p = self.dir.join(HEADS).join(format!("{v}.cbor"));
+                let p = kept_head(&self.dir, *v);
                 fs::remove_file(&p).map_err(|e| ctx(e, "remove", &p))?;
             }
         }
@@ -329,7 +296,7 @@ impl Store {
 
     /// The bytes of a kept head.
     pub fn load_head(&self, version: u64) -> io::Result<Vec<u8>> {
-        let p = self.dir.join(HEADS).join(format!("{version}.cbor"));
+        let p = kept_head(&self.dir, version);
         fs::read(&p).map_err(|e| ctx(e, "read", &p))
     }
 }

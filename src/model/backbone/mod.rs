@@ -212,8 +212,6 @@ mod cache {
 
     const MAGIC: &[u8; 8] = b"ADNNEF01";
     const HEADER: usize = 8 + 4 + 8;
-    const PREFIX: &str = "backbone-";
-    const SUFFIX: &str = ".nnef";
 
     pub fn key(onnx_sha256: &str, shape: &[usize], outputs: &[&str]) -> String {
         let mut h = Sha256::new();
@@ -227,7 +225,7 @@ mod cache {
     }
 
     pub fn path(dir: &Path, key: &str) -> PathBuf {
-        dir.join(format!("{PREFIX}{key}{SUFFIX}"))
+        crate::state::files::model_cache(dir, key)
     }
 
     fn nnef() -> tract_nnef::framework::Nnef {
@@ -303,10 +301,10 @@ mod cache {
             bytes.extend_from_slice(&payload);
             std::fs::create_dir_all(dir)?;
             let path = path(dir, key);
-            crate::state::store::write_atomic(&path, &bytes)?;
+            crate::state::files::write_atomic(&path, &bytes)?;
             for entry in std::fs::read_dir(dir)?.flatten() {
                 let name = entry.file_name().to_string_lossy().to_string();
-                if name.starts_with(PREFIX) && name.ends_with(SUFFIX) && entry.path() != path {
+                if crate::state::files::is_model_cache(&name) && entry.path() != path {
                     let _ = std::fs::remove_file(entry.path());
                 }
             }
