@@ -141,12 +141,6 @@ pub struct Settings {
     pub sources: Vec<SourceSettings>,
 }
 
-/// Validates a device id (or other name used in topics) with the same rule as class labels
-/// ([`crate::head::validate_label`]): 1..=64 bytes, no `+`, `#`, `/`, NUL or control characters.
-pub fn validate_name(kind: &str, s: &str) -> Result<(), String> {
-    crate::head::validate_label(s).map_err(|e| format!("{kind}: {e}"))
-}
-
 impl Settings {
     /// Loads the defaults, then `file` (if any; else `$CONFIGURATION_DIRECTORY/adaptd.toml`
     /// when systemd set that directory and the file exists), then the process environment.

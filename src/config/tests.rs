@@ -107,9 +107,9 @@ fn sources_and_urls() {
 
 #[test]
 fn names_are_validated() {
-    assert!(validate_name("label", "cat").is_ok());
+    assert!(crate::head::validate_label("cat").is_ok());
     for bad in ["", "a+b", "a#", "a/b", "a\0b", &"x".repeat(65)] {
-        assert!(validate_name("label", bad).is_err(), "{bad:?}");
+        assert!(crate::head::validate_label(bad).is_err(), "{bad:?}");
     }
 }
 

@@ -11,12 +11,12 @@ use super::raw::{
     RawBroker, RawConfig, RawDevice, RawModel, RawPublish, RawService, RawSource, RawState,
 };
 use super::{
-    validate_name, BrokerSettings, BrokerTarget, ConfigError, PublishSettings, ServiceSettings,
-    Settings, SourceSettings, StateSettings, TlsSettings,
+    BrokerSettings, BrokerTarget, ConfigError, PublishSettings, ServiceSettings, Settings,
+    SourceSettings, StateSettings, TlsSettings,
 };
 use crate::adapt::AdaptConfig;
 use crate::fleet::FleetConfig;
-use crate::head::HeadConfig;
+use crate::head::{validate_label, HeadConfig};
 
 fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
@@ -78,7 +78,8 @@ struct Device {
 impl RawDevice {
     fn validate(self) -> Result<Device, ConfigError> {
         let id = non_empty(&self.id).unwrap_or_else(hostname);
-        validate_name("device.id", &id).map_err(|m| invalid("device.id", m))?;
+        // Device ids go into topics: the label rule applies.
+        validate_label(&id).map_err(|e| invalid("device.id", format!("device.id: {e}")))?;
         let root = self.root.replace("{device_id}", &id);
         if root.is_empty()
             || root.contains(['+', '#'])
@@ -270,7 +271,7 @@ fn hostname() -> String {
     let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     let name = String::from_utf8_lossy(&buf[..end]).trim().to_string();
-    if rc == 0 && validate_name("hostname", &name).is_ok() {
+    if rc == 0 && validate_label(&name).is_ok() {
         name
     } else {
         "adaptd".into()
@@ -300,7 +301,7 @@ fn default_state_dir() -> PathBuf {
 }
 
 fn tempfile_probe(dir: &Path) -> bool {
-    let probe = dir.join(".adaptd-write-probe");
+    let probe = dir.join(crate::state::files::WRITE_PROBE);
     let ok = std::fs::write(&probe, b"").is_ok();
     let _ = std::fs::remove_file(&probe);
     ok

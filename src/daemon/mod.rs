@@ -44,7 +44,7 @@ use outbox::Outbox;
 use queue::WorkQueue;
 use reply::BackboneSummary;
 use serving::PredictorSlot;
-use shutdown::Shutdown;
+use shutdown::{Shutdown, TriggerOnDrop};
 use stats::Stats;
 use topics::Topics;
 use workers::Workers;
@@ -118,6 +118,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     mqtt::tune(&mut eventloop);
 
     let stop = Shutdown::new();
+    let _stop_on_return = TriggerOnDrop(stop.clone());
     let stats = Arc::new(Stats::default());
     let outbox = Arc::new(Outbox::new(
         Box::new(client.clone()),
@@ -198,7 +199,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     // The workers hold the learner's only senders: it ends once they all have.
     drop(learn_tx);
 
-    let driver = tokio::spawn(mqtt::drive(
+    let mut driver = tokio::spawn(mqtt::drive(
         eventloop,
         mqtt::Driver {
             client: client.clone(),
@@ -276,11 +277,13 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     .await?;
     outbox.publish(&topics.status, QoS::AtLeastOnce, true, b"offline".to_vec());
     let _ = client.try_disconnect();
-    if tokio::time::timeout(Duration::from_secs(5), driver)
+    if tokio::time::timeout(Duration::from_secs(5), &mut driver)
         .await
         .is_err()
     {
         tracing::warn!("broker did not take the disconnect within 5 s");
+        // Not left polling with this client id after `run` returns.
+        driver.abort();
     }
     tracing::info!("stopped");
     Ok(())

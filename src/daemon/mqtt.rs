@@ -99,8 +99,8 @@ impl Backoff {
 }
 
 /// Socket options: TCP_NODELAY, so a small reply (a prediction) is not held back by Nagle's
-/// algorithm waiting for the ACK of the previous one (a 40 ms delayed-ACK stall per reply
-/// with two requests in flight, measured with `examples/loadgen.rs`).
+/// algorithm waiting for the delayed ACK of the previous one, which stalls every reply when
+/// two requests are in flight (docs/performance.md).
 pub fn tune(eventloop: &mut EventLoop) {
     let mut net = rumqttc::NetworkOptions::new();
     net.set_tcp_nodelay(true);

@@ -48,6 +48,17 @@ impl Shutdown {
     }
 }
 
+/// Triggers the shutdown when dropped: `run` holds one, so an early error return stops every
+/// thread it had started instead of leaving them running.
+#[derive(Debug)]
+pub struct TriggerOnDrop(pub Shutdown);
+
+impl Drop for TriggerOnDrop {
+    fn drop(&mut self) {
+        self.0.trigger();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
