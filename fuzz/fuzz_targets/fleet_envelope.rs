@@ -9,7 +9,7 @@ use adaptd::head::{Algorithm, Expect};
 use libfuzzer_sys::fuzz_target;
 
 /// The trusted key; the seed envelope in fuzz/seeds/fleet_envelope is sealed with it
-/// (src/fleet.rs `fuzz_seed_envelope_opens_with_the_fuzz_key`).
+/// (src/fleet/envelope.rs `fuzz_seed_envelope_opens_with_the_fuzz_key`).
 static KEY: LazyLock<Identity> =
     LazyLock::new(|| Identity::from_seed(&[7; 32]).expect("fixed seed"));
 

@@ -4,7 +4,7 @@
 
 use nalgebra::DMatrix;
 
-use super::{InputMap, Source, TargetStats};
+use super::{HeadDomain, InputMap, TargetStats};
 
 /// `(1 − γ) Σ + γ · tr(Σ)/d · I`, in place.
 pub fn shrink(m: &mut DMatrix<f64>, gamma: f64) {
@@ -42,7 +42,7 @@ pub struct Colour {
 
 impl Colour {
     /// The colouring of `source` with shrinkage `gamma`.
-    pub fn of(source: &Source, gamma: f64) -> Colour {
+    pub fn of(source: &HeadDomain, gamma: f64) -> Colour {
         let full = source.cov.clone().map(|mut c| {
             shrink(&mut c, gamma);
             sym_fn(c, f64::sqrt)

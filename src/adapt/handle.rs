@@ -1,5 +1,5 @@
 //! What the rest of the daemon sees of domain adaptation: the correction inference applies,
-//! the head's source statistics, the drift status, and the inbox of the adaptation thread
+//! the head's domain statistics, the drift status, and the inbox of the adaptation thread
 //! (`daemon::adaptation`), which it feeds without ever blocking.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use serde_json::json;
 
-use super::{AdaptConfig, Adapted, Source};
+use super::{AdaptConfig, Adapted, HeadDomain};
 
 /// A message for the adaptation thread.
 pub enum Msg {
@@ -34,7 +34,7 @@ pub struct AdaptHandle {
     config: AdaptConfig,
     tx: SyncSender<Msg>,
     snapshot: RwLock<Arc<Adapted>>,
-    source: RwLock<Option<Arc<Source>>>,
+    head_domain: RwLock<Option<Arc<HeadDomain>>>,
     status: Mutex<Status>,
     /// Embeddings skipped because the thread was busy.
     pub dropped: AtomicU64,
@@ -48,7 +48,7 @@ impl AdaptHandle {
             snapshot: RwLock::new(Arc::new(Adapted::identity(config.method))),
             config,
             tx,
-            source: RwLock::new(None),
+            head_domain: RwLock::new(None),
             status: Mutex::new(Status::default()),
             dropped: AtomicU64::new(0),
         };
@@ -84,19 +84,20 @@ impl AdaptHandle {
         *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = a;
     }
 
-    /// Whether the learner should include the full covariance in [`set_source`](Self::set_source).
+    /// Whether the learner should include the full covariance in
+    /// [`set_head_domain`](Self::set_head_domain).
     pub fn wants_covariance(&self) -> bool {
         self.config.method == super::Method::Coral
     }
 
     /// Called by the learner whenever its head changes.
-    pub fn set_source(&self, s: Source) {
-        *self.source.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(s));
+    pub fn set_head_domain(&self, s: HeadDomain) {
+        *self.head_domain.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(s));
     }
 
     /// The head's source statistics, once the learner has set them.
-    pub fn source(&self) -> Option<Arc<Source>> {
-        self.source
+    pub fn head_domain(&self) -> Option<Arc<HeadDomain>> {
+        self.head_domain
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()

@@ -195,10 +195,11 @@ impl AdaptConfig {
     }
 }
 
-/// What the head says about its source domain: mean and variance of everything it learned,
+/// The head's domain (the *source* domain of domain adaptation, named apart from the input
+/// topics that "source" means on MQTT): mean and variance of everything it learned,
 /// and for `coral` the full covariance when the learner keeps one (`slda`, `ridge`).
 #[derive(Clone, Debug)]
-pub struct Source {
+pub struct HeadDomain {
     /// Head version these statistics were taken at.
     pub version: u64,
     /// Samples behind them.
@@ -208,11 +209,11 @@ pub struct Source {
     pub cov: Option<DMatrix<f64>>,
 }
 
-impl Source {
+impl HeadDomain {
     /// The source statistics of `head`; `full` asks for the covariance (O(C·d²)).
-    pub fn of(head: &Head, full: bool) -> Source {
+    pub fn of(head: &Head, full: bool) -> HeadDomain {
         let s = head.source_stats();
-        Source {
+        HeadDomain {
             version: head.version(),
             count: s.count(),
             mean: s.mean(),
@@ -226,7 +227,7 @@ impl Source {
 /// the target embeddings, normalized by the source's total variance:
 /// `(|μt − μs|² + |σt − σs|²) / Σ σs²`. 0 = same distribution; a pure shift of the mean by
 /// one source standard deviation in every direction gives 1.
-pub fn drift(source: &Source, target: &TargetStats) -> Option<f64> {
+pub fn drift(source: &HeadDomain, target: &TargetStats) -> Option<f64> {
     if source.count < 2 || target.weight() < 2.0 {
         return None;
     }
@@ -391,7 +392,7 @@ impl Adapter {
     }
 
     /// Recomputes the snapshot from the current statistics.
-    pub fn recompute(&mut self, source: &Source, head: &Predictor) -> Arc<Adapted> {
+    pub fn recompute(&mut self, source: &HeadDomain, head: &Predictor) -> Arc<Adapted> {
         self.since = 0;
         let enough = self.target.weight() >= self.config.min_samples as f64 && source.count >= 2;
         let mut a = Adapted::identity(self.config.method);
@@ -421,7 +422,7 @@ impl Adapter {
         self.snapshot.clone()
     }
 
-    fn mean_map(&self, source: &Source) -> InputMap {
+    fn mean_map(&self, source: &HeadDomain) -> InputMap {
         let (mt, vt) = (self.target.mean(), self.target.var());
         // Variance floor relative to the typical variance: near-constant dimensions are not
         // blown up.
@@ -447,7 +448,7 @@ impl Adapter {
     }
 
     /// The drift distance, once there are enough target samples.
-    pub fn drift(&self, source: &Source) -> Option<f64> {
+    pub fn drift(&self, source: &HeadDomain) -> Option<f64> {
         if self.target.weight() < self.config.min_samples as f64 {
             return None;
         }

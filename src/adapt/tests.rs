@@ -70,7 +70,7 @@ fn statistics_update_and_reset() {
     a.observe(&[f32::NAN; D], &p);
     a.observe(&[0.0; 3], &p);
     assert_eq!(a.target().seen(), 50, "bad embeddings are ignored");
-    let snap = a.recompute(&Source::of(&h, false), &p);
+    let snap = a.recompute(&HeadDomain::of(&h, false), &p);
     assert!(snap.is_active());
     a.reset();
     assert_eq!(a.target().seen(), 0);
@@ -79,7 +79,7 @@ fn statistics_update_and_reset() {
     for (x, _) in &samples(5, 3, 1.0, 1.0) {
         a.observe(x, &p);
     }
-    assert!(!a.recompute(&Source::of(&h, false), &p).is_active());
+    assert!(!a.recompute(&HeadDomain::of(&h, false), &p).is_active());
 }
 
 #[test]
@@ -88,7 +88,7 @@ fn mean_and_coral_are_the_identity_on_the_source_domain() {
     for algorithm in [Algorithm::Ncm, Algorithm::Slda] {
         let h = head(algorithm, &train);
         let p = h.snapshot();
-        let source = Source::of(&h, true);
+        let source = HeadDomain::of(&h, true);
         assert_eq!(source.cov.is_some(), algorithm == Algorithm::Slda);
         for method in [Method::Mean, Method::Coral] {
             let mut a = Adapter::new(config(method), D);
@@ -120,7 +120,7 @@ fn coral_identity_with_full_source_statistics() {
     let p = h.snapshot();
     let mut a = Adapter::new(config(Method::Coral), D);
     train.iter().for_each(|(x, _)| a.observe(x, &p));
-    let snap = a.recompute(&Source::of(&h, true), &p);
+    let snap = a.recompute(&HeadDomain::of(&h, true), &p);
     assert!(matches!(snap.map, InputMap::Full { .. }));
     for (x, _) in &train {
         for (u, v) in snap.apply(x).iter().zip(x) {
@@ -140,7 +140,7 @@ fn corrections_recover_a_synthetic_shift() {
         for method in [Method::Mean, Method::Coral] {
             let mut a = Adapter::new(config(method), D);
             shifted.iter().for_each(|(x, _)| a.observe(x, &p));
-            let snap = a.recompute(&Source::of(&h, true), &p);
+            let snap = a.recompute(&HeadDomain::of(&h, true), &p);
             let acc = accuracy(&snap, &p, &shifted);
             assert!(
                 acc > none + 0.1 && acc > 0.9,
@@ -175,7 +175,7 @@ fn t3a_never_takes_a_pseudo_label_below_its_threshold() {
     cfg.t3a_confidence = 0.5;
     let mut a = Adapter::new(cfg, D);
     test.iter().for_each(|(x, _)| a.observe(x, &p));
-    let snap = a.recompute(&Source::of(&h, false), &p);
+    let snap = a.recompute(&HeadDomain::of(&h, false), &p);
     assert!(snap.classifier.is_some());
     assert!(accuracy(&snap, &p, &test) > 0.9);
 }
@@ -185,7 +185,7 @@ fn drift_fires_on_a_shift_and_stays_quiet_on_the_training_domain() {
     let train = samples(400, 1, 0.0, 1.0);
     let h = head(Algorithm::Ncm, &train);
     let p = h.snapshot();
-    let source = Source::of(&h, false);
+    let source = HeadDomain::of(&h, false);
     // A threshold for this synthetic data (16 dimensions, 300 samples).
     let threshold = 0.5;
     let mut same = Adapter::new(config(Method::None), D);
@@ -219,7 +219,7 @@ fn imported_heads_carry_their_source_statistics() {
     )
     .unwrap();
     assert_eq!(back.source_stats(), h.source_stats());
-    let (a, b) = (Source::of(&h, false), Source::of(&back, false));
+    let (a, b) = (HeadDomain::of(&h, false), HeadDomain::of(&back, false));
     assert_eq!((a.count, a.mean, a.var), (b.count, b.mean, b.var));
 }
 

@@ -116,7 +116,7 @@ pub struct ServiceSettings {
 
 /// An external topic filter mapped to inference.
 #[derive(Debug, Clone, PartialEq)]
-pub struct SourceSettings {
+pub struct SourceTopic {
     pub topic: String,
     pub qos: u8,
 }
@@ -138,7 +138,7 @@ pub struct Settings {
     pub publish: PublishSettings,
     pub state: StateSettings,
     pub service: ServiceSettings,
-    pub sources: Vec<SourceSettings>,
+    pub sources: Vec<SourceTopic>,
 }
 
 impl Settings {

@@ -12,7 +12,7 @@ use super::raw::{
 };
 use super::{
     BrokerSettings, BrokerTarget, ConfigError, PublishSettings, ServiceSettings, Settings,
-    SourceSettings, StateSettings, TlsSettings,
+    SourceTopic, StateSettings, TlsSettings,
 };
 use crate::adapt::AdaptConfig;
 use crate::fleet::FleetConfig;
@@ -247,14 +247,14 @@ impl RawService {
 }
 
 impl RawSource {
-    fn validate(self) -> Result<SourceSettings, ConfigError> {
+    fn validate(self) -> Result<SourceTopic, ConfigError> {
         if self.topic.is_empty() || self.qos > 1 {
             return Err(invalid(
                 "sources",
                 format!("{:?}: topic must be non-empty and qos 0 or 1", self.topic),
             ));
         }
-        Ok(SourceSettings {
+        Ok(SourceTopic {
             topic: self.topic,
             qos: self.qos,
         })

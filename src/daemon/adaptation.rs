@@ -92,7 +92,7 @@ impl Worker {
     }
 
     fn recompute(&mut self, force: bool) {
-        let Some(source) = self.handle().source() else {
+        let Some(source) = self.handle().head_domain() else {
             return;
         };
         // Bound the (possibly O(d³)) recompute to ~10% of the wall clock.
@@ -205,7 +205,7 @@ pub fn run(ctx: Context, rx: Receiver<Msg>, adapter: Adapter, dir: &Path, sha: S
         if w.ctx.shutdown.is_triggered() {
             break;
         }
-        if !primed && w.handle().source().is_some() {
+        if !primed && w.handle().head_domain().is_some() {
             w.recompute(true);
             primed = true;
         }

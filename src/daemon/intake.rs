@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use rumqttc::Publish;
 
-use crate::config::SourceSettings;
+use crate::config::SourceTopic;
 use crate::daemon::error::RequestError;
 use crate::daemon::outbox::Outbox;
 use crate::daemon::queue::{Job, Refused, WorkQueue};
@@ -17,7 +17,7 @@ use crate::daemon::topics::Route;
 
 /// The intake.
 pub struct Intake {
-    pub sources: Vec<SourceSettings>,
+    pub sources: Vec<SourceTopic>,
     pub queue: Arc<WorkQueue>,
     pub outbox: Arc<Outbox>,
     pub stats: Arc<Stats>,

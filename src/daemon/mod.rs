@@ -6,21 +6,21 @@
 //! [`intake`] → [`workers`] (decode, embed) → [`learner`] (in order: WAL fsync, ack, update) →
 //! [`outbox`].
 
-pub mod adaptation;
-pub mod broker;
+pub(crate) mod adaptation;
+pub(crate) mod broker;
 pub mod error;
-pub mod intake;
-pub mod learner;
-pub mod mqtt;
-pub mod outbox;
-pub mod queue;
-pub mod reply;
+pub(crate) mod intake;
+pub(crate) mod learner;
+pub(crate) mod mqtt;
+pub(crate) mod outbox;
+pub(crate) mod queue;
+pub(crate) mod reply;
 pub mod request;
-pub mod serving;
-pub mod shutdown;
-pub mod stats;
+pub(crate) mod serving;
+pub(crate) mod shutdown;
+pub(crate) mod stats;
 pub mod topics;
-pub mod workers;
+pub(crate) mod workers;
 
 use std::future::Future;
 use std::sync::atomic::Ordering;

@@ -98,21 +98,19 @@ impl Outbox {
 
     /// Publishes a reply (JSON, QoS 0, not retained).
     pub fn reply<T: Serialize>(&self, topic: &str, doc: &T) -> bool {
-        match serde_json::to_vec(doc) {
-            Ok(bytes) => self.publish(topic, QoS::AtMostOnce, false, bytes),
-            Err(e) => {
-                tracing::error!(topic, "cannot encode a reply: {e}");
-                false
-            }
-        }
+        self.publish_json(topic, QoS::AtMostOnce, false, doc)
     }
 
     /// Publishes retained state (JSON, QoS 1).
     pub fn retain<T: Serialize>(&self, topic: &str, doc: &T) -> bool {
+        self.publish_json(topic, QoS::AtLeastOnce, true, doc)
+    }
+
+    fn publish_json<T: Serialize>(&self, topic: &str, qos: QoS, retain: bool, doc: &T) -> bool {
         match serde_json::to_vec(doc) {
-            Ok(bytes) => self.publish(topic, QoS::AtLeastOnce, true, bytes),
+            Ok(bytes) => self.publish(topic, qos, retain, bytes),
             Err(e) => {
-                tracing::error!(topic, "cannot encode retained state: {e}");
+                tracing::error!(topic, "cannot encode JSON: {e}");
                 false
             }
         }

@@ -5,19 +5,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::Notify;
-
 /// A cloneable shutdown token.
 #[derive(Debug, Clone, Default)]
-pub struct Shutdown {
-    inner: Arc<Inner>,
-}
-
-#[derive(Debug, Default)]
-struct Inner {
-    triggered: AtomicBool,
-    notify: Notify,
-}
+pub struct Shutdown(Arc<AtomicBool>);
 
 impl Shutdown {
     /// A token not yet triggered.
@@ -27,24 +17,12 @@ impl Shutdown {
 
     /// Starts the shutdown (idempotent).
     pub fn trigger(&self) {
-        self.inner.triggered.store(true, Ordering::SeqCst);
-        self.inner.notify.notify_waiters();
+        self.0.store(true, Ordering::SeqCst);
     }
 
     /// Whether shutdown has begun.
     pub fn is_triggered(&self) -> bool {
-        self.inner.triggered.load(Ordering::SeqCst)
-    }
-
-    /// Resolves once shutdown has begun (for tasks).
-    pub async fn triggered(&self) {
-        loop {
-            let notified = self.inner.notify.notified();
-            if self.is_triggered() {
-                return;
-            }
-            notified.await;
-        }
+        self.0.load(Ordering::SeqCst)
     }
 }
 
@@ -63,17 +41,15 @@ impl Drop for TriggerOnDrop {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn waiters_wake_and_late_waiters_return_at_once() {
+    #[test]
+    fn every_clone_sees_the_trigger_and_a_dropped_guard_triggers() {
         let s = Shutdown::new();
-        let waiter = tokio::spawn({
-            let s = s.clone();
-            async move { s.triggered().await }
-        });
-        assert!(!s.is_triggered());
+        let seen = s.clone();
+        assert!(!seen.is_triggered());
         s.trigger();
-        waiter.await.expect("waiter");
-        s.triggered().await;
-        assert!(s.is_triggered());
+        assert!(seen.is_triggered());
+        let t = Shutdown::new();
+        drop(TriggerOnDrop(t.clone()));
+        assert!(t.is_triggered());
     }
 }

@@ -2,7 +2,7 @@
 
 use rumqttc::QoS;
 
-use crate::config::SourceSettings;
+use crate::config::SourceTopic;
 
 /// adaptd's topics under one root.
 #[derive(Debug, Clone)]
@@ -75,7 +75,7 @@ impl Topics {
     }
 
     /// Subscriptions: adaptd's input topics and the configured sources.
-    pub fn subscriptions(&self, sources: &[SourceSettings]) -> Vec<(String, QoS)> {
+    pub fn subscriptions(&self, sources: &[SourceTopic]) -> Vec<(String, QoS)> {
         let mut subs = vec![
             (self.infer.clone(), QoS::AtLeastOnce),
             (self.learn.clone(), QoS::AtLeastOnce),
@@ -99,7 +99,7 @@ impl Topics {
     }
 
     /// What a message on `topic` asks for.
-    pub fn route(&self, topic: &str, sources: &[SourceSettings]) -> Route {
+    pub fn route(&self, topic: &str, sources: &[SourceTopic]) -> Route {
         if topic == self.infer {
             return Route::Infer;
         }
@@ -153,7 +153,7 @@ mod tests {
     #[test]
     fn routes() {
         let t = Topics::new("adaptd/cam");
-        let src = vec![SourceSettings {
+        let src = vec![SourceTopic {
             topic: "frigate/+/snapshot".into(),
             qos: 0,
         }];

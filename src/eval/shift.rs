@@ -18,7 +18,7 @@ use serde::Serialize;
 use super::data::{self, Origin, Rng};
 use super::embed::{self, Cache, ModelId};
 use super::EvalArgs;
-use crate::adapt::{AdaptConfig, Adapted, Adapter, Method, Source};
+use crate::adapt::{AdaptConfig, Adapted, Adapter, HeadDomain, Method};
 use crate::head::{Algorithm, Expect, Head, HeadConfig, Predictor};
 
 /// A corruption of the camera image.
@@ -272,7 +272,7 @@ fn adapt_and_score(
         method,
         ..config.clone()
     };
-    let source = Source::of(head, method == Method::Coral);
+    let source = HeadDomain::of(head, method == Method::Coral);
     let mut adapter = Adapter::new(config, head.dim());
     let order = data::stream_order(test.len(), seed ^ 0xada9);
     let mut times = Vec::with_capacity(test.len());
@@ -289,7 +289,7 @@ fn adapt_and_score(
         method,
         accuracy,
         observe_us: super::prequential::Timing::of(times).median_us,
-        drift: adapter.drift(&Source::of(head, false)),
+        drift: adapter.drift(&HeadDomain::of(head, false)),
     }
 }
 

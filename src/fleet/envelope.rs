@@ -199,16 +199,9 @@ mod tests {
         }
         let bytes = std::fs::read(&path).unwrap();
         let trusted = [id.public_key()];
-        let v = open(
-            &bytes,
-            "peer",
-            "group",
-            &trusted,
-            &expect,
-            Algorithm::Ncm,
-            1000,
-        )
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let open_seed =
+            |b: &[u8]| open(b, "peer", "group", &trusted, &expect, Algorithm::Ncm, 1000);
+        let v = open_seed(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert_eq!(v.key, id.public_hex());
         // Re-signing a tampered envelope makes it verify again (what the fuzz target relies on).
         let mut env: Envelope = ciborium::from_reader(bytes.as_slice()).unwrap();
@@ -216,28 +209,12 @@ mod tests {
         let mut tampered = Vec::new();
         ciborium::into_writer(&env, &mut tampered).unwrap();
         assert!(matches!(
-            open(
-                &tampered,
-                "peer",
-                "group",
-                &trusted,
-                &expect,
-                Algorithm::Ncm,
-                1000
-            ),
+            open_seed(&tampered),
             Err(FleetError::BadSignature)
         ));
         let resigned = id.resign(&tampered).unwrap();
         assert!(matches!(
-            open(
-                &resigned,
-                "peer",
-                "group",
-                &trusted,
-                &expect,
-                Algorithm::Ncm,
-                1000
-            ),
+            open_seed(&resigned),
             Err(FleetError::Unsigned(_)) // envelope and head versions now differ
         ));
     }

@@ -152,7 +152,7 @@ pub(crate) struct FileClass {
     pub samples: u64,
 }
 
-/// Source statistics: count, per-dimension sum and sum of squares (f64).
+/// HeadDomain statistics: count, per-dimension sum and sum of squares (f64).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct FileStats {

@@ -1,4 +1,4 @@
-//! Source statistics: count, per-dimension sums and sums of squares of embeddings (f64),
+//! HeadDomain statistics: count, per-dimension sums and sums of squares of embeddings (f64),
 //! exactly mergeable and removable; used per class and for the whole head.
 
 use super::HeadError;

@@ -348,13 +348,18 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn torn_tail_is_cut_and_reported_at_every_length() {
+    /// A state directory whose WAL holds three records.
+    fn wal_of_three_records() -> (tempfile::TempDir, Vec<LearnRecord>) {
         let dir = tempfile::tempdir().expect("tmp");
         let (mut s, _) = Store::open(dir.path(), 3).expect("open");
         let recs: Vec<_> = (0..3).map(|_| rec(s.next_seq())).collect();
         s.append(&recs).expect("append");
-        drop(s);
+        (dir, recs)
+    }
+
+    #[test]
+    fn torn_tail_is_cut_and_reported_at_every_length() {
+        let (dir, recs) = wal_of_three_records();
         let wal = dir.path().join(WAL);
         let full = fs::read(&wal).expect("read");
         let ends = record_ends(&recs);
@@ -372,11 +377,7 @@ mod tests {
 
     #[test]
     fn corrupt_record_stops_replay() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let (mut s, _) = Store::open(dir.path(), 3).expect("open");
-        let recs: Vec<_> = (0..3).map(|_| rec(s.next_seq())).collect();
-        s.append(&recs).expect("append");
-        drop(s);
+        let (dir, recs) = wal_of_three_records();
         let wal = dir.path().join(WAL);
         let mut bytes = fs::read(&wal).expect("read");
         let ends = record_ends(&recs);

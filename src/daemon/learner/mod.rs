@@ -316,14 +316,14 @@ impl Learner {
             self.ctx.predictor.set(self.head.snapshot());
             self.ctx
                 .adapt
-                .set_source(crate::adapt::Source::of(&self.head, full));
+                .set_head_domain(crate::adapt::HeadDomain::of(&self.head, full));
         } else {
             // Predict with the fleet head: local statistics merged with every peer's.
             let fleet = self.fleet.peers.fleet_head(&self.head);
             self.ctx.predictor.set(fleet.snapshot());
             self.ctx
                 .adapt
-                .set_source(crate::adapt::Source::of(&fleet, full));
+                .set_head_domain(crate::adapt::HeadDomain::of(&fleet, full));
         }
         self.last_refresh_cost = started.elapsed();
         self.last_refresh = Instant::now();
