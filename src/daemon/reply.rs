@@ -1,5 +1,5 @@
 //! What adaptd publishes, one serde type per topic: the fields `docs/mqtt-api.md` documents.
-//! `{root}/stats` is built by [`crate::daemon::stats`], `{root}/head` is the head file.
+//! `{root}/head` is the head file itself.
 
 use serde::Serialize;
 
@@ -125,4 +125,82 @@ pub struct HeadSummary {
     pub version: u64,
     pub samples: u64,
     pub classes: Vec<ClassInfo>,
+}
+
+/// `{root}/stats`: the service counters (`stats.rs`) and the learner's figures.
+#[derive(Debug, Serialize)]
+pub struct StatsReport {
+    pub uptime_secs: u64,
+    pub infer: InferCounts,
+    pub learn: LearnCounts,
+    pub errors: u64,
+    pub publish_dropped: u64,
+    /// End to end: message received → prediction published, over the recent window.
+    pub latency_ms: Option<Percentiles>,
+    /// Backbone time per inference, over the recent window.
+    pub backbone_ms: Option<Percentiles>,
+    pub prequential: Prequential,
+    pub mqtt: MqttCounts,
+    pub rss_bytes: u64,
+    #[serde(flatten)]
+    pub learner: LearnerFigures,
+}
+
+#[derive(Debug, Serialize)]
+pub struct InferCounts {
+    pub received: u64,
+    pub done: u64,
+    pub dropped: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LearnCounts {
+    pub received: u64,
+    pub learned: u64,
+    pub duplicates: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p99: f64,
+}
+
+/// Test-then-train accuracy of learned samples.
+#[derive(Debug, Serialize)]
+pub struct Prequential {
+    pub samples: u64,
+    pub correct: u64,
+    pub accuracy: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MqttCounts {
+    pub connects: u64,
+    pub connection_errors: u64,
+}
+
+/// The learner's part of `{root}/stats`.
+#[derive(Debug, Serialize)]
+pub struct LearnerFigures {
+    pub queues: QueueDepths,
+    pub head_version: u64,
+    pub classes: usize,
+    pub stored_samples: usize,
+    pub stored_samples_bytes: usize,
+    pub connected: bool,
+    pub adapt: serde_json::Value,
+    pub fleet: FleetCounts,
+}
+
+#[derive(Debug, Serialize)]
+pub struct QueueDepths {
+    pub infer: usize,
+    pub learn: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FleetCounts {
+    pub peers: usize,
+    pub rejected: u64,
 }

@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use serde_json::json;
+use crate::daemon::reply::{
+    InferCounts, LearnCounts, LearnerFigures, MqttCounts, Percentiles, Prequential, StatsReport,
+};
 
 use crate::model::latency::quantile;
 
@@ -109,46 +111,40 @@ pub fn rss_bytes() -> u64 {
 }
 
 impl Stats {
-    /// The `{root}/stats` document; `extra` carries the learner's and queues' figures.
-    pub fn to_json(&self, extra: serde_json::Value) -> serde_json::Value {
+    /// The `{root}/stats` document, with the learner's figures.
+    pub fn report(&self, learner: LearnerFigures) -> StatsReport {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let pct = |w: &Window| match w.percentiles() {
-            Some((p50, p99)) => json!({ "p50": p50, "p99": p99 }),
-            None => json!(null),
-        };
+        let pct = |w: &Window| w.percentiles().map(|(p50, p99)| Percentiles { p50, p99 });
         let total = get(&self.prequential_total);
         let correct = get(&self.prequential_correct);
-        let mut doc = json!({
-            "uptime_secs": self.started.elapsed().as_secs(),
-            "infer": {
-                "received": get(&self.infer_received),
-                "done": get(&self.infer_done),
-                "dropped": get(&self.infer_dropped),
+        StatsReport {
+            uptime_secs: self.started.elapsed().as_secs(),
+            infer: InferCounts {
+                received: get(&self.infer_received),
+                done: get(&self.infer_done),
+                dropped: get(&self.infer_dropped),
             },
-            "learn": {
-                "received": get(&self.learn_received),
-                "learned": get(&self.learned),
-                "duplicates": get(&self.duplicates),
+            learn: LearnCounts {
+                received: get(&self.learn_received),
+                learned: get(&self.learned),
+                duplicates: get(&self.duplicates),
             },
-            "errors": get(&self.errors),
-            "publish_dropped": get(&self.publish_dropped),
-            "latency_ms": pct(&self.latency),
-            "backbone_ms": pct(&self.backbone),
-            "prequential": {
-                "samples": total,
-                "correct": correct,
-                "accuracy": if total > 0 { json!(correct as f64 / total as f64) } else { json!(null) },
+            errors: get(&self.errors),
+            publish_dropped: get(&self.publish_dropped),
+            latency_ms: pct(&self.latency),
+            backbone_ms: pct(&self.backbone),
+            prequential: Prequential {
+                samples: total,
+                correct,
+                accuracy: (total > 0).then(|| correct as f64 / total as f64),
             },
-            "mqtt": {
-                "connects": get(&self.connects),
-                "connection_errors": get(&self.connection_errors),
+            mqtt: MqttCounts {
+                connects: get(&self.connects),
+                connection_errors: get(&self.connection_errors),
             },
-            "rss_bytes": rss_bytes(),
-        });
-        if let (Some(d), serde_json::Value::Object(e)) = (doc.as_object_mut(), extra) {
-            d.extend(e);
+            rss_bytes: rss_bytes(),
+            learner,
         }
-        doc
     }
 }
 

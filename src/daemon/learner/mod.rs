@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rumqttc::{Publish, QoS};
-use serde_json::json;
 
 use crate::adapt::handle::AdaptHandle;
 use crate::cbor::{Bytes, F32s};
@@ -23,7 +22,9 @@ use crate::config::Settings;
 use crate::daemon::error::RequestError;
 use crate::daemon::outbox::Outbox;
 use crate::daemon::queue::WorkQueue;
-use crate::daemon::reply::{BackboneSummary, HeadSummary, Info, Learned};
+use crate::daemon::reply::{
+    BackboneSummary, FleetCounts, HeadSummary, Info, Learned, LearnerFigures, QueueDepths,
+};
 use crate::daemon::request::{Command, MAX_HEAD_BYTES};
 use crate::daemon::serving::PredictorSlot;
 use crate::daemon::stats::{bump, Stats};
@@ -434,23 +435,22 @@ impl Learner {
         }
         if self.last_stats.elapsed() >= publish.stats_interval {
             self.last_stats = Instant::now();
-            let extra = json!({
-                "queues": {
-                    "infer": self.ctx.queue.infer_len(),
-                    "learn": self.ctx.queue.learner_depth(),
+            let doc = self.ctx.stats.report(LearnerFigures {
+                queues: QueueDepths {
+                    infer: self.ctx.queue.infer_len(),
+                    learn: self.ctx.queue.learner_depth(),
                 },
-                "head_version": self.head.version(),
-                "classes": self.head.classes().len(),
-                "stored_samples": self.samples.len(),
-                "stored_samples_bytes": self.samples.heap_bytes(),
-                "connected": self.ctx.outbox.is_connected(),
-                "adapt": self.ctx.adapt.status_json(),
-                "fleet": {
-                    "peers": self.fleet.peers.heads.len(),
-                    "rejected": self.fleet.peers.rejected,
+                head_version: self.head.version(),
+                classes: self.head.classes().len(),
+                stored_samples: self.samples.len(),
+                stored_samples_bytes: self.samples.heap_bytes(),
+                connected: self.ctx.outbox.is_connected(),
+                adapt: self.ctx.adapt.status_json(),
+                fleet: FleetCounts {
+                    peers: self.fleet.peers.heads.len(),
+                    rejected: self.fleet.peers.rejected,
                 },
             });
-            let doc = self.ctx.stats.to_json(extra);
             self.ctx.outbox.reply(&self.ctx.outbox.topics.stats, &doc);
         }
     }
