@@ -9,6 +9,7 @@
 //! ```sh
 //! cargo build --release
 //! cargo run --release --example loadgen -- --adaptd target/release/adaptd --publishers 1,2,4
+//! (`--learn N` first times N labeled images sent at once until all are learned)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -57,8 +58,14 @@ struct Args {
     /// RSS sampling period of the soak.
     #[arg(long, default_value_t = 10)]
     sample_secs: u64,
+    /// Before the levels: send this many labeled images (QoS 1, as fast as the broker takes
+    /// them) and time until adaptd has learned them all (durably: `learned` follows the fsync).
+    #[arg(long, default_value_t = 0)]
+    learn: usize,
 }
 
+/// `{root}/learned` replies seen.
+static LEARNED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 /// Error replies seen on `{root}/error`.
 static ERRORS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 /// `stored_samples_bytes` of adaptd's latest `{root}/stats` (the sample reservoir).
@@ -156,6 +163,9 @@ async fn connect(port: u16, root: &str) -> Result<(AsyncClient, Waiters)> {
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     if p.topic.ends_with("/error") {
                         ERRORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    if p.topic.ends_with("/learned") {
+                        LEARNED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                     if p.topic.ends_with("/stats") {
                         if let Some(b) = serde_json::from_slice::<Value>(&p.payload)
@@ -307,6 +317,12 @@ async fn main() -> Result<()> {
         return Ok(());
     }
 
+    let learn = if args.learn > 0 {
+        Some(learn_burst(&client, &root, &image, args.learn).await?)
+    } else {
+        None
+    };
+
     let mut levels = Vec::new();
     for &n in &args.publishers {
         let deadline = Instant::now() + Duration::from_secs(args.secs);
@@ -380,6 +396,7 @@ async fn main() -> Result<()> {
         "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
         "backbone_bench_median_ms": backbone_ms,
         "start_to_online_ms": start_to_online_ms,
+        "learn": learn,
         "levels": levels,
         "throughput_vs_one_publisher": levels.iter().map(|l| l["throughput_per_s"].as_f64().unwrap_or(0.0) / single).collect::<Vec<_>>(),
     });
@@ -389,6 +406,15 @@ async fn main() -> Result<()> {
         println!(
             "bare backbone (adaptd bench, 1 thread): median {backbone_ms:.1} ms; start to online {start_to_online_ms:.0} ms"
         );
+        if let Some(l) = &learn {
+            println!(
+                "learn burst: {} samples learned in {:.1} s ({:.1}/s), {} errors",
+                l["samples"],
+                l["seconds"].as_f64().unwrap_or(f64::NAN),
+                l["learned_per_s"].as_f64().unwrap_or(f64::NAN),
+                l["errors"]
+            );
+        }
         println!("| publishers | requests | throughput/s | × 1 publisher | e2e p50 ms | e2e p99 ms | p50 / backbone | server p50 ms | RSS MiB | peak RSS MiB |");
         println!("|---|---|---|---|---|---|---|---|---|---|");
         for l in &levels {
@@ -413,6 +439,40 @@ async fn main() -> Result<()> {
 }
 
 /// Least-squares slope of `(t, y)`.
+/// Sends `n` labeled images at once (alternating two labels) and waits until all are learned.
+async fn learn_burst(client: &AsyncClient, root: &str, image: &[u8], n: usize) -> Result<Value> {
+    let base = LEARNED.load(std::sync::atomic::Ordering::Relaxed);
+    let errors = ERRORS.load(std::sync::atomic::Ordering::Relaxed);
+    let start = Instant::now();
+    for i in 0..n {
+        let label = if i % 2 == 0 { "cat" } else { "cup" };
+        let req = json!({"id": format!("learn-{i}"), "image": base64::engine::general_purpose::STANDARD.encode(image)}).to_string();
+        client
+            .publish(
+                format!("{root}/learn/{label}"),
+                QoS::AtLeastOnce,
+                false,
+                req,
+            )
+            .await?;
+    }
+    let deadline = start + Duration::from_secs(600);
+    while LEARNED.load(std::sync::atomic::Ordering::Relaxed) < base + n as u64 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "learn burst: not all learned in 600 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    Ok(json!({
+        "samples": n,
+        "seconds": secs,
+        "learned_per_s": n as f64 / secs,
+        "errors": ERRORS.load(std::sync::atomic::Ordering::Relaxed) - errors,
+    }))
+}
+
 fn slope(points: &[(f64, f64)]) -> f64 {
     let n = points.len() as f64;
     if n < 2.0 {
