@@ -22,6 +22,32 @@ pub fn wait_bound() -> Duration {
     Duration::from_secs(secs)
 }
 
+/// The mosquitto broker binary: `$MOSQUITTO` when set, else the first `mosquitto` on the PATH or
+/// in /usr/sbin, /usr/local/sbin, /sbin (Debian installs it in /usr/sbin, which is not on a
+/// normal user's PATH). Panics with what to install when there is none.
+pub fn mosquitto_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("MOSQUITTO").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join("mosquitto"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "mosquitto not found on the PATH nor in /usr/sbin, /usr/local/sbin, /sbin: \
+                 install it (apt-get install mosquitto) or set MOSQUITTO=/path/to/mosquitto"
+            )
+        })
+}
+
+/// Whether the tests run as root (the network-fault test needs it for its namespace).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -89,7 +115,7 @@ impl Mosquitto {
 
     /// (Re)starts the broker process on the same port and persistence directory.
     pub fn restart(&mut self) {
-        let child = Command::new("mosquitto")
+        let child = Command::new(mosquitto_bin())
             .arg("-c")
             .arg(self.dir.path().join("mosquitto.conf"))
             .stdout(Stdio::null())
