@@ -32,30 +32,31 @@ impl Intake {
             return;
         }
         let route = self.outbox.topics.route(&publish.topic, &self.sources);
-        let job = |route| Job {
+        if matches!(route, Route::Ignore | Route::Infer) {
+            // Not durable work: acknowledged on receipt.
+            self.outbox.ack(&publish);
+        }
+        if route == Route::Ignore {
+            return;
+        }
+        let job = Job {
             publish,
             route,
             received: Instant::now(),
         };
-        match route {
-            Route::Ignore => self.outbox.ack(&job(Route::Ignore).publish),
-            Route::Infer => {
-                bump(&self.stats.infer_received);
-                let j = job(Route::Infer);
-                // Inference is not durable work: acknowledge on receipt.
-                self.outbox.ack(&j.publish);
-                if let Ok(Some(_)) = self.queue.push_infer(j) {
-                    bump(&self.stats.infer_dropped);
-                }
+        if job.route == Route::Infer {
+            bump(&self.stats.infer_received);
+            if let Ok(Some(_)) = self.queue.push_infer(job) {
+                bump(&self.stats.infer_dropped);
             }
-            route => match self.queue.push_learner(job(route)) {
-                Ok(_) => {}
-                Err((Refused::Busy, j)) => {
-                    self.outbox
-                        .refuse(&j.publish.topic, None, &RequestError::Busy)
-                }
-                Err((Refused::Closed, _)) => {}
-            },
+            return;
+        }
+        match self.queue.push_learner(job) {
+            Ok(_) | Err((Refused::Closed, _)) => {}
+            Err((Refused::Busy, j)) => {
+                self.outbox
+                    .refuse(&j.publish.topic, None, &RequestError::Busy)
+            }
         }
     }
 }

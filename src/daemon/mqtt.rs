@@ -110,12 +110,9 @@ pub fn tune(eventloop: &mut EventLoop) {
 /// The driver's view of the daemon.
 pub struct Driver {
     pub client: AsyncClient,
+    /// Where inbound messages go; its outbox, counters, shutdown token and sources are the
+    /// driver's too.
     pub intake: Intake,
-    pub outbox: Arc<Outbox>,
-    pub stats: Arc<Stats>,
-    pub shutdown: Shutdown,
-    /// adaptd's subscriptions (inputs and configured sources).
-    pub subscriptions: Vec<(String, QoS)>,
     /// Reconnection backoff bounds.
     pub backoff: (Duration, Duration),
 }
@@ -212,18 +209,15 @@ pub async fn drive(mut eventloop: EventLoop, driver: Driver) {
     let Driver {
         client,
         intake,
-        outbox,
-        stats,
-        shutdown,
-        subscriptions,
         backoff,
     } = driver;
+    let (outbox, stats, shutdown) = (&intake.outbox, &intake.stats, &intake.shutdown);
     let link = Link {
         client,
         outbox: outbox.clone(),
         stats: stats.clone(),
         shutdown: shutdown.clone(),
-        subscriptions,
+        subscriptions: outbox.topics.subscriptions(&intake.sources),
     };
     let has_fleet = outbox.topics.fleet.is_some();
     let mut backoff = Backoff::new(backoff.0, backoff.1);

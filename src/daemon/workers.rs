@@ -101,16 +101,16 @@ impl Workers {
             match task {
                 Task::Infer(job) => self.infer(job),
                 Task::Learner { seq, job } => {
-                    let publish = job.publish.clone();
                     // Whatever happens while preparing, the learner gets this sequence number,
                     // or it would wait for it forever.
                     let work = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        self.prepare(job)
+                        self.prepare(&job)
                     }))
                     .unwrap_or_else(|_| {
-                        tracing::error!(topic = %publish.topic, "preparing a message panicked");
+                        tracing::error!(topic = %job.publish.topic, "preparing a message panicked");
                         Work::Lost
                     });
+                    let publish = job.publish;
                     if learner.send(Step { seq, publish, work }).is_err() {
                         tracing::error!("learner is gone; message left unacknowledged");
                     }
@@ -180,16 +180,16 @@ impl Workers {
     }
 
     /// Turns a learner-bound message into what the learner applies.
-    fn prepare(&self, job: Job) -> Work {
+    fn prepare(&self, job: &Job) -> Work {
         let payload = &job.publish.payload;
         let refused = |error| Work::Refused {
             id: sniff_id(payload),
             error,
         };
-        match job.route {
+        match &job.route {
             Route::Learn(label) => {
                 bump(&self.stats.learn_received);
-                match self.learn_sample(&job.publish, label) {
+                match self.learn_sample(&job.publish, label.as_deref()) {
                     Ok(s) => Work::Sample(s),
                     Err(e) => refused(e),
                 }
@@ -201,8 +201,8 @@ impl Workers {
                     Err(e) => refused(e),
                 }
             }
-            Route::Command(name) => Work::Command(Command::parse(&name, payload)),
-            Route::Peer(peer) => Work::Peer(peer),
+            Route::Command(name) => Work::Command(Command::parse(name, payload)),
+            Route::Peer(peer) => Work::Peer(peer.clone()),
             Route::Infer | Route::Ignore => Work::Lost,
         }
     }
@@ -210,7 +210,7 @@ impl Workers {
     fn learn_sample(
         &self,
         publish: &Publish,
-        topic_label: Option<String>,
+        topic_label: Option<&str>,
     ) -> Result<Sample, RequestError> {
         check_size(&publish.payload, self.max_payload_bytes)?;
         let req = parse_request(&publish.payload)?;
@@ -220,7 +220,8 @@ impl Workers {
                     "label given in both topic and payload".into(),
                 ))
             }
-            (Some(l), None) | (None, Some(l)) => l,
+            (Some(l), None) => l.to_string(),
+            (None, Some(l)) => l,
             (None, None) => {
                 return Err(RequestError::BadRequest(format!(
                     "no label: publish to {}/learn/<label> or give \"label\" in JSON",

@@ -91,13 +91,14 @@ impl Embedder {
         Ok(self.backbone.run(&tensor)?)
     }
 
-    /// [`embed`](Self::embed) of a raw payload (the CLI's files, `eval`'s images).
+    /// [`embed`](Self::embed) of a raw payload (the CLI's files, `eval`'s images), decoded
+    /// where it lies: no copy into an [`Input`].
     pub fn embed_payload(&self, bytes: &[u8]) -> Result<Vec<f32>, EmbedError> {
-        self.embed(&Input::Payload(bytes::Bytes::copy_from_slice(bytes)))
+        Ok(self.backbone.embed(&self.preprocessor.decode(bytes)?)?)
     }
 
-    /// [`run`](Self::run) of a raw payload.
+    /// [`run`](Self::run) of a raw payload, without a copy.
     pub fn run_payload(&self, bytes: &[u8]) -> Result<Outputs, EmbedError> {
-        self.run(&Input::Payload(bytes::Bytes::copy_from_slice(bytes)))
+        Ok(self.backbone.run(&self.preprocessor.decode(bytes)?)?)
     }
 }

@@ -117,7 +117,10 @@ impl Learner {
     }
 
     fn load_head(&self, bytes: &[u8]) -> Result<Head, RequestError> {
-        Ok(Head::from_bytes(bytes, &self.expect())?)
+        Ok(Head::from_bytes(
+            bytes,
+            &super::expect_head(&self.ctx.backbone),
+        )?)
     }
 
     /// Makes `head` current with a version above every earlier one, snapshots and publishes.

@@ -90,6 +90,16 @@ pub struct Context {
     pub stats: Arc<Stats>,
 }
 
+/// What a head file (imported, merged, rolled back to, or a peer's) must match: this backbone
+/// and its embedding size.
+fn expect_head(backbone: &BackboneSummary) -> Expect<'_> {
+    Expect {
+        backbone_sha256: Some(&backbone.sha256),
+        dim: Some(backbone.embedding_dim),
+        max_bytes: MAX_HEAD_BYTES,
+    }
+}
+
 /// The learner's state.
 pub struct Learner {
     ctx: Context,
@@ -382,23 +392,9 @@ impl Learner {
         }
     }
 
-    /// What a head file must match: this backbone, its embedding size.
-    fn expect(&self) -> Expect<'_> {
-        Expect {
-            backbone_sha256: Some(&self.ctx.backbone.sha256),
-            dim: Some(self.ctx.backbone.embedding_dim),
-            max_bytes: MAX_HEAD_BYTES,
-        }
-    }
-
     /// A fleet peer's signed head: verified, then merged into the prediction head.
     fn peer_head(&mut self, peer: &str, publish: &Publish) {
-        let sha = self.ctx.backbone.sha256.clone();
-        let expect = Expect {
-            backbone_sha256: Some(&sha),
-            dim: Some(self.ctx.backbone.embedding_dim),
-            max_bytes: MAX_HEAD_BYTES,
-        };
+        let expect = expect_head(&self.ctx.backbone);
         match self
             .fleet
             .on_peer(peer, &publish.payload, &expect, self.head.algorithm())
