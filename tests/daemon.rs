@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use adaptd::head::{Expect, Head};
 use common::{
-    base64_encode, class_counts, info, learn_all, predict, variants, Client, Daemon, Mosquitto, Msg,
+    base64_encode, class_counts, info, learn_all, predict, result_of, variants, Client, Daemon,
+    Mosquitto, Msg,
 };
 
 /// A broker, a running adaptd with a fresh state directory, and a client watching `{root}/#`
@@ -139,12 +140,7 @@ async fn learns_predicts_takes_feedback_publishes_and_rolls_back() {
 
     // Snapshot, learn more, roll back to the snapshot.
     c.publish(&format!("{root}/cmd/snapshot"), "").await;
-    let r = c
-        .wait_for(&format!("{root}/result"), |m| {
-            m.json()["command"] == "snapshot"
-        })
-        .await
-        .json();
+    let r = result_of(&c, &root, "snapshot").await;
     let snap_version = r["head_version"].as_u64().expect("version");
     learn_all(&c, &root, "cup", &cups[4..5]).await;
     info(&c, &root, |i| i["head"]["samples"] == 10).await;
@@ -156,12 +152,7 @@ async fn learns_predicts_takes_feedback_publishes_and_rolls_back() {
         format!("{{\"version\": {snap_version}}}"),
     )
     .await;
-    let r = c
-        .wait_for(&format!("{root}/result"), |m| {
-            m.json()["command"] == "rollback"
-        })
-        .await
-        .json();
+    let r = result_of(&c, &root, "rollback").await;
     assert_eq!(r["restored"].as_u64(), Some(snap_version));
     assert!(
         r["head_version"].as_u64().unwrap_or(0) > snap_version,
@@ -172,12 +163,7 @@ async fn learns_predicts_takes_feedback_publishes_and_rolls_back() {
 
     // Switch the learner: retrained from the stored samples, predictions still follow.
     c.publish(&format!("{root}/cmd/algorithm"), "slda").await;
-    let r = c
-        .wait_for(&format!("{root}/result"), |m| {
-            m.json()["command"] == "algorithm"
-        })
-        .await
-        .json();
+    let r = result_of(&c, &root, "algorithm").await;
     assert_eq!(
         r["retrained_samples"], 10,
         "stored samples include the rolled-back one: {r}"
@@ -702,12 +688,7 @@ async fn adapts_to_a_shifted_camera_raises_drift_and_keeps_its_statistics() {
     // Reset (the camera was re-aimed on purpose): the alarm clears, corrections stop.
     c.clear();
     c.publish(&format!("{root}/cmd/adapt-reset"), "").await;
-    let r = c
-        .wait_for(&format!("{root}/result"), |m| {
-            m.json()["command"] == "adapt-reset"
-        })
-        .await
-        .json();
+    let r = result_of(&c, &root, "adapt-reset").await;
     assert_eq!(r["ok"], true);
     c.wait_for(&format!("{root}/drift"), |m| m.json()["alarm"] == false)
         .await;

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use adaptd::fleet::Identity;
 use adaptd::head::{Head, HeadConfig};
-use common::{info, learn_all, predict, variants, Client, Daemon, Mosquitto};
+use common::{info, learn_all, predict, result_of, variants, Client, Daemon, Mosquitto};
 
 const GROUP: &str = "warehouse";
 
@@ -261,12 +261,7 @@ async fn bad_peer_heads_are_rejected_with_an_error_and_change_nothing() {
 
     // fleet-leave drops the peer.
     c.publish(&format!("{root}/cmd/fleet-leave"), "m1").await;
-    let r = c
-        .wait_for(&format!("{root}/result"), |m| {
-            m.json()["command"] == "fleet-leave"
-        })
-        .await
-        .json();
+    let r = result_of(&c, &root, "fleet-leave").await;
     assert_eq!(r["was_merged"], true, "{r}");
     let i = info(&c, &root, |i| i["fleet"]["excluded"][0] == "m1").await;
     assert!(peer_version(&i, "m1").is_none());

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use adaptd::head::{Expect, Head};
 use common::{base64_encode, class_counts, info, learn_all, predict, variants, Client, InProcess};
-use common::{Mosquitto, Msg};
+use common::{result_of, Mosquitto, Msg};
 
 /// Config file text on top of the defaults; the per-test keys come as `ADAPTD_*` pairs.
 const CONFIG: &str = "[head]\nalgorithm = \"ncm\"\n";
@@ -36,17 +36,40 @@ fn start(broker: &Mosquitto, state: &Path, device: &str) -> InProcess {
     ))
 }
 
+/// A test's broker, state directory and watching client, with adaptd started on them.
+struct Setup {
+    broker: Mosquitto,
+    _tmp: tempfile::TempDir,
+    state: std::path::PathBuf,
+    root: String,
+    c: Client,
+}
+
+impl Setup {
+    /// Starts mosquitto and adaptd (device `device`) in-process and waits until it is online.
+    async fn start(device: &str) -> (Setup, InProcess) {
+        init_logging();
+        let broker = Mosquitto::start();
+        let tmp = tempfile::tempdir().expect("tmp");
+        let state = tmp.path().join("state");
+        let root = format!("adaptd/{device}");
+        let c = Client::connect(broker.port, &[&format!("{root}/#")]).await;
+        let d = start(&broker, &state, device);
+        online(&c, &root).await;
+        let setup = Setup {
+            broker,
+            _tmp: tmp,
+            state,
+            root,
+            c,
+        };
+        (setup, d)
+    }
+}
+
 async fn online(c: &Client, root: &str) {
     c.wait_for(&format!("{root}/status"), |m| m.payload == b"online")
         .await;
-}
-
-async fn result_of(c: &Client, root: &str, command: &str) -> serde_json::Value {
-    c.wait_for(&format!("{root}/result"), |m| {
-        m.json()["command"] == command
-    })
-    .await
-    .json()
 }
 
 /// Sends `img` for inference with `id` and waits for the error that refuses it.
@@ -67,14 +90,15 @@ fn label_of(p: &serde_json::Value) -> &str {
 /// directory: the classes, merge included, are still there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn learns_infers_merges_and_keeps_its_classes_across_runs() {
-    init_logging();
-    let broker = Mosquitto::start();
-    let tmp = tempfile::tempdir().expect("tmp");
-    let state = tmp.path().join("state");
-    let root = "adaptd/inproc-learn";
-    let c = Client::connect(broker.port, &[&format!("{root}/#")]).await;
-    let d = start(&broker, &state, "inproc-learn");
-    online(&c, root).await;
+    let (setup, d) = Setup::start("inproc-learn").await;
+    let Setup {
+        broker,
+        _tmp,
+        state,
+        root,
+        c,
+    } = setup;
+    let root = root.as_str();
 
     let cats = variants("chelsea.jpg", 6, 41);
     let cups = variants("coffee.jpg", 6, 42);
@@ -188,14 +212,15 @@ async fn learns_infers_merges_and_keeps_its_classes_across_runs() {
 /// echoed), and the empty head is what the next run on the same state directory starts from.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_empties_the_head_durably() {
-    init_logging();
-    let broker = Mosquitto::start();
-    let tmp = tempfile::tempdir().expect("tmp");
-    let state = tmp.path().join("state");
-    let root = "adaptd/inproc-reset";
-    let c = Client::connect(broker.port, &[&format!("{root}/#")]).await;
-    let d = start(&broker, &state, "inproc-reset");
-    online(&c, root).await;
+    let (setup, d) = Setup::start("inproc-reset").await;
+    let Setup {
+        broker,
+        _tmp,
+        state,
+        root,
+        c,
+    } = setup;
+    let root = root.as_str();
 
     let cats = variants("chelsea.jpg", 3, 51);
     learn_all(&c, root, "cat", &cats[..2]).await;

@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{class_counts, fixture, info, predict, Client, Daemon, Mosquitto};
+use common::{class_counts, fixture, info, predict, result_of, Client, Daemon, Mosquitto};
 
 /// The public key of the fixture's `fleet.key`, as printed by the adaptd that wrote it.
 const FLEET_KEY: &str = "abcdb2a5a8d054a16f528fafa06159d2051decfc367ba73bb8fad00940b48e09";
@@ -90,12 +90,7 @@ async fn a_state_directory_written_by_an_older_adaptd_loads_unchanged() {
         format!("{{\"version\": {KEPT_VERSION}}}"),
     )
     .await;
-    let r = c
-        .wait_for(&format!("{root}/result"), |m| {
-            m.json()["command"] == "rollback"
-        })
-        .await
-        .json();
+    let r = result_of(&c, &root, "rollback").await;
     assert_eq!(r["ok"], true, "{r}");
     assert_eq!(r["restored"].as_u64(), Some(KEPT_VERSION));
     assert!(

@@ -48,6 +48,15 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Waits for the `{root}/result` reply of `command` and returns it.
+pub async fn result_of(c: &Client, root: &str, command: &str) -> serde_json::Value {
+    c.wait_for(&format!("{root}/result"), |m| {
+        m.json()["command"] == command
+    })
+    .await
+    .json()
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
