@@ -65,6 +65,19 @@ impl Setup {
         };
         (setup, d)
     }
+
+    /// The parts, owned by the test (the temporary directory must outlive it).
+    fn parts(
+        self,
+    ) -> (
+        Mosquitto,
+        tempfile::TempDir,
+        std::path::PathBuf,
+        String,
+        Client,
+    ) {
+        (self.broker, self._tmp, self.state, self.root, self.c)
+    }
 }
 
 async fn online(c: &Client, root: &str) {
@@ -91,13 +104,7 @@ fn label_of(p: &serde_json::Value) -> &str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn learns_infers_merges_and_keeps_its_classes_across_runs() {
     let (setup, d) = Setup::start("inproc-learn").await;
-    let Setup {
-        broker,
-        _tmp,
-        state,
-        root,
-        c,
-    } = setup;
+    let (broker, _tmp, state, root, c) = setup.parts();
     let root = root.as_str();
 
     let cats = variants("chelsea.jpg", 6, 41);
@@ -213,13 +220,7 @@ async fn learns_infers_merges_and_keeps_its_classes_across_runs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_empties_the_head_durably() {
     let (setup, d) = Setup::start("inproc-reset").await;
-    let Setup {
-        broker,
-        _tmp,
-        state,
-        root,
-        c,
-    } = setup;
+    let (broker, _tmp, state, root, c) = setup.parts();
     let root = root.as_str();
 
     let cats = variants("chelsea.jpg", 3, 51);
