@@ -519,7 +519,7 @@ async fn soak(
                     break;
                 };
                 done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if p == 0 && i % 10 == 0 {
+                if p == 0 && i.is_multiple_of(10) {
                     if let Some(label) = v["label"].as_str() {
                         let fb = json!({"id": v["id"], "label": label}).to_string();
                         let _ = client
@@ -535,7 +535,7 @@ async fn soak(
         tasks.push(tokio::spawn(async move {
             let mut i = 0u64;
             while Instant::now() < deadline {
-                let req = json!({"id": format!("learn-{i}"), "label": if i % 2 == 0 { "cat" } else { "cup" }, "image": b64});
+                let req = json!({"id": format!("learn-{i}"), "label": if i.is_multiple_of(2) { "cat" } else { "cup" }, "image": b64});
                 i += 1;
                 let _ = client
                     .publish(format!("{root}/learn"), QoS::AtLeastOnce, false, req.to_string())

@@ -588,6 +588,72 @@ async fn embedded_broker_serves_alone() {
     assert!(d.stop());
 }
 
+/// A newcomer's Debian machine: `apt-get install mosquitto` starts a broker on the embedded
+/// broker's port. With no broker configured, adaptd finds an MQTT broker there, uses it and says
+/// so in `info` instead of refusing to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_port_held_by_a_broker_uses_that_broker() {
+    let broker = Mosquitto::start();
+    let state = tempfile::tempdir().expect("tmp");
+    let mut d = Daemon::start(
+        "",
+        &state.path().join("s"),
+        "local",
+        &[("ADAPTD_BROKER_EMBEDDED_PORT", &broker.port.to_string())],
+    );
+    let root = d.root();
+    let c = Client::connect(broker.port, &[&format!("{root}/#")]).await;
+    let i = info(&c, &root, |i| i["broker"]["kind"].is_string()).await;
+    assert_eq!(i["broker"]["kind"], "local", "{i}\n{}", d.log());
+    assert_eq!(i["broker"]["port"], broker.port);
+    learn_all(&c, &root, "cat", &variants("chelsea.jpg", 2, 50)).await;
+    learn_all(&c, &root, "cup", &variants("coffee.jpg", 2, 51)).await;
+    c.wait_count(&format!("{root}/learned"), 4).await;
+    let p = predict(&c, &root, "p1", &variants("coffee.jpg", 1, 52)[0]).await;
+    assert_eq!(p["label"], "cup", "{p}");
+    assert!(
+        d.log()
+            .contains("already listens on the embedded broker's port"),
+        "{}",
+        d.log()
+    );
+    assert!(d.stop());
+}
+
+/// Something that is not an MQTT broker holds the embedded broker's port: adaptd refuses to
+/// start and says why, instead of talking to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_port_held_by_something_else_fails_clearly() {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = holder.local_addr().expect("addr").port();
+    // Accept and hold connections without ever answering (a web server waiting for a request).
+    let held = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        for c in holder.incoming().take(4).flatten() {
+            conns.push(c);
+        }
+        conns
+    });
+    let state = tempfile::tempdir().expect("tmp");
+    let mut d = Daemon::start(
+        "",
+        &state.path().join("s"),
+        "taken",
+        &[("ADAPTD_BROKER_EMBEDDED_PORT", &port.to_string())],
+    );
+    let deadline = std::time::Instant::now() + common::wait_bound();
+    while d.alive() {
+        assert!(std::time::Instant::now() < deadline, "{}", d.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = d.log();
+    assert!(
+        log.contains("does not answer as an MQTT broker"),
+        "exit without the broker error: {log}"
+    );
+    drop(held);
+}
+
 /// A camera whose images turned dark and colour-cast (what the board sees after moving).
 fn shifted(images: &[Vec<u8>]) -> Vec<Vec<u8>> {
     use adaptd::eval::shift::{corrupt, prepare, Corruption, Shift};

@@ -57,7 +57,7 @@ async fn mixed_traffic_for_20_seconds_without_errors() {
     let mut labeled = 4u64;
     let mut k = 0usize;
     while Instant::now() < deadline {
-        let (label, img) = if k % 2 == 0 {
+        let (label, img) = if k.is_multiple_of(2) {
             ("cat", &cats[2 + k % 38])
         } else {
             ("cup", &cups[2 + k % 38])

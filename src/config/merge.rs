@@ -66,7 +66,8 @@ fn merge(base: &mut toml::Table, over: toml::Table, origin: &str) -> Result<(), 
     Ok(())
 }
 
-/// Applies `ADAPTD_<SECTION>_<KEY>` variables; values take the type of the default.
+/// Applies `ADAPTD_<SECTION>_<KEY>` variables; values take the type of the default (lists:
+/// comma-separated strings or a TOML array).
 fn apply_env(
     table: &mut toml::Table,
     vars: impl Iterator<Item = (String, String)>,
@@ -92,6 +93,16 @@ fn apply_env(
         };
         let parsed = match current {
             toml::Value::String(_) => toml::Value::String(value),
+            // A list takes `a,b,c` (as daemons take lists in the environment, and what fits a
+            // systemd `Environment=` line) or a TOML array `["a", "b"]`.
+            toml::Value::Array(_) if !value.trim_start().starts_with('[') => toml::Value::Array(
+                value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|v| !v.is_empty())
+                    .map(|v| toml::Value::String(v.to_string()))
+                    .collect(),
+            ),
             _ => {
                 let doc = format!("v = {value}");
                 let t = parse_table(&doc, &name)?;

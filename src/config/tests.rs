@@ -167,3 +167,36 @@ fn other_sections_have_no_code_defaults() {
         "a new section needs its defaults checked here"
     );
 }
+
+#[test]
+fn env_lists_take_commas_or_a_toml_array() {
+    let k1 = "11".repeat(32);
+    let k2 = "22".repeat(32);
+    let commas = format!("{k1}, {k2}");
+    let array = format!("[\"{k1}\", \"{k2}\"]");
+    for value in [commas.as_str(), array.as_str()] {
+        let s = Settings::from_parts(
+            None,
+            "",
+            env(&[
+                ("ADAPTD_STATE_DIR", "/tmp/s"),
+                ("ADAPTD_FLEET_TRUSTED_KEYS", value),
+                ("ADAPTD_FLEET_EXCLUDE", "cam7"),
+            ]),
+        )
+        .expect(value);
+        assert_eq!(
+            s.fleet.trusted_keys,
+            vec![k1.clone(), k2.clone()],
+            "{value}"
+        );
+        assert_eq!(s.fleet.exclude, vec!["cam7".to_string()]);
+    }
+    let s = Settings::from_parts(
+        None,
+        "",
+        env(&[("ADAPTD_STATE_DIR", "/tmp/s"), ("ADAPTD_FLEET_EXCLUDE", "")]),
+    )
+    .expect("empty list");
+    assert!(s.fleet.exclude.is_empty());
+}

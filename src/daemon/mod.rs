@@ -33,7 +33,7 @@ use sd_notify::NotifyState;
 
 use crate::adapt::handle::AdaptHandle;
 use crate::adapt::Adapter;
-use crate::config::{BrokerTarget, Settings};
+use crate::config::Settings;
 use crate::fleet::FleetState;
 use crate::model::{Embedder, ModelDir};
 use crate::state::recovery::restore;
@@ -105,13 +105,8 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         "state loaded"
     );
 
-    let (host, port) = match &settings.broker.target {
-        BrokerTarget::Embedded { port } => {
-            let p = broker::start(*port, settings.broker.max_packet_bytes)?;
-            ("127.0.0.1".to_string(), p)
-        }
-        BrokerTarget::External { host, port, .. } => (host.clone(), *port),
-    };
+    let broker_in_use = broker::resolve(&settings.broker)?;
+    let (host, port) = (broker_in_use.host.clone(), broker_in_use.port);
     let topics = Topics::new(&settings.root).with_fleet(&settings.fleet, &settings.device_id);
     let options = mqtt::options(&settings.broker, &host, port, &topics.status)?;
     let (client, mut eventloop) = AsyncClient::new(options, settings.broker.request_queue);
@@ -161,6 +156,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         learner::Context {
             settings: settings.clone(),
             backbone: BackboneSummary::of(&embedder),
+            broker: broker_in_use.clone(),
             outbox: outbox.clone(),
             predictor: predictor.clone(),
             adapt: adapt.clone(),
@@ -214,7 +210,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         },
     ));
     let workers_n = settings.service.workers;
-    tracing::info!(root = %topics.root, broker = %format!("{host}:{port}"), workers = workers_n, "adaptd running");
+    tracing::info!(root = %topics.root, broker = %format!("{host}:{port}"), broker_kind = ?broker_in_use.kind, workers = workers_n, "adaptd running");
     notify(&[
         NotifyState::Ready,
         NotifyState::Status(&format!("serving {} on {host}:{port}", topics.root)),

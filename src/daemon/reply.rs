@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use crate::adapt::Method;
+use crate::daemon::broker::BrokerInUse;
 use crate::head::{Algorithm, ClassInfo, Scored};
 use crate::model::Embedder;
 
@@ -74,6 +75,7 @@ pub struct Info<'a> {
     pub device_id: &'a str,
     pub root: &'a str,
     pub backbone: &'a BackboneSummary,
+    pub broker: &'a BrokerInUse,
     pub head: HeadSummary,
     pub stored_samples: usize,
     pub adapt: serde_json::Value,

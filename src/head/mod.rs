@@ -145,6 +145,11 @@ pub struct HeadConfig {
     /// Seed for any randomness. The learners are deterministic and currently draw no random
     /// numbers; kept so that future randomized variants stay reproducible. Default 0.
     pub seed: u64,
+    /// Most classes the daemon lets clients create (learn or feedback with a new label, an
+    /// imported or merged head); at most [`MAX_CLASSES`]. Default 1000. A limit on what
+    /// clients may do, not a property of a head: never written to head files.
+    #[serde(skip_serializing)]
+    pub max_classes: usize,
 }
 
 impl Default for HeadConfig {
@@ -161,6 +166,7 @@ impl Default for HeadConfig {
             sgd_lr_decay: 1e-3,
             sgd_class_balance: true,
             seed: 0,
+            max_classes: 1000,
         }
     }
 }
@@ -193,6 +199,12 @@ impl HeadConfig {
         }
         if !(self.sgd_lr_decay.is_finite() && self.sgd_lr_decay >= 0.0) {
             return Err(bad("sgd_lr_decay", self.sgd_lr_decay));
+        }
+        if !(1..=MAX_CLASSES).contains(&self.max_classes) {
+            return Err(HeadError::BadConfig(format!(
+                "max_classes = {} is out of range (1..={MAX_CLASSES})",
+                self.max_classes
+            )));
         }
         Ok(())
     }

@@ -310,7 +310,10 @@ mod tests {
             seq,
             label: format!("c{}", seq % 3),
             // Large enough that CBOR byte strings exceed ciborium's 4 KiB scratch buffer.
-            embedding: F32s(vec![seq as f32; if seq % 2 == 0 { 1280 } else { 8 }]),
+            embedding: F32s(vec![
+                seq as f32;
+                if seq.is_multiple_of(2) { 1280 } else { 8 }
+            ]),
             key: Some([seq as u8; 16]),
         }
     }

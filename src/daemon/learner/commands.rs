@@ -8,7 +8,7 @@ use super::Learner;
 use crate::daemon::error::RequestError;
 use crate::daemon::reply::CommandResult;
 use crate::daemon::request::Command;
-use crate::head::Head;
+use crate::head::{Head, HeadError};
 
 impl Learner {
     /// Runs a parsed command (or answers why it could not be parsed), then acknowledges it.
@@ -125,6 +125,10 @@ impl Learner {
 
     /// Makes `head` current with a version above every earlier one, snapshots and publishes.
     fn install(&mut self, mut head: Head) -> Result<(), RequestError> {
+        let limit = self.ctx.settings.head.max_classes;
+        if head.classes().len() > limit {
+            return Err(HeadError::TooManyClasses { limit }.into());
+        }
         let version = self.head.version().max(head.version()) + 1;
         head.set_version(version);
         let previous = std::mem::replace(&mut self.head, head);

@@ -19,6 +19,7 @@ use rumqttc::{Publish, QoS};
 use crate::adapt::handle::AdaptHandle;
 use crate::cbor::{Bytes, F32s};
 use crate::config::Settings;
+use crate::daemon::broker::BrokerInUse;
 use crate::daemon::error::RequestError;
 use crate::daemon::outbox::Outbox;
 use crate::daemon::queue::WorkQueue;
@@ -29,7 +30,7 @@ use crate::daemon::request::{Command, MAX_HEAD_BYTES};
 use crate::daemon::serving::PredictorSlot;
 use crate::daemon::stats::{bump, Stats};
 use crate::fleet::{Accepted, FleetState};
-use crate::head::{Expect, Head};
+use crate::head::{Expect, Head, HeadError};
 use crate::state::recovery::{Dedup, Restored};
 use crate::state::samples::SampleStore;
 use crate::state::store::{LearnRecord, SnapshotData, Store};
@@ -83,6 +84,8 @@ pub struct Sample {
 pub struct Context {
     pub settings: Settings,
     pub backbone: BackboneSummary,
+    /// The broker in use, for `{root}/info`.
+    pub broker: BrokerInUse,
     pub outbox: Arc<Outbox>,
     pub predictor: Arc<PredictorSlot>,
     pub adapt: Arc<AdaptHandle>,
@@ -202,6 +205,10 @@ impl Learner {
                     if publish.dup && seen(&s.key) {
                         bump(&self.ctx.stats.duplicates);
                         self.ctx.outbox.ack(&publish);
+                    } else if let Err(e) = self.class_room(&s.label, &pending) {
+                        // Refused before the log: nothing changes, and it is never retried.
+                        self.ctx.outbox.refuse(&publish.topic, Some(&s.id), &e);
+                        self.ctx.outbox.ack(&publish);
                     } else {
                         pending.push((publish, s));
                     }
@@ -226,6 +233,27 @@ impl Learner {
             }
         }
         self.commit(pending);
+    }
+
+    /// Whether `label` may be learned: a new class needs room under `head.max_classes`,
+    /// counting the new labels of samples not yet committed.
+    fn class_room(&self, label: &str, pending: &[(Publish, Sample)]) -> Result<(), RequestError> {
+        let known = |l: &str| self.head.class_stats(l).is_some();
+        if known(label) || pending.iter().any(|(_, p)| p.label == label) {
+            return Ok(());
+        }
+        let limit = self.ctx.settings.head.max_classes;
+        let mut new: Vec<&str> = pending
+            .iter()
+            .map(|(_, p)| p.label.as_str())
+            .filter(|l| !known(l))
+            .collect();
+        new.sort_unstable();
+        new.dedup();
+        if self.head.classes().len() + new.len() >= limit {
+            return Err(RequestError::Head(HeadError::TooManyClasses { limit }));
+        }
+        Ok(())
     }
 
     /// Logs the batch durably, acknowledges it, then learns it.
@@ -380,6 +408,7 @@ impl Learner {
             device_id: &self.ctx.settings.device_id,
             root: &self.ctx.outbox.topics.root,
             backbone: &self.ctx.backbone,
+            broker: &self.ctx.broker,
             head: HeadSummary {
                 algorithm: self.head.algorithm(),
                 version: self.head.version(),

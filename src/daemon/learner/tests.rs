@@ -7,6 +7,7 @@ use rumqttc::{Publish, QoS};
 
 use super::*;
 use crate::adapt::handle::{AdaptHandle, Msg};
+use crate::daemon::broker::BrokerKind;
 use crate::daemon::outbox::{Outbox, Recorder};
 use crate::daemon::queue::WorkQueue;
 use crate::daemon::reply::{BackboneSummary, InputSummary};
@@ -88,6 +89,11 @@ fn rig_in(dir: Option<tempfile::TempDir>) -> Rig {
     let ctx = Context {
         settings,
         backbone: backbone(),
+        broker: BrokerInUse {
+            host: "127.0.0.1".into(),
+            port: 1883,
+            kind: BrokerKind::Local,
+        },
         outbox,
         predictor: predictor.clone(),
         adapt: Arc::new(adapt),
@@ -389,4 +395,43 @@ fn adapt_reset_and_fleet_leave_succeed() {
     assert_eq!(res[1]["peer"], "cam2");
     assert_eq!(res[1]["was_merged"], false);
     assert!(r.errors().is_empty());
+}
+
+#[test]
+fn new_classes_past_max_classes_are_refused_and_change_nothing() {
+    let mut r = rig();
+    r.learner.ctx.settings.head.max_classes = 3;
+    // Two new classes in one batch with a third: the third fills the limit, the fourth (new)
+    // label is refused, a known label still learns.
+    let steps = vec![
+        r.sample("c0", x(0, 0.0)),
+        r.sample("c1", x(1, 0.0)),
+        r.sample("c1", x(1, 0.01)),
+        r.sample("c2", x(2, 0.0)),
+        r.sample("c3", x(3, 0.0)),
+        r.sample("c0", x(0, 0.01)),
+    ];
+    r.learner.apply(steps);
+    assert_eq!(r.classes(), ["c0", "c1", "c2"]);
+    assert_eq!(r.learner.head.samples(), 5);
+    assert_eq!(r.rec.acks(), 6, "the refused sample is acknowledged too");
+    let errors = r.errors();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0]["code"], "too_many_classes");
+    assert_eq!(errors[0]["id"], "s4");
+    // Refused before the write-ahead log: a restart does not bring it back.
+    let mut r = r.restart();
+    assert_eq!(r.classes(), ["c0", "c1", "c2"]);
+    assert_eq!(r.learner.head.samples(), 5);
+
+    // An imported head with more classes than the limit is refused as a whole.
+    r.learner.ctx.settings.head.max_classes = 3;
+    let mut other = Head::new(&HeadConfig::default(), DIM, SHA);
+    for (c, label) in ["a", "b", "c", "d"].iter().enumerate() {
+        other.update(&x(c, 0.0), label).expect("update");
+    }
+    let s = r.command("import", &other.to_bytes().expect("bytes"));
+    r.learner.apply(vec![s]);
+    assert_eq!(r.errors()[0]["code"], "too_many_classes");
+    assert_eq!(r.classes(), ["c0", "c1", "c2"]);
 }
