@@ -90,25 +90,45 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     crate::eval::run(args)
 }
 
-/// `adaptd inspect`.
+/// `adaptd inspect`: the ONNX file (inputs, outputs, ops, SHA-256) and, for a model
+/// directory, the stages from a payload to an embedding and the identity heads are tied to.
 pub fn inspect(model: Option<&Path>, json: bool) -> Result<()> {
-    let onnx = match model {
-        Some(m) if !m.is_dir() => m.to_path_buf(),
-        other => ModelDir::find(other)?.onnx_path(),
+    let dir = match model {
+        Some(m) if !m.is_dir() => None,
+        other => Some(ModelDir::find(other)?),
+    };
+    let onnx = match (&dir, model) {
+        (Some(d), _) => d.onnx_path(),
+        (None, m) => m.map(Path::to_path_buf).unwrap_or_default(),
     };
     let report = backbone::inspect(&onnx)?;
+    let stages = dir.as_ref().map(|d| d.spec.stages()).unwrap_or_default();
+    let identity = dir.as_ref().map(|d| d.spec.identity(&report.sha256));
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let mut v = serde_json::to_value(&report)?;
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("stages".into(), serde_json::json!(stages));
+            obj.insert("identity".into(), serde_json::json!(identity));
+            let modality = dir.as_ref().map(|d| d.spec.modality());
+            obj.insert("modality".into(), serde_json::json!(modality));
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     println!("model   {}", report.path);
     println!("bytes   {}", report.bytes);
     println!("sha256  {}", report.sha256);
+    if let Some(id) = identity.filter(|id| *id != report.sha256) {
+        println!("identity {id} (the file's hash with the front-end recipe)");
+    }
     for (name, fact) in &report.inputs {
         println!("input   {name}: {fact}");
     }
     for (name, fact) in &report.outputs {
         println!("output  {name}: {fact}");
+    }
+    for (i, stage) in stages.iter().enumerate() {
+        println!("stage {} {stage}", i + 1);
     }
     let total: usize = report.ops.values().sum();
     println!("ops     {total} nodes");

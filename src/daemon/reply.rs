@@ -6,7 +6,8 @@ use serde::Serialize;
 use crate::adapt::Method;
 use crate::daemon::broker::BrokerInUse;
 use crate::head::{Algorithm, ClassInfo, Scored};
-use crate::model::Embedder;
+use crate::model::audio::AudioSpec;
+use crate::model::{Embedder, Modality};
 
 /// `{root}/prediction`.
 #[derive(Debug, Serialize)]
@@ -86,8 +87,15 @@ pub struct Info<'a> {
 #[derive(Debug, Clone, Serialize)]
 pub struct BackboneSummary {
     pub name: String,
+    /// The model's identity (heads are tied to it): the ONNX file's SHA-256, hashed with the
+    /// front-end recipe for a sound model.
     pub sha256: String,
+    /// `image`, `audio` or `tensor`: what payloads the board takes.
+    pub modality: Modality,
     pub input: InputSummary,
+    /// A sound model's front-end: rate, STFT, mel bands, windows, duration limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audio: Option<AudioSpec>,
     pub embedding_dim: usize,
 }
 
@@ -109,6 +117,8 @@ impl BackboneSummary {
         BackboneSummary {
             name: b.name.clone(),
             sha256: b.sha256.clone(),
+            modality: embedder.modality(),
+            audio: embedder.model.spec.audio.clone(),
             input: InputSummary {
                 shape: spec.shape.clone(),
                 layout: format!("{:?}", spec.layout).to_lowercase(),

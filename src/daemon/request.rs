@@ -39,6 +39,20 @@ struct JsonRequest {
     image: Option<String>,
     #[serde(default)]
     tensor: Option<Vec<f64>>,
+    /// A sound file (WAV), base64.
+    #[serde(default)]
+    audio: Option<String>,
+    /// Mono signed 16-bit little-endian PCM, base64, at `rate` Hz.
+    #[serde(default)]
+    pcm: Option<String>,
+    #[serde(default)]
+    rate: Option<u32>,
+}
+
+fn base64_field(name: &str, b64: &str) -> Result<Vec<u8>, RequestError> {
+    base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .map_err(|e| RequestError::BadRequest(format!("{name} is not base64: {e}")))
 }
 
 /// Checks the payload size limit.
@@ -92,19 +106,34 @@ pub fn parse_request(payload: &bytes::Bytes) -> Result<Request, RequestError> {
     let req: JsonRequest =
         serde_json::from_slice(payload).map_err(|e| RequestError::BadJson(e.to_string()))?;
     let id = req.id.as_ref().map(id_string).transpose()?;
-    let input = match (req.image, req.tensor) {
-        (Some(_), Some(_)) => {
-            return Err(RequestError::BadRequest(
-                "give either image or tensor, not both".into(),
-            ))
-        }
-        (Some(b64), None) => Some(Input::Image(
-            base64::engine::general_purpose::STANDARD
-                .decode(b64.trim())
-                .map_err(|e| RequestError::BadRequest(format!("image is not base64: {e}")))?,
-        )),
-        (None, Some(t)) => Some(Input::Tensor(t)),
-        (None, None) => None,
+    let given = [
+        req.image.is_some(),
+        req.tensor.is_some(),
+        req.audio.is_some(),
+        req.pcm.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() > 1 {
+        return Err(RequestError::BadRequest(
+            "give one of image, tensor, audio or pcm".into(),
+        ));
+    }
+    if req.rate.is_some() != req.pcm.is_some() {
+        return Err(RequestError::BadRequest(
+            "pcm needs its rate (Hz), and rate goes with pcm".into(),
+        ));
+    }
+    let input = if let Some(b64) = req.image {
+        Some(Input::Image(base64_field("image", &b64)?))
+    } else if let Some(t) = req.tensor {
+        Some(Input::Tensor(t))
+    } else if let Some(b64) = req.audio {
+        Some(Input::Audio(base64_field("audio", &b64)?))
+    } else if let (Some(b64), Some(rate)) = (req.pcm, req.rate) {
+        let clip = crate::model::audio::pcm_s16le(&base64_field("pcm", &b64)?, rate)
+            .map_err(|e| RequestError::BadRequest(e.to_string()))?;
+        Some(Input::Pcm(clip))
+    } else {
+        None
     };
     Ok(Request {
         id,
@@ -294,6 +323,11 @@ mod tests {
         assert!(matches!(r.input, Some(Input::Tensor(ref t)) if t.len() == 2));
         let r = parse_request(&b("{\"image\": \"aGVsbG8=\"}")).expect("b64");
         assert!(matches!(r.input, Some(Input::Image(ref i)) if i == b"hello"));
+        let r = parse_request(&b("{\"audio\": \"aGVsbG8=\"}")).expect("audio");
+        assert!(matches!(r.input, Some(Input::Audio(ref a)) if a == b"hello"));
+        let r = parse_request(&b("{\"pcm\": \"AIAAAP9/\", \"rate\": 8000}")).expect("pcm");
+        assert!(matches!(r.input, Some(Input::Pcm(ref c))
+            if c.rate == 8000 && c.samples == [-1.0, 0.0, 32767.0 / 32768.0]));
         assert!(matches!(
             parse_request(&b("[1,2,3]")).expect("bare").input,
             Some(Input::Payload(_))
@@ -304,6 +338,12 @@ mod tests {
             ("{\"image\": \"***\"}", "bad_request"),
             ("{\"image\": \"aGk=\", \"tensor\": [1]}", "bad_request"),
             ("{\"id\": {\"a\": 1}}", "bad_request"),
+            ("{\"audio\": \"aGk=\", \"image\": \"aGk=\"}", "bad_request"),
+            ("{\"pcm\": \"AAA=\"}", "bad_request"),
+            ("{\"rate\": 16000}", "bad_request"),
+            ("{\"pcm\": \"AA==\", \"rate\": 16000}", "bad_request"),
+            ("{\"pcm\": \"AAA=\", \"rate\": 0}", "bad_request"),
+            ("{\"pcm\": \"\", \"rate\": 16000}", "bad_request"),
         ] {
             assert_eq!(parse_request(&b(bad)).expect_err(bad).code(), code, "{bad}");
         }

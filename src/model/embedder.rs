@@ -1,9 +1,11 @@
-//! The one payload → embedding path: a model directory's preprocessing plus its backbone. The
-//! daemon's workers, the CLI and `adaptd eval` all embed through [`Embedder::embed`].
+//! The one payload → embedding path: a model directory's preprocessing (an image's, or a sound
+//! model's front-end) plus its backbone. The daemon's workers, the CLI and `adaptd eval` all
+//! embed through [`Embedder::embed`].
 
+use crate::model::audio::{self, AudioError, Clip, FrontEnd};
 use crate::model::backbone::{Backbone, BackboneError, Outputs};
-use crate::model::input::{InputError, Preprocessor};
-use crate::model::spec::{ModelDir, ModelError};
+use crate::model::input::{sniff, InputError, PayloadKind, Preprocessor};
+use crate::model::spec::{Modality, ModelDir, ModelError};
 
 /// Any failure between a payload and an embedding.
 #[derive(Debug, thiserror::Error)]
@@ -13,7 +15,15 @@ pub enum EmbedError {
     #[error(transparent)]
     Input(#[from] InputError),
     #[error(transparent)]
+    Audio(#[from] AudioError),
+    #[error(transparent)]
     Backbone(#[from] BackboneError),
+    #[error("this board runs {model}, which takes {takes}; the payload is {got}")]
+    WrongModality {
+        model: String,
+        takes: &'static str,
+        got: &'static str,
+    },
 }
 
 impl EmbedError {
@@ -22,7 +32,9 @@ impl EmbedError {
         match self {
             EmbedError::Model(_) => "model",
             EmbedError::Input(e) => e.code(),
+            EmbedError::Audio(e) => e.code(),
             EmbedError::Backbone(e) => e.code(),
+            EmbedError::WrongModality { .. } => "wrong_modality",
         }
     }
 }
@@ -30,12 +42,16 @@ impl EmbedError {
 /// An input as a request carries it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
-    /// A payload of any supported kind: JPEG, PNG, raw little-endian f32, a JSON array.
+    /// A payload of any supported kind: JPEG, PNG, WAV, raw little-endian f32, a JSON array.
     Payload(bytes::Bytes),
     /// Image bytes (JPEG/PNG), e.g. from a JSON request's base64 `image`.
     Image(Vec<u8>),
     /// Tensor values, e.g. from a JSON request's `tensor`.
     Tensor(Vec<f64>),
+    /// A sound file (WAV), e.g. from a JSON request's base64 `audio`.
+    Audio(Vec<u8>),
+    /// Mono samples in [-1, 1], e.g. from a JSON request's `pcm` (base64 s16le) and `rate`.
+    Pcm(Clip),
 }
 
 /// The model directory's preprocessing plus its backbone.
@@ -43,8 +59,10 @@ pub enum Input {
 pub struct Embedder {
     /// The model description this embedder was loaded from.
     pub model: ModelDir,
-    /// Payload → tensor.
+    /// Payload → tensor (images, tensors).
     pub preprocessor: Preprocessor,
+    /// Sound → backbone inputs, for a model with an `[audio]` section.
+    pub front_end: Option<FrontEnd>,
     /// Tensor → embedding.
     pub backbone: Backbone,
 }
@@ -64,41 +82,143 @@ impl Embedder {
     ) -> Result<Embedder, EmbedError> {
         let backbone = Backbone::load_cached(&model, with_logits, cache_dir)?;
         let preprocessor = Preprocessor::new(model.spec.input.clone());
+        let front_end = model.spec.audio.clone().map(FrontEnd::new);
         Ok(Embedder {
             model,
             preprocessor,
+            front_end,
             backbone,
         })
     }
 
-    fn tensor(&self, input: &Input) -> Result<Vec<f32>, InputError> {
-        match input {
-            Input::Payload(bytes) => self.preprocessor.decode(bytes),
-            Input::Image(bytes) => self.preprocessor.from_image_bytes(bytes),
-            Input::Tensor(values) => self.preprocessor.from_values(values),
+    /// What this model takes.
+    pub fn modality(&self) -> Modality {
+        self.model.spec.modality()
+    }
+
+    fn wrong(&self, got: &'static str) -> EmbedError {
+        EmbedError::WrongModality {
+            model: self.model.spec.name.clone(),
+            takes: match self.modality() {
+                Modality::Image => "images (JPEG, PNG) or tensors",
+                Modality::Audio => "sound (WAV, PCM) or log-mel tensors",
+                Modality::Tensor => "tensors",
+            },
+            got,
         }
+    }
+
+    /// A clip's backbone inputs (one per window), or the refusal of sound by a model that
+    /// does not take it.
+    fn clip_inputs(&self, clip: &Clip) -> Result<Vec<Vec<f32>>, EmbedError> {
+        match &self.front_end {
+            Some(front_end) => Ok(front_end.patches(clip)?),
+            None => Err(self.wrong("sound")),
+        }
+    }
+
+    fn wav_inputs(&self, bytes: &[u8]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        match &self.front_end {
+            Some(front_end) => {
+                let clip = audio::decode_wav(bytes, front_end.spec().max_seconds)?;
+                self.clip_inputs(&clip)
+            }
+            None => Err(self.wrong("sound (WAV)")),
+        }
+    }
+
+    /// A raw payload's backbone inputs: sound is recognised by its RIFF/WAVE header, images by
+    /// their magic bytes, anything else goes to the tensor decoders.
+    fn payload_inputs(&self, bytes: &[u8]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        if audio::is_wav(bytes) {
+            return self.wav_inputs(bytes);
+        }
+        let image = matches!(
+            sniff(bytes, self.preprocessor.spec().element_count()),
+            Some(PayloadKind::Jpeg | PayloadKind::Png)
+        );
+        if image && self.front_end.is_some() {
+            return Err(self.wrong("an image"));
+        }
+        Ok(vec![self.preprocessor.decode(bytes)?])
+    }
+
+    /// The backbone inputs of a request's input: one for an image or a tensor, one per window
+    /// of a clip.
+    fn inputs(&self, input: &Input) -> Result<Vec<Vec<f32>>, EmbedError> {
+        match input {
+            Input::Payload(bytes) => self.payload_inputs(bytes),
+            Input::Image(_) if self.front_end.is_some() => Err(self.wrong("an image")),
+            Input::Image(bytes) => Ok(vec![self.preprocessor.from_image_bytes(bytes)?]),
+            Input::Tensor(values) => Ok(vec![self.preprocessor.from_values(values)?]),
+            Input::Audio(bytes) => self.wav_inputs(bytes),
+            Input::Pcm(clip) => self.clip_inputs(clip),
+        }
+    }
+
+    /// Runs every backbone input and pools: the clip embedding (and logits) is the mean over
+    /// its windows; an image has one.
+    fn pooled(&self, inputs: &[Vec<f32>], logits: bool) -> Result<Outputs, EmbedError> {
+        let mut sum: Option<Outputs> = None;
+        for tensor in inputs {
+            let out = if logits {
+                self.backbone.run(tensor)?
+            } else {
+                Outputs {
+                    embedding: self.backbone.embed(tensor)?,
+                    logits: None,
+                }
+            };
+            sum = Some(match sum {
+                None => out,
+                Some(mut acc) => {
+                    add(&mut acc.embedding, &out.embedding);
+                    if let (Some(a), Some(b)) = (acc.logits.as_mut(), out.logits.as_ref()) {
+                        add(a, b);
+                    }
+                    acc
+                }
+            });
+        }
+        let mut out = sum.ok_or_else(|| BackboneError::Run("no input to run".into()))?;
+        if inputs.len() > 1 {
+            let scale = 1.0 / inputs.len() as f32;
+            out.embedding.iter_mut().for_each(|v| *v *= scale);
+            if let Some(l) = out.logits.as_mut() {
+                l.iter_mut().for_each(|v| *v *= scale);
+            }
+        }
+        Ok(out)
     }
 
     /// Decodes and preprocesses an input and embeds it.
     pub fn embed(&self, input: &Input) -> Result<Vec<f32>, EmbedError> {
-        let tensor = self.tensor(input)?;
-        Ok(self.backbone.embed(&tensor)?)
+        Ok(self.pooled(&self.inputs(input)?, false)?.embedding)
     }
 
     /// Like [`embed`](Self::embed), returning the logits too (a model loaded `with_logits`).
     pub fn run(&self, input: &Input) -> Result<Outputs, EmbedError> {
-        let tensor = self.tensor(input)?;
-        Ok(self.backbone.run(&tensor)?)
+        self.pooled(&self.inputs(input)?, true)
     }
 
-    /// [`embed`](Self::embed) of a raw payload (the CLI's files, `eval`'s images), decoded
-    /// where it lies: no copy into an [`Input`].
+    /// [`embed`](Self::embed) of a raw payload (the CLI's files, `eval`'s images and clips),
+    /// decoded where it lies: no copy into an [`Input`].
     pub fn embed_payload(&self, bytes: &[u8]) -> Result<Vec<f32>, EmbedError> {
-        Ok(self.backbone.embed(&self.preprocessor.decode(bytes)?)?)
+        Ok(self.pooled(&self.payload_inputs(bytes)?, false)?.embedding)
     }
 
     /// [`run`](Self::run) of a raw payload, without a copy.
     pub fn run_payload(&self, bytes: &[u8]) -> Result<Outputs, EmbedError> {
-        Ok(self.backbone.run(&self.preprocessor.decode(bytes)?)?)
+        self.pooled(&self.payload_inputs(bytes)?, true)
     }
+
+    /// The backbone inputs of a raw payload, without running the backbone (`adaptd inspect`
+    /// and the front-end's tests).
+    pub fn preprocess_payload(&self, bytes: &[u8]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        self.payload_inputs(bytes)
+    }
+}
+
+fn add(acc: &mut [f32], x: &[f32]) {
+    acc.iter_mut().zip(x).for_each(|(a, b)| *a += b);
 }

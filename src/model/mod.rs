@@ -1,6 +1,7 @@
-//! The model: its description (`model.toml`), payload decoding, the frozen backbone (the only
+//! The model: its description (`model.toml`), payload decoding (images, sound), the frozen backbone (the only
 //! tract code) and the one payload → embedding path that the daemon, the CLI and `eval` share.
 
+pub mod audio;
 pub mod backbone;
 pub mod embedder;
 pub mod input;
@@ -8,4 +9,4 @@ pub mod latency;
 pub mod spec;
 
 pub use embedder::{EmbedError, Embedder, Input};
-pub use spec::{ModelDir, ModelError, ModelSpec, MODEL_TOML, SHIPPED_MODEL};
+pub use spec::{Modality, ModelDir, ModelError, ModelSpec, MODEL_TOML, SHIPPED_MODEL};

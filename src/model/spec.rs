@@ -5,6 +5,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use sha2::{Digest, Sha256};
+
+use crate::model::audio::AudioSpec;
 use crate::model::input::InputSpec;
 
 /// The name of the description file inside a model directory.
@@ -34,6 +37,98 @@ pub struct ModelSpec {
     pub labels: Option<PathBuf>,
     /// Input tensor and preprocessing.
     pub input: InputSpec,
+    /// Present for a sound model: how a clip becomes backbone inputs (the log-mel front-end and
+    /// its windows); the clip embedding is the mean of the windows' embeddings.
+    #[serde(default)]
+    pub audio: Option<AudioSpec>,
+}
+
+/// What kind of payload a model takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Modality {
+    /// Photos (JPEG, PNG), preprocessed by `[input]`.
+    Image,
+    /// Sound (WAV, PCM), through the `[audio]` front-end.
+    Audio,
+    /// Tensors only (raw f32, JSON): a model whose input is not an image.
+    Tensor,
+}
+
+impl ModelSpec {
+    /// The kind of payload this model takes.
+    pub fn modality(&self) -> Modality {
+        match (&self.audio, self.input.image_size()) {
+            (Some(_), _) => Modality::Audio,
+            (None, Some(_)) => Modality::Image,
+            (None, None) => Modality::Tensor,
+        }
+    }
+
+    /// The stages from a payload to an embedding, one line each (`adaptd inspect`).
+    pub fn stages(&self) -> Vec<String> {
+        let backbone = format!(
+            "backbone {} → output {:?}",
+            self.file.display(),
+            self.embedding_output
+        );
+        match &self.audio {
+            None => {
+                let input = &self.input;
+                vec![
+                    format!(
+                        "decode JPEG/PNG (or a raw/JSON tensor of shape {:?}); {:?} crop, {:?} \
+                         resize, (pixel - mean) / std, {:?}",
+                        input.shape, input.crop, input.resize, input.layout
+                    )
+                    .to_lowercase(),
+                    backbone,
+                ]
+            }
+            Some(a) => {
+                let rate = f64::from(a.sample_rate);
+                vec![
+                    format!(
+                        "decode WAV (or JSON pcm), mix to mono, resample to {} Hz; at most {} s",
+                        a.sample_rate, a.max_seconds
+                    ),
+                    format!(
+                        "log-mel: periodic Hann {} samples, hop {}, FFT {}, |X|, {} HTK mel bands \
+                         {}–{} Hz, ln(mel + {})",
+                        a.window, a.hop, a.fft, a.mel_bands, a.fmin, a.fmax, a.log_offset
+                    ),
+                    format!(
+                        "windows of {} frames ({:.3} s) every {} frames ({:.3} s), the last \
+                         zero-padded",
+                        a.patch_frames,
+                        a.patch_samples() as f64 / rate,
+                        a.patch_hop_frames,
+                        (a.patch_hop_frames * a.hop) as f64 / rate
+                    ),
+                    format!("{backbone}, once per window"),
+                    "clip embedding: mean of the window embeddings".to_string(),
+                ]
+            }
+        }
+    }
+
+    /// The model's identity, given its ONNX file's SHA-256: heads, adaptation state and the
+    /// embedding cache are tied to it. For an image model it is the file's hash (the identity
+    /// heads have always carried); a sound model's embedding also depends on the front-end, so
+    /// its identity hashes the file's hash together with the recipe.
+    pub fn identity(&self, onnx_sha256: &str) -> String {
+        match &self.audio {
+            None => onnx_sha256.to_string(),
+            Some(audio) => {
+                let mut h = Sha256::new();
+                h.update(b"adaptd model identity v1\0");
+                h.update(onnx_sha256.as_bytes());
+                h.update(b"\0");
+                h.update(audio.recipe().as_bytes());
+                hex::encode(h.finalize())
+            }
+        }
+    }
 }
 
 /// A model description together with the directory it was read from.
@@ -81,6 +176,10 @@ impl ModelDir {
         })?;
         spec.input
             .validate()
+            .and_then(|()| match &spec.audio {
+                Some(audio) => audio.validate(spec.input.element_count()),
+                None => Ok(()),
+            })
             .map_err(|message| ModelError::Invalid {
                 path: toml_path.clone(),
                 message,

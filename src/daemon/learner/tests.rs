@@ -52,6 +52,8 @@ fn backbone() -> BackboneSummary {
     BackboneSummary {
         name: "synthetic".into(),
         sha256: SHA.into(),
+        modality: crate::model::Modality::Tensor,
+        audio: None,
         input: InputSummary {
             shape: vec![1, DIM],
             layout: "nchw".into(),

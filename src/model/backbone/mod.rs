@@ -84,8 +84,12 @@ impl BackboneError {
 pub struct BackboneInfo {
     /// Human name from `model.toml`.
     pub name: String,
-    /// SHA-256 (hex) of the ONNX file: a head is only valid for the backbone it was trained on.
+    /// The model's identity ([`crate::model::ModelSpec::identity`]): the ONNX file's SHA-256
+    /// (hex), hashed with the front-end recipe for a sound model. A head is only valid for the
+    /// model it was trained on.
     pub sha256: String,
+    /// SHA-256 (hex) of the ONNX file itself.
+    pub onnx_sha256: String,
     /// Fixed input shape.
     pub input_shape: Vec<usize>,
     /// Embedding dimension (elements of the embedding output, batch excluded).
@@ -450,7 +454,8 @@ impl Backbone {
         );
         let info = BackboneInfo {
             name: spec.name.clone(),
-            sha256,
+            sha256: spec.identity(&sha256),
+            onnx_sha256: sha256,
             input_shape: shape,
             embedding_dim: dims[0],
             logits_dim: logits_plan_ix.map(|ix| dims[ix]),
