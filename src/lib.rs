@@ -4,7 +4,7 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`model`] | `model.toml`, payload decoding, the backbone (the only tract code), the one `embed` path |
+//! | [`model`] | `model.toml`, payload decoding (images; sound in `model::audio`), the backbone (the only tract code), the one `embed` path |
 //! | [`head`] | streaming linear heads, snapshots, merge, head file format |
 //! | [`adapt`] | domain adaptation maths (target statistics, mean/coral/t3a, drift) and its handle |
 //! | [`state`] | the state directory: write-ahead log, snapshots, kept heads, sample reservoir |
