@@ -410,3 +410,121 @@ async fn the_daemon_learns_and_predicts_sounds_over_mqtt() {
     assert!(!class_counts(&i).contains_key("cat"), "{i}");
     d.stop().await.expect("clean stop");
 }
+
+/// A WAV of `samples` at `rate`, 16-bit mono.
+fn wav_of(samples: &[f32], rate: u32) -> Vec<u8> {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: rate,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut cur = std::io::Cursor::new(Vec::new());
+    let mut w = hound::WavWriter::new(&mut cur, spec).expect("writer");
+    for v in samples {
+        w.write_sample((v.clamp(-1.0, 1.0) * 32767.0) as i16)
+            .expect("sample");
+    }
+    w.finalize().expect("finalize");
+    cur.into_inner()
+}
+
+/// Quiet room noise, seeded.
+fn hiss(seconds: f64, seed: u64) -> Vec<f32> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..(seconds * 16000.0) as usize)
+        .map(|_| rng.gen_range(-0.01..0.01f32))
+        .collect()
+}
+
+/// A live microphone on Rhasspy's Hermes topic: 32 ms WAV chunks of hiss, a doorbell, hiss.
+/// adaptd publishes a prediction when what it hears changes, not once per window: "quiet", then
+/// "doorbell", then "quiet" again, from one stream topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hermes_microphone_stream_is_predicted_when_what_is_heard_changes() {
+    let broker = Mosquitto::start();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let root = "adaptd/mic-1";
+    let mic = "hermes/audioServer/kitchen/audioFrame";
+    let c = common::Client::connect(broker.port, &[&format!("{root}/#")]).await;
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/yamnet-l10");
+    let model = model.display().to_string();
+    let config = "[head]\nalgorithm = \"ncm\"\n[[sources]]\n\
+                  topic = \"hermes/audioServer/+/audioFrame\"\nkind = \"stream\"\n\
+                  hop_seconds = 0.48\nthreshold = 0.5\n";
+    let d = InProcess::start(InProcess::settings(
+        config,
+        &broker.url(),
+        &tmp.path().join("state"),
+        "mic-1",
+        &[("ADAPTD_MODEL_DIR", model.as_str())],
+    ));
+    c.wait_for(&format!("{root}/status"), |m| m.payload == b"online")
+        .await;
+    for seed in 0..3 {
+        c.publish(
+            &format!("{root}/learn/quiet"),
+            wav_of(&hiss(1.5, seed), 16000),
+        )
+        .await;
+    }
+    for clip in takes("doorbell.wav", 3, 11) {
+        c.publish(&format!("{root}/learn/doorbell"), clip).await;
+    }
+    info(&c, root, |i| i["head"]["samples"] == 6).await;
+
+    let bell = {
+        let reader =
+            hound::WavReader::new(std::io::Cursor::new(wav("doorbell.wav"))).expect("reader");
+        reader
+            .into_samples::<i16>()
+            .map(|s| f32::from(s.expect("sample")) / 32768.0)
+            .collect::<Vec<f32>>()
+    };
+    let mut stream = hiss(2.5, 100);
+    stream.extend(bell.iter().zip(hiss(2.0, 101)).map(|(b, n)| b + n));
+    stream.extend(hiss(2.5, 102));
+    // Half real time: 512-sample chunks every 16 ms.
+    for chunk in stream.chunks(512) {
+        c.client
+            .publish(mic, rumqttc::QoS::AtMostOnce, false, wav_of(chunk, 16000))
+            .await
+            .expect("publish");
+        tokio::time::sleep(std::time::Duration::from_millis(16)).await;
+    }
+    // The last window's prediction, at most.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let heard: Vec<String> = c
+        .on(&format!("{root}/prediction"))
+        .iter()
+        .map(Msg::json)
+        .filter(|p| p["source"] == mic)
+        .map(|p| p["label"].as_str().unwrap_or_default().to_string())
+        .collect();
+    // 7.45 s of sound = 14 windows; only the changes are published.
+    assert_eq!(heard, ["quiet", "doorbell", "quiet"], "{heard:?}");
+    d.stop().await.expect("clean stop");
+}
+
+/// A stream source on a board whose model takes photos is a configuration error at start, said
+/// plainly, not a stream of refusals later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_source_on_an_image_model_fails_at_start() {
+    let broker = Mosquitto::start();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let config = "[[sources]]\ntopic = \"hermes/audioServer/+/audioFrame\"\nkind = \"stream\"\n";
+    let d = InProcess::start(InProcess::settings(
+        config,
+        &broker.url(),
+        &tmp.path().join("state"),
+        "cam-stream",
+        &[],
+    ));
+    let err = d.stop().await.expect_err("refused at start");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("does not take sound") && msg.contains("efficientnet-lite0"),
+        "{msg}"
+    );
+}

@@ -119,6 +119,20 @@ pub struct ServiceSettings {
 pub struct SourceTopic {
     pub topic: String,
     pub qos: u8,
+    /// `kind = "stream"`: audio chunks gathered into a sliding window; `None`: each message is
+    /// one input.
+    pub stream: Option<StreamSource>,
+}
+
+/// A live audio source's sliding window (`[[sources]] kind = "stream"`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamSource {
+    /// Window length; `None` = one window of the model.
+    pub window_seconds: Option<f64>,
+    /// Time between windows.
+    pub hop_seconds: f64,
+    /// Score at which the top label counts as heard.
+    pub threshold: f32,
 }
 
 /// Validated settings: the rest of the code only sees these.

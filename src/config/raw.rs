@@ -92,4 +92,13 @@ pub(super) struct RawSource {
     pub topic: String,
     #[serde(default)]
     pub qos: u8,
+    /// `frames` (default) or `stream`.
+    #[serde(default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub window_seconds: Option<f64>,
+    #[serde(default)]
+    pub hop_seconds: Option<f64>,
+    #[serde(default)]
+    pub threshold: Option<f32>,
 }

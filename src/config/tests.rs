@@ -106,6 +106,37 @@ fn sources_and_urls() {
 }
 
 #[test]
+fn stream_sources_are_validated() {
+    let parse =
+        |text: &str| Settings::from_parts(Some(text), "f", env(&[("ADAPTD_STATE_DIR", "/tmp")]));
+    let s = parse("[[sources]]\ntopic = \"hermes/audioServer/+/audioFrame\"\nkind = \"stream\"\n")
+        .expect("stream");
+    let stream = s.sources[0].stream.clone().expect("a stream");
+    assert_eq!(stream.window_seconds, None);
+    assert_eq!((stream.hop_seconds, stream.threshold), (0.48, 0.5));
+    let s = parse(
+        "[[sources]]\ntopic = \"t\"\nkind = \"stream\"\nwindow_seconds = 2.0\nhop_seconds = 0.25\nthreshold = 0.8\n",
+    )
+    .expect("stream");
+    assert_eq!(
+        s.sources[0].stream.as_ref().and_then(|x| x.window_seconds),
+        Some(2.0)
+    );
+    for bad in [
+        "kind = \"video\"",
+        "hop_seconds = 0.5",
+        "kind = \"stream\"\nhop_seconds = 0.01",
+        "kind = \"stream\"\nwindow_seconds = 1.0\nhop_seconds = 2.0",
+        "kind = \"stream\"\nwindow_seconds = 60.0",
+        "kind = \"stream\"\nthreshold = 1.5",
+        "kind = \"stream\"\nwindow_seconds = nan",
+    ] {
+        let e = parse(&format!("[[sources]]\ntopic = \"t\"\n{bad}\n")).expect_err(bad);
+        assert!(e.to_string().contains("sources"), "{bad}: {e}");
+    }
+}
+
+#[test]
 fn names_are_validated() {
     assert!(crate::head::validate_label("cat").is_ok());
     for bad in ["", "a+b", "a#", "a/b", "a\0b", &"x".repeat(65)] {

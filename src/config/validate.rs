@@ -12,7 +12,7 @@ use super::raw::{
 };
 use super::{
     BrokerSettings, BrokerTarget, ConfigError, PublishSettings, ServiceSettings, Settings,
-    SourceTopic, StateSettings, TlsSettings,
+    SourceTopic, StateSettings, StreamSource, TlsSettings,
 };
 use crate::adapt::AdaptConfig;
 use crate::fleet::FleetConfig;
@@ -248,15 +248,48 @@ impl RawService {
 
 impl RawSource {
     fn validate(self) -> Result<SourceTopic, ConfigError> {
+        let bad = |why: &str| invalid("sources", format!("{:?}: {why}", self.topic));
         if self.topic.is_empty() || self.qos > 1 {
-            return Err(invalid(
-                "sources",
-                format!("{:?}: topic must be non-empty and qos 0 or 1", self.topic),
-            ));
+            return Err(bad("topic must be non-empty and qos 0 or 1"));
         }
+        let stream_keys =
+            self.window_seconds.is_some() || self.hop_seconds.is_some() || self.threshold.is_some();
+        let stream = match self.kind.as_deref().unwrap_or("frames") {
+            "frames" if stream_keys => {
+                return Err(bad(
+                    "window_seconds, hop_seconds and threshold are for kind = \"stream\"",
+                ))
+            }
+            "frames" => None,
+            "stream" => {
+                let window = self.window_seconds;
+                let hop = self.hop_seconds.unwrap_or(0.48);
+                let threshold = self.threshold.unwrap_or(0.5);
+                if let Some(w) = window {
+                    if !(w.is_finite() && w > 0.0 && w <= 30.0) {
+                        return Err(bad("window_seconds must be in (0, 30]"));
+                    }
+                }
+                if !(hop.is_finite() && hop >= 0.05 && hop <= window.unwrap_or(30.0)) {
+                    return Err(bad(
+                        "hop_seconds must be at least 0.05 and at most the window",
+                    ));
+                }
+                if !(0.0..=1.0).contains(&threshold) {
+                    return Err(bad("threshold must be in [0, 1]"));
+                }
+                Some(StreamSource {
+                    window_seconds: window,
+                    hop_seconds: hop,
+                    threshold,
+                })
+            }
+            other => return Err(bad(&format!("kind {other:?} is not frames or stream"))),
+        };
         Ok(SourceTopic {
             topic: self.topic,
             qos: self.qos,
+            stream,
         })
     }
 }

@@ -13,6 +13,7 @@ use crate::daemon::outbox::Outbox;
 use crate::daemon::queue::{Job, Refused, WorkQueue};
 use crate::daemon::shutdown::Shutdown;
 use crate::daemon::stats::{bump, Stats};
+use crate::daemon::stream::Streams;
 use crate::daemon::topics::Route;
 
 /// The intake.
@@ -21,6 +22,7 @@ pub struct Intake {
     pub queue: Arc<WorkQueue>,
     pub outbox: Arc<Outbox>,
     pub stats: Arc<Stats>,
+    pub streams: Arc<Streams>,
     pub shutdown: Shutdown,
 }
 
@@ -32,17 +34,21 @@ impl Intake {
             return;
         }
         let route = self.outbox.topics.route(&publish.topic, &self.sources);
-        if matches!(route, Route::Ignore | Route::Infer) {
+        if matches!(route, Route::Ignore | Route::Infer | Route::Stream(_)) {
             // Not durable work: acknowledged on receipt.
             self.outbox.ack(&publish);
         }
         if route == Route::Ignore {
             return;
         }
+        if let Route::Stream(source) = route {
+            return self.stream_chunk(source, publish);
+        }
         let job = Job {
             publish,
             route,
             received: Instant::now(),
+            window: None,
         };
         if job.route == Route::Infer {
             bump(&self.stats.infer_received);
@@ -57,6 +63,28 @@ impl Intake {
                 self.outbox
                     .refuse(&j.publish.topic, None, &RequestError::Busy)
             }
+        }
+    }
+
+    /// A live stream's chunk: into its window; every hop a window goes to the inference lane
+    /// (dropped like any inference request when the workers are behind).
+    fn stream_chunk(&self, source: usize, publish: Publish) {
+        match self.streams.push(source, &publish.topic, &publish.payload) {
+            Ok(None) => {}
+            Ok(Some(window)) => {
+                bump(&self.stats.infer_received);
+                let job = Job {
+                    publish,
+                    route: Route::Stream(source),
+                    received: Instant::now(),
+                    window: Some(Box::new(window)),
+                };
+                if let Ok(Some(_)) = self.queue.push_infer(job) {
+                    bump(&self.stats.infer_dropped);
+                }
+            }
+            Err(e) if e.report => self.outbox.refuse(&publish.topic, None, &e.error),
+            Err(_) => {}
         }
     }
 }

@@ -4,7 +4,8 @@
 //! An inference request: [`mqtt`] (driver) → [`intake`] (route, ack, queue) → [`workers`]
 //! (decode, embed, adapt, predict) → [`outbox`] (publish). A learn message: [`mqtt`] →
 //! [`intake`] → [`workers`] (decode, embed) → [`learner`] (in order: WAL fsync, ack, update) →
-//! [`outbox`].
+//! [`outbox`]. A live audio stream's chunk: [`intake`] → [`stream`] (sliding window) → every
+//! hop a window to [`workers`] → published when what is heard changes.
 
 pub(crate) mod adaptation;
 pub(crate) mod broker;
@@ -19,6 +20,7 @@ pub mod request;
 pub(crate) mod serving;
 pub(crate) mod shutdown;
 pub(crate) mod stats;
+pub(crate) mod stream;
 pub mod topics;
 pub(crate) mod workers;
 
@@ -46,6 +48,7 @@ use reply::BackboneSummary;
 use serving::PredictorSlot;
 use shutdown::{Shutdown, TriggerOnDrop};
 use stats::Stats;
+use stream::Streams;
 use topics::Topics;
 use workers::Workers;
 
@@ -173,15 +176,19 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         .spawn(move || learner.run(learn_rx))
         .context("spawning the learner")?;
 
-    let workers = Arc::new(Workers::new(
-        embedder,
-        queue.clone(),
-        predictor,
-        adapt,
-        outbox.clone(),
-        stats.clone(),
-        &settings,
-    ));
+    let streams = Arc::new(Streams::new(&settings.sources, &embedder)?);
+    let workers = Arc::new(
+        Workers::new(
+            embedder,
+            queue.clone(),
+            predictor,
+            adapt,
+            outbox.clone(),
+            stats.clone(),
+            &settings,
+        )
+        .with_streams(streams.clone()),
+    );
     let mut worker_threads = Vec::new();
     for i in 0..settings.service.workers {
         let (w, tx) = (workers.clone(), learn_tx.clone());
@@ -204,6 +211,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
                 queue,
                 outbox: outbox.clone(),
                 stats,
+                streams,
                 shutdown: stop.clone(),
             },
             backoff: (settings.broker.reconnect_min, settings.broker.reconnect_max),

@@ -27,6 +27,9 @@ pub struct Job {
     pub publish: Publish,
     pub route: Route,
     pub received: Instant,
+    /// A live stream's window, cut by the intake ([`crate::daemon::stream`]): the input, in
+    /// place of the payload.
+    pub window: Option<Box<crate::model::audio::Clip>>,
 }
 
 /// What a worker takes from the queue.
@@ -102,16 +105,17 @@ impl WorkQueue {
         Ok(dropped)
     }
 
-    /// Queues a message for the learner with the next sequence number.
-    pub fn push_learner(&self, job: Job) -> Result<u64, (Refused, Job)> {
+    /// Queues a message for the learner with the next sequence number; a refused one comes
+    /// back (boxed: refusals are rare, the `Ok` path stays small).
+    pub fn push_learner(&self, job: Job) -> Result<u64, (Refused, Box<Job>)> {
         let mut l = self.lanes();
         if self.shutdown.is_triggered() {
-            return Err((Refused::Closed, job));
+            return Err((Refused::Closed, Box::new(job)));
         }
         if job.publish.qos == QoS::AtMostOnce
             && self.learner_depth.load(Ordering::Relaxed) >= LEARNER_QUEUE
         {
-            return Err((Refused::Busy, job));
+            return Err((Refused::Busy, Box::new(job)));
         }
         let seq = l.next_seq;
         l.next_seq += 1;
@@ -173,6 +177,7 @@ mod tests {
 
     fn job(topic: &str, qos: QoS) -> Job {
         Job {
+            window: None,
             publish: Publish::new(topic, qos, vec![]),
             route: Route::Infer,
             received: Instant::now(),

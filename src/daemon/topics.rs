@@ -126,10 +126,14 @@ impl Topics {
                 return Route::Command("forget".into());
             }
         }
-        if sources.iter().any(|s| rumqttc::matches(topic, &s.topic)) {
-            return Route::Infer;
+        match sources
+            .iter()
+            .position(|s| rumqttc::matches(topic, &s.topic))
+        {
+            Some(i) if sources[i].stream.is_some() => Route::Stream(i),
+            Some(_) => Route::Infer,
+            None => Route::Ignore,
         }
-        Route::Ignore
     }
 }
 
@@ -143,6 +147,8 @@ pub enum Route {
     Command(String),
     /// A fleet peer's signed head, with the peer's device id.
     Peer(String),
+    /// A chunk of a live audio stream, for `sources[i]` (`kind = "stream"`).
+    Stream(usize),
     Ignore,
 }
 
@@ -153,10 +159,26 @@ mod tests {
     #[test]
     fn routes() {
         let t = Topics::new("adaptd/cam");
-        let src = vec![SourceTopic {
-            topic: "frigate/+/snapshot".into(),
-            qos: 0,
-        }];
+        let src = vec![
+            SourceTopic {
+                topic: "frigate/+/snapshot".into(),
+                qos: 0,
+                stream: None,
+            },
+            SourceTopic {
+                topic: "hermes/audioServer/+/audioFrame".into(),
+                qos: 0,
+                stream: Some(crate::config::StreamSource {
+                    window_seconds: None,
+                    hop_seconds: 0.5,
+                    threshold: 0.5,
+                }),
+            },
+        ];
+        assert_eq!(
+            t.route("hermes/audioServer/kitchen/audioFrame", &src),
+            Route::Stream(1)
+        );
         assert_eq!(t.route("adaptd/cam/infer", &src), Route::Infer);
         assert_eq!(t.route("frigate/door/snapshot", &src), Route::Infer);
         assert_eq!(

@@ -20,9 +20,11 @@ use crate::daemon::reply::Prediction;
 use crate::daemon::request::{check_size, parse_request, sniff_id, Command, MAX_FEEDBACK_BYTES};
 use crate::daemon::serving::{FeedbackRing, PredictorSlot};
 use crate::daemon::stats::{bump, Stats};
+use crate::daemon::stream::Streams;
 use crate::daemon::topics::Route;
 use crate::head::validate_label;
-use crate::model::Embedder;
+use crate::model::audio::Clip;
+use crate::model::{Embedder, Input};
 
 /// What every worker shares.
 pub struct Workers {
@@ -33,6 +35,8 @@ pub struct Workers {
     pub ring: FeedbackRing,
     pub outbox: Arc<Outbox>,
     pub stats: Arc<Stats>,
+    /// Live streams: which of their windows' predictions are news.
+    pub streams: Arc<Streams>,
     /// Prefix of generated request ids (the device id).
     pub device_id: String,
     pub max_payload_bytes: usize,
@@ -79,11 +83,18 @@ impl Workers {
             ring: FeedbackRing::new(settings.service.feedback_ring),
             outbox,
             stats,
+            streams: Arc::new(Streams::none()),
             device_id: settings.device_id.clone(),
             max_payload_bytes: settings.service.max_payload_bytes,
             top_k: settings.publish.top_k,
             next_id: AtomicU64::new(1),
         }
+    }
+
+    /// The live streams whose windows these workers predict.
+    pub fn with_streams(mut self, streams: Arc<Streams>) -> Workers {
+        self.streams = streams;
+        self
     }
 
     /// A fresh request id (for requests that carry none).
@@ -133,17 +144,23 @@ impl Workers {
     }
 
     fn predict(&self, job: &Job) -> Result<(), Failed> {
-        let payload = &job.publish.payload;
-        check_size(payload, self.max_payload_bytes).map_err(|e| (None, e))?;
-        let req = parse_request(payload).map_err(|e| (sniff_id(payload), e))?;
-        let id = req.id.clone();
+        let (id, input) = match &job.window {
+            // A live stream's window, cut by the intake.
+            Some(window) => (None, Input::Pcm(Clip::clone(window))),
+            None => {
+                let payload = &job.publish.payload;
+                check_size(payload, self.max_payload_bytes).map_err(|e| (None, e))?;
+                let req = parse_request(payload).map_err(|e| (sniff_id(payload), e))?;
+                let input = req.input.ok_or_else(|| {
+                    let e = RequestError::BadRequest("no image, tensor, audio or pcm".into());
+                    (req.id.clone(), e)
+                })?;
+                (req.id, input)
+            }
+        };
         let fail = |e: RequestError| (id.clone(), e);
-        let input = req
-            .input
-            .as_ref()
-            .ok_or_else(|| fail(RequestError::BadRequest("no image or tensor".into())))?;
         let started = Instant::now();
-        let embedding = self.embedder.embed(input).map_err(|e| fail(e.into()))?;
+        let embedding = self.embedder.embed(&input).map_err(|e| fail(e.into()))?;
         let backbone_ms = started.elapsed().as_secs_f64() * 1e3;
         self.stats.backbone.push(backbone_ms);
         let predictor = self.predictor.get();
@@ -156,12 +173,25 @@ impl Workers {
         let prediction = adapted
             .predict(&predictor, &embedding, self.top_k)
             .map_err(|e| fail(e.into()))?;
-        let id = id.unwrap_or_else(|| self.new_id());
         // The raw embedding is what feedback learns from and what adaptation observes.
         let embedding = Arc::new(embedding);
-        self.ring.insert(id.clone(), embedding.clone());
-        self.adapt.offer(embedding);
+        self.adapt.offer(embedding.clone());
         let best = prediction.top.first();
+        if let Route::Stream(source) = job.route {
+            let (label, score) = (
+                best.map(|s| s.label.as_str()),
+                best.map_or(0.0, |s| s.score),
+            );
+            if !self
+                .streams
+                .changed(source, &job.publish.topic, label, score)
+            {
+                // Nothing new is heard: no message 2 times a second saying so.
+                return Ok(());
+            }
+        }
+        let id = id.unwrap_or_else(|| self.new_id());
+        self.ring.insert(id.clone(), embedding);
         self.outbox.reply(
             &self.outbox.topics.prediction,
             &Prediction {
@@ -203,7 +233,7 @@ impl Workers {
             }
             Route::Command(name) => Work::Command(Command::parse(name, payload)),
             Route::Peer(peer) => Work::Peer(peer.clone()),
-            Route::Infer | Route::Ignore => Work::Lost,
+            Route::Infer | Route::Stream(_) | Route::Ignore => Work::Lost,
         }
     }
 
