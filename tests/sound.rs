@@ -285,25 +285,9 @@ fn takes(name: &str, n: usize, seed: u64) -> Vec<Vec<u8>> {
             let y = adaptd::model::audio::resample(&x, rate, out_rate).expect("resample");
             let gain = rng.gen_range(0.5..1.0f32);
             let lead = rng.gen_range(0..out_rate as usize / 4);
-            let spec = hound::WavSpec {
-                channels: 1,
-                sample_rate: out_rate,
-                bits_per_sample: 16,
-                sample_format: hound::SampleFormat::Int,
-            };
-            let mut cur = std::io::Cursor::new(Vec::new());
-            let mut w = hound::WavWriter::new(&mut cur, spec).expect("writer");
-            let noise = |rng: &mut rand::rngs::StdRng| rng.gen_range(-0.005..0.005f32);
-            for _ in 0..lead {
-                let v = noise(&mut rng);
-                w.write_sample((v * 32767.0) as i16).expect("sample");
-            }
-            for v in &y {
-                let v = (v * gain + noise(&mut rng)).clamp(-1.0, 1.0);
-                w.write_sample((v * 32767.0) as i16).expect("sample");
-            }
-            w.finalize().expect("finalize");
-            cur.into_inner()
+            let mut take: Vec<f32> = (0..lead).map(|_| rng.gen_range(-0.005..0.005f32)).collect();
+            take.extend(y.iter().map(|v| v * gain + rng.gen_range(-0.005..0.005f32)));
+            adaptd::model::audio::encode_wav(&take, out_rate, 1).expect("wav")
         })
         .collect()
 }
@@ -413,20 +397,7 @@ async fn the_daemon_learns_and_predicts_sounds_over_mqtt() {
 
 /// A WAV of `samples` at `rate`, 16-bit mono.
 fn wav_of(samples: &[f32], rate: u32) -> Vec<u8> {
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: rate,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut cur = std::io::Cursor::new(Vec::new());
-    let mut w = hound::WavWriter::new(&mut cur, spec).expect("writer");
-    for v in samples {
-        w.write_sample((v.clamp(-1.0, 1.0) * 32767.0) as i16)
-            .expect("sample");
-    }
-    w.finalize().expect("finalize");
-    cur.into_inner()
+    adaptd::model::audio::encode_wav(samples, rate, 1).expect("wav")
 }
 
 /// Quiet room noise, seeded.

@@ -219,19 +219,7 @@ mod tests {
     }
 
     fn chunk(n: usize, rate: u32, value: f32) -> Vec<u8> {
-        let spec = hound::WavSpec {
-            channels: 1,
-            sample_rate: rate,
-            bits_per_sample: 16,
-            sample_format: hound::SampleFormat::Int,
-        };
-        let mut cur = std::io::Cursor::new(Vec::new());
-        let mut w = hound::WavWriter::new(&mut cur, spec).expect("writer");
-        for _ in 0..n {
-            w.write_sample((value * 32767.0) as i16).expect("sample");
-        }
-        w.finalize().expect("finalize");
-        cur.into_inner()
+        audio::encode_wav(&vec![value; n], rate, 1).expect("wav")
     }
 
     #[test]

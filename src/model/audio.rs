@@ -161,6 +161,26 @@ pub fn pcm_s16le(bytes: &[u8], rate: u32) -> Result<Clip, AudioError> {
     Ok(Clip { samples, rate })
 }
 
+/// Encodes interleaved samples in [-1, 1] (`channels` per frame) as a 16-bit PCM WAV, clamped
+/// and rounded: what a microphone publisher sends (the tests', `scripts/`' and tools' WAVs).
+pub fn encode_wav(interleaved: &[f32], rate: u32, channels: u16) -> Result<Vec<u8>, AudioError> {
+    let spec = hound::WavSpec {
+        channels,
+        sample_rate: rate,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let fail = |e: hound::Error| AudioError::Wav(e.to_string());
+    let mut out = std::io::Cursor::new(Vec::with_capacity(44 + 2 * interleaved.len()));
+    let mut w = hound::WavWriter::new(&mut out, spec).map_err(fail)?;
+    for v in interleaved {
+        w.write_sample((v.clamp(-1.0, 1.0) * 32767.0).round() as i16)
+            .map_err(fail)?;
+    }
+    w.finalize().map_err(fail)?;
+    Ok(out.into_inner())
+}
+
 /// Whether the payload is a RIFF/WAVE file.
 pub fn is_wav(bytes: &[u8]) -> bool {
     bytes.len() >= 12 && &bytes[0..4] == b"RIFF" && &bytes[8..12] == b"WAVE"
@@ -495,21 +515,11 @@ mod tests {
     }
 
     fn wav(samples: &[f32], rate: u32, channels: u16) -> Vec<u8> {
-        let spec = hound::WavSpec {
-            channels,
-            sample_rate: rate,
-            bits_per_sample: 16,
-            sample_format: hound::SampleFormat::Int,
-        };
-        let mut cur = std::io::Cursor::new(Vec::new());
-        let mut w = hound::WavWriter::new(&mut cur, spec).expect("writer");
-        for s in samples {
-            for _ in 0..channels {
-                w.write_sample((s * 32767.0) as i16).expect("sample");
-            }
-        }
-        w.finalize().expect("finalize");
-        cur.into_inner()
+        let frames: Vec<f32> = samples
+            .iter()
+            .flat_map(|s| std::iter::repeat_n(*s, usize::from(channels)))
+            .collect();
+        encode_wav(&frames, rate, channels).expect("wav")
     }
 
     #[test]
