@@ -499,3 +499,71 @@ async fn a_stream_source_on_an_image_model_fails_at_start() {
         "{msg}"
     );
 }
+
+/// `adaptd eval` on a folder of WAV clips with the sound model: every clip is embedded through
+/// the front-end and the backbone, the learners are scored on held-out takes, the report names
+/// the model's identity; the same clips with the image model are refused before anything is
+/// embedded, naming the sound model to use.
+#[test]
+fn eval_learns_a_folder_of_sound_clips() {
+    let data = tempfile::tempdir().expect("tempdir");
+    for (class, name, seed) in [
+        ("doorbell", "doorbell.wav", 11),
+        ("speech", "speech.wav", 12),
+        ("hiss", "sweep_noise.wav", 13),
+    ] {
+        let dir = data.path().join(class);
+        std::fs::create_dir_all(&dir).expect("class dir");
+        for (i, take) in takes(name, 6, seed).into_iter().enumerate() {
+            std::fs::write(dir.join(format!("take{i}.wav")), take).expect("write take");
+        }
+    }
+    let cache = tempfile::tempdir().expect("cache");
+    let eval = |model: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_adaptd"))
+            .arg("eval")
+            .arg("--data")
+            .arg(data.path())
+            .arg("--model")
+            .arg(model)
+            .arg("--cache")
+            .arg(cache.path())
+            .args([
+                "--test-fraction",
+                "0.34",
+                "--learners",
+                "ncm,ridge",
+                "--json",
+            ])
+            .output()
+            .expect("adaptd eval")
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = eval(&root.join("models/yamnet-l10"));
+    assert!(
+        out.status.success(),
+        "eval failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(report["dim"], 512);
+    assert_eq!(report["classes"], 3);
+    let identity = Embedder::load(model(), false)
+        .expect("load")
+        .backbone
+        .info()
+        .sha256
+        .clone();
+    assert_eq!(report["backbone_sha256"], identity.as_str(), "{report}");
+    let results = report["results"].as_array().expect("results");
+    assert_eq!(results.len(), 2);
+    for r in results {
+        // Three very different sounds, re-recorded: every held-out take is recognised.
+        assert_eq!(r["accuracy"].as_f64(), Some(1.0), "{r}");
+    }
+
+    let out = eval(&root.join("models/efficientnet-lite0"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("models/yamnet-l10"), "{err}");
+}

@@ -8,17 +8,55 @@ use anyhow::{Context, Result};
 
 use super::npy;
 
-/// Image file extensions embedded through the backbone (case-insensitive).
+/// Image file extensions (case-insensitive).
 pub const IMAGE_EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
+
+/// Sound file extensions (case-insensitive): WAV clips, for a sound model.
+pub const SOUND_EXTENSIONS: [&str; 1] = ["wav"];
+
+/// Input file extensions embedded through the backbone (case-insensitive): the images and
+/// the sound clips.
+pub const INPUT_EXTENSIONS: [&str; 4] = ["jpg", "jpeg", "png", "wav"];
 
 /// Embedding file extensions read as vectors (case-insensitive).
 pub const VECTOR_EXTENSIONS: [&str; 2] = ["npy", "csv"];
 
+/// What kind of input a file is, by its extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputKind {
+    /// A photo (`.jpg`, `.jpeg`, `.png`), for an image model.
+    Image,
+    /// A sound clip (`.wav`), for a sound model.
+    Sound,
+}
+
+impl InputKind {
+    /// The kind of an input file, or `None` when it is not one (an embedding file, or other).
+    pub fn of(path: &Path) -> Option<InputKind> {
+        let ext = npy::extension(path)?;
+        if IMAGE_EXTENSIONS.contains(&ext.as_str()) {
+            Some(InputKind::Image)
+        } else if SOUND_EXTENSIONS.contains(&ext.as_str()) {
+            Some(InputKind::Sound)
+        } else {
+            None
+        }
+    }
+
+    /// Plural noun for messages.
+    pub fn plural(self) -> &'static str {
+        match self {
+            InputKind::Image => "images",
+            InputKind::Sound => "sound clips",
+        }
+    }
+}
+
 /// Where a sample comes from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Origin {
-    /// An image to embed.
-    Image(PathBuf),
+    /// An input file to embed through the backbone: an image or a sound clip.
+    Input(PathBuf),
     /// A precomputed embedding (one row of an `.npy` or `.csv` file).
     Vector(Vec<f32>),
 }
@@ -30,7 +68,7 @@ pub struct Item {
     pub label: String,
     /// The file, with `#row` for multi-vector files; for messages and ordering.
     pub id: String,
-    /// Image or vector.
+    /// Input file or vector.
     pub origin: Origin,
 }
 
@@ -43,9 +81,9 @@ pub struct Scan {
     pub skipped: usize,
 }
 
-/// Reads a folder-per-class directory: every sub-folder is a class named after it; every image
-/// (`.jpg`, `.jpeg`, `.png`) or embedding file (`.npy`, `.csv`) below it (recursively) gives
-/// samples of that class. Hidden entries (starting with `.`) are ignored; other files are
+/// Reads a folder-per-class directory: every sub-folder is a class named after it; every input
+/// file ([`INPUT_EXTENSIONS`]: images `.jpg`, `.jpeg`, `.png` and sound clips `.wav`) or
+/// embedding file (`.npy`, `.csv`) below it (recursively) gives samples of that class. Hidden entries (starting with `.`) are ignored; other files are
 /// counted as skipped.
 pub fn scan(dir: &Path) -> Result<Scan> {
     let mut scan = Scan::default();
@@ -81,11 +119,11 @@ pub fn scan(dir: &Path) -> Result<Scan> {
         for file in files {
             let ext = npy::extension(&file).unwrap_or_default();
             let id = file.display().to_string();
-            if IMAGE_EXTENSIONS.contains(&ext.as_str()) {
+            if INPUT_EXTENSIONS.contains(&ext.as_str()) {
                 scan.items.push(Item {
                     label: label.clone(),
                     id,
-                    origin: Origin::Image(file),
+                    origin: Origin::Input(file),
                 });
             } else {
                 let m = npy::read_vectors(&file)?;
@@ -119,7 +157,7 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>, skipped: &mut usize) -> Res
             continue;
         }
         let ext = npy::extension(&path).unwrap_or_default();
-        if IMAGE_EXTENSIONS.contains(&ext.as_str()) || VECTOR_EXTENSIONS.contains(&ext.as_str()) {
+        if INPUT_EXTENSIONS.contains(&ext.as_str()) || VECTOR_EXTENSIONS.contains(&ext.as_str()) {
             out.push(path);
         } else {
             *skipped += 1;
@@ -304,6 +342,31 @@ mod tests {
     }
 
     #[test]
+    fn input_kinds_by_extension() {
+        let kind = |p: &str| InputKind::of(Path::new(p));
+        assert_eq!(kind("a/x.jpg"), Some(InputKind::Image));
+        assert_eq!(kind("a/x.JPEG"), Some(InputKind::Image));
+        assert_eq!(kind("x.png"), Some(InputKind::Image));
+        assert_eq!(kind("a/x.wav"), Some(InputKind::Sound));
+        assert_eq!(kind("a/x.WAV"), Some(InputKind::Sound));
+        assert_eq!(kind("a/x.npy"), None);
+        assert_eq!(kind("a/x.ogg"), None);
+        assert_eq!(kind("a/wav"), None);
+        // The inputs are exactly the images and the sound clips.
+        let mut all: Vec<&str> = IMAGE_EXTENSIONS
+            .iter()
+            .chain(&SOUND_EXTENSIONS)
+            .copied()
+            .collect();
+        all.sort_unstable();
+        let mut inputs = INPUT_EXTENSIONS.to_vec();
+        inputs.sort_unstable();
+        assert_eq!(all, inputs);
+        assert!(VECTOR_EXTENSIONS.iter().all(|e| !inputs.contains(e)));
+        assert_eq!(InputKind::Sound.plural(), "sound clips");
+    }
+
+    #[test]
     fn scans_folder_per_class() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
@@ -313,16 +376,20 @@ mod tests {
         std::fs::write(root.join("a/x.csv"), "1,2\n3,4\n").unwrap();
         std::fs::write(root.join("b/sub/y.npy"), npy::encode_f32(1, 2, &[5.0, 6.0])).unwrap();
         std::fs::write(root.join("b/z.PNG"), b"not really a png").unwrap();
+        std::fs::write(root.join("b/clip.Wav"), b"RIFF....WAVE").unwrap();
+        std::fs::write(root.join("b/clip.ogg"), b"OggS").unwrap();
         std::fs::write(root.join("b/notes.txt"), "ignored").unwrap();
         std::fs::write(root.join("README"), "ignored").unwrap();
         let s = scan(root).unwrap();
-        assert_eq!(s.skipped, 2);
+        assert_eq!(s.skipped, 3);
         let labels: Vec<&str> = s.items.iter().map(|i| i.label.as_str()).collect();
-        assert_eq!(labels, ["a", "a", "b", "b"]);
+        assert_eq!(labels, ["a", "a", "b", "b", "b"]);
         assert_eq!(s.items[1].origin, Origin::Vector(vec![3.0, 4.0]));
         assert!(s.items[1].id.ends_with("x.csv#1"));
-        assert!(matches!(s.items[2].origin, Origin::Vector(_)));
-        assert!(matches!(s.items[3].origin, Origin::Image(_)));
+        // Sorted by path: b/clip.Wav, b/sub/y.npy, b/z.PNG.
+        assert_eq!(s.items[2].origin, Origin::Input(root.join("b/clip.Wav")));
+        assert!(matches!(s.items[3].origin, Origin::Vector(_)));
+        assert_eq!(s.items[4].origin, Origin::Input(root.join("b/z.PNG")));
         // A malformed embedding file is an error naming the file.
         std::fs::write(root.join("a/bad.csv"), "1,2\n3\n").unwrap();
         let err = format!("{:#}", scan(root).unwrap_err());

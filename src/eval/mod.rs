@@ -1,5 +1,6 @@
-//! `adaptd eval`: the learning benchmark. Loads a folder-per-class dataset (images embedded by
-//! the backbone, with an on-disk cache, or precomputed `.npy`/`.csv` embeddings), splits it,
+//! `adaptd eval`: the learning benchmark. Loads a folder-per-class dataset (images or WAV sound
+//! clips embedded by the backbone, with an on-disk cache, or precomputed `.npy`/`.csv`
+//! embeddings), splits it,
 //! streams the training samples once in seeded order through each learner (test-then-train)
 //! and reports held-out accuracy, few-shot accuracy, prequential accuracy, costs, head size and
 //! learning curves, optionally against offline baselines (`scripts/ref_offline.py`).
@@ -20,7 +21,7 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 
 use crate::head::{Algorithm, HeadConfig};
-use data::{Item, Origin};
+use data::{InputKind, Item, Origin};
 use embed::{Cache, EmbedStats, ModelId};
 use prequential::{Data, Plan};
 use report::{Baseline, Report};
@@ -57,7 +58,8 @@ fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
 #[derive(Debug, Clone, Args)]
 pub struct EvalArgs {
     /// Folder-per-class dataset (DIR/<label>/<files>), split into train and test by
-    /// --test-fraction and --seed. Files: JPEG/PNG images, or .npy/.csv embeddings.
+    /// --test-fraction and --seed. Files: JPEG/PNG images or WAV sound clips (embedded by
+    /// --model), or .npy/.csv embeddings.
     #[arg(long, value_name = "DIR", required_unless_present = "train", conflicts_with_all = ["train", "test"])]
     pub data: Option<PathBuf>,
     /// Training set (folder-per-class), with --test: your own split.
@@ -78,7 +80,8 @@ pub struct EvalArgs {
     /// Standardize the embeddings in the heads: no, yes, or both (run each learner twice).
     #[arg(long, value_enum, default_value_t = Standardize::No)]
     pub standardize: Standardize,
-    /// Model directory (with model.toml) for images; default: the shipped model.
+    /// Model directory (with model.toml) that embeds the images or sound clips; default: the
+    /// shipped image model (for WAV clips: a sound model, e.g. models/yamnet-l10).
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
     /// Embedding cache directory; default $XDG_CACHE_HOME/adaptd or ~/.cache/adaptd.
@@ -117,10 +120,11 @@ pub struct EvalArgs {
     /// Offline baselines (JSON from scripts/ref_offline.py) to compare with.
     #[arg(long, value_name = "FILE.json")]
     pub baseline: Option<PathBuf>,
-    /// Write the train/test embeddings and labels as .npy (for scripts/ref_offline.py).
+    /// Write the train/test embeddings and labels as .npy, and the samples' files (for
+    /// scripts/ref_offline.py and scripts/ref_sound_baseline.py).
     #[arg(long, value_name = "DIR")]
     pub export_embeddings: Option<PathBuf>,
-    /// Domain-adaptation benchmark: corrupt the images (NAME[:SEVERITY], severity 1-5,
+    /// Domain-adaptation benchmark (images only): corrupt the images (NAME[:SEVERITY], severity 1-5,
     /// default 3; names: brightness, contrast, colour, noise, blur, jpeg, or all), stream
     /// the corrupted test split as unlabeled traffic through each adaptation method, and
     /// compare with the clean accuracy and a head trained on corrupted data. Needs --data.
@@ -132,31 +136,89 @@ pub struct EvalArgs {
     pub adapt_config: Option<PathBuf>,
 }
 
-/// A sample after embedding: embedding and class label.
+/// A sample after embedding: embedding, class label and where it came from.
 struct Embedded {
     x: Vec<f32>,
     label: String,
+    id: String,
 }
 
-/// Embeds the items of one or more scans (images through the model, vectors as they are).
-/// Returns the embedded samples per scan, the stats and the backbone hash.
+/// The one kind of input among `inputs`: `None` when there are none, an error when images
+/// and sound clips are mixed (a model takes one kind).
+fn input_kind(inputs: &[PathBuf]) -> Result<Option<InputKind>> {
+    let count = |k: InputKind| {
+        inputs
+            .iter()
+            .filter(|p| InputKind::of(p) == Some(k))
+            .count()
+    };
+    let (images, sounds) = (count(InputKind::Image), count(InputKind::Sound));
+    anyhow::ensure!(
+        images == 0 || sounds == 0,
+        "the dataset mixes {images} image(s) and {sounds} sound clip(s) (.wav); a model embeds \
+         one kind: keep images and sound clips in separate datasets"
+    );
+    Ok(match (images, sounds) {
+        (0, 0) => None,
+        (_, 0) => Some(InputKind::Image),
+        _ => Some(InputKind::Sound),
+    })
+}
+
+/// Refuses, before anything is embedded, a model that does not take the dataset's inputs
+/// (each input would otherwise fail with `wrong_modality`).
+fn check_modality(kind: InputKind, model: &crate::model::ModelDir) -> Result<()> {
+    use crate::model::Modality;
+    let name = &model.spec.name;
+    let dir = model.dir.display();
+    match (kind, model.spec.modality()) {
+        (InputKind::Image, Modality::Image) | (InputKind::Sound, Modality::Audio) => Ok(()),
+        (InputKind::Sound, Modality::Image) => anyhow::bail!(
+            "the dataset has sound clips (.wav) but the model {name} ({dir}) takes images: \
+             pass --model DIR with a sound model (the shipped one is models/yamnet-l10)"
+        ),
+        (InputKind::Image, Modality::Audio) => anyhow::bail!(
+            "the dataset has images but the model {name} ({dir}) is a sound model: pass \
+             --model DIR with an image model, or leave --model out for the shipped one"
+        ),
+        (kind, Modality::Tensor) => anyhow::bail!(
+            "the model {name} ({dir}) takes tensors only, not {}: give precomputed \
+             embeddings (.npy, .csv) or a model with an image or [audio] front-end",
+            kind.plural()
+        ),
+    }
+}
+
+/// The cache identity of a model: [`ModelId::of`] with the model's identity
+/// ([`crate::model::ModelSpec::identity`]) as its backbone hash — the ONNX file's hash for an
+/// image model, that hash with the `[audio]` front-end's recipe for a sound model. So the cache
+/// of a sound model follows its front-end too, the hash matches the loaded backbone's, and the
+/// report names the identity heads are tied to.
+pub(crate) fn model_id(model: &crate::model::ModelDir) -> Result<ModelId> {
+    let mut id = ModelId::of(model)?;
+    id.backbone_sha256 = model.spec.identity(&id.backbone_sha256);
+    Ok(id)
+}
+
+/// Embeds the items of one or more scans (images and sound clips through the model, vectors
+/// as they are). Returns the embedded samples per scan, the stats and the backbone hash.
 fn embed_all(
     scans: Vec<Vec<Item>>,
     args: &EvalArgs,
 ) -> Result<(Vec<Vec<Embedded>>, Option<EmbedStats>, String)> {
-    let images: Vec<PathBuf> = scans
+    let inputs: Vec<PathBuf> = scans
         .iter()
         .flatten()
         .filter_map(|i| match &i.origin {
-            Origin::Image(p) => Some(p.clone()),
+            Origin::Input(p) => Some(p.clone()),
             Origin::Vector(_) => None,
         })
         .collect();
-    let (mut vectors, stats, backbone) = if images.is_empty() {
-        (Vec::new(), None, NO_BACKBONE.to_string())
-    } else {
+    let kind = input_kind(&inputs)?;
+    let (mut vectors, stats, backbone) = if let Some(kind) = kind {
         let model = crate::model::ModelDir::find(args.model.as_deref())?;
-        let id = ModelId::of(&model)?;
+        check_modality(kind, &model)?;
+        let id = model_id(&model)?;
         let root = if args.no_cache {
             None
         } else {
@@ -169,11 +231,18 @@ fn embed_all(
         let jobs = args
             .jobs
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        let (v, stats) = embed::embed_images(&images, &model, &id, cache.as_ref(), jobs)?;
+        let (v, stats) = embed::embed_images(&inputs, &model, &id, cache.as_ref(), jobs)?;
         if stats.failed > 0 {
-            tracing::warn!("{} image(s) failed and are left out", stats.failed);
+            tracing::warn!(
+                "{} of {} {} failed and are left out",
+                stats.failed,
+                inputs.len(),
+                kind.plural()
+            );
         }
         (v, Some(stats), id.backbone_sha256)
+    } else {
+        (Vec::new(), None, NO_BACKBONE.to_string())
     };
     vectors.reverse();
     let mut out = Vec::with_capacity(scans.len());
@@ -182,12 +251,13 @@ fn embed_all(
         for item in scan {
             let x = match item.origin {
                 Origin::Vector(v) => Some(v),
-                Origin::Image(_) => vectors.pop().flatten(),
+                Origin::Input(_) => vectors.pop().flatten(),
             };
             if let Some(x) = x {
                 samples.push(Embedded {
                     x,
                     label: item.label,
+                    id: item.id,
                 });
             }
         }
@@ -200,17 +270,30 @@ fn scan_items(dir: &Path) -> Result<Vec<Item>> {
     let s = data::scan(dir)?;
     if s.skipped > 0 {
         tracing::info!(
-            "{}: skipped {} file(s) that are not images or embeddings",
+            "{}: skipped {} file(s) that are not inputs ({}) or embeddings ({})",
             dir.display(),
-            s.skipped
+            s.skipped,
+            extensions(&data::INPUT_EXTENSIONS),
+            extensions(&data::VECTOR_EXTENSIONS)
         );
     }
     anyhow::ensure!(
         !s.items.is_empty(),
-        "{} has no images (.jpg, .jpeg, .png) or embeddings (.npy, .csv)",
-        dir.display()
+        "{} has no inputs (images {}, sound clips {}) or embeddings ({})",
+        dir.display(),
+        extensions(&data::IMAGE_EXTENSIONS),
+        extensions(&data::SOUND_EXTENSIONS),
+        extensions(&data::VECTOR_EXTENSIONS)
     );
     Ok(s.items)
+}
+
+/// `.a, .b` for messages.
+fn extensions(list: &[&str]) -> String {
+    list.iter()
+        .map(|e| format!(".{e}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn dir_name(p: &Path) -> String {
@@ -220,8 +303,25 @@ fn dir_name(p: &Path) -> String {
         .unwrap_or_else(|| "dataset".into())
 }
 
+/// A dataset loaded, embedded and split.
+struct Loaded {
+    /// Dataset name in the report.
+    name: String,
+    /// The training stream and the test split.
+    data: Data,
+    /// How the inputs were embedded (`None` for a dataset of embeddings).
+    stats: Option<EmbedStats>,
+    /// Backbone hash ([`NO_BACKBONE`] for a dataset of embeddings).
+    backbone: String,
+    /// Where each training sample (in stream order) came from: its file, `#row` for a row of a
+    /// multi-vector file.
+    train_ids: Vec<String>,
+    /// Where each test sample came from.
+    test_ids: Vec<String>,
+}
+
 /// Loads, embeds and splits the dataset named by the arguments.
-fn load(args: &EvalArgs) -> Result<(String, Data, Option<EmbedStats>, String)> {
+fn load(args: &EvalArgs) -> Result<Loaded> {
     let (name, train, test, stats, backbone) = if let Some(dir) = &args.data {
         anyhow::ensure!(
             args.test_fraction > 0.0 && args.test_fraction < 1.0,
@@ -286,19 +386,20 @@ fn load(args: &EvalArgs) -> Result<(String, Data, Option<EmbedStats>, String)> {
     if !missing.is_empty() {
         tracing::warn!("classes only in the test split (always wrong): {missing:?}");
     }
+    let order = data::stream_order(train.len(), args.seed);
+    let train_ids: Vec<String> = order.iter().map(|&i| train[i].id.clone()).collect();
+    let test_ids: Vec<String> = test.iter().map(|e| e.id.clone()).collect();
     let to_pair = |e: Embedded| {
         let c = classes.binary_search(&e.label).unwrap_or(0);
         (e.x, c)
     };
     let mut train: Vec<(Vec<f32>, usize)> = train.into_iter().map(to_pair).collect();
     let test: Vec<(Vec<f32>, usize)> = test.into_iter().map(to_pair).collect();
-    let order = data::stream_order(train.len(), args.seed);
     let mut slots: Vec<Option<(Vec<f32>, usize)>> = train.drain(..).map(Some).collect();
     let train: Vec<(Vec<f32>, usize)> = order.iter().filter_map(|&i| slots[i].take()).collect();
-    let name = args.name.clone().unwrap_or(name);
-    Ok((
-        name,
-        Data {
+    Ok(Loaded {
+        name: args.name.clone().unwrap_or(name),
+        data: Data {
             classes,
             dim,
             train,
@@ -306,12 +407,17 @@ fn load(args: &EvalArgs) -> Result<(String, Data, Option<EmbedStats>, String)> {
         },
         stats,
         backbone,
-    ))
+        train_ids,
+        test_ids,
+    })
 }
 
 /// Writes `train_x.npy`, `train_y.npy` (stream order), `test_x.npy`, `test_y.npy` (class
-/// indices, int64), `classes.txt` and `meta.json` into `dir`.
-fn export(dir: &Path, name: &str, data: &Data, args: &EvalArgs, backbone: &str) -> Result<()> {
+/// indices, int64), `classes.txt`, `files.json` (`{"train": [...], "test": [...]}`: each
+/// row's file as the scan named it, `#row` for a row of a multi-vector file) and `meta.json`
+/// into `dir`.
+fn export(dir: &Path, loaded: &Loaded, args: &EvalArgs) -> Result<()> {
+    let (name, data, backbone) = (&loaded.name, &loaded.data, &loaded.backbone);
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let write = |file: &str, bytes: Vec<u8>| -> Result<()> {
         let p = dir.join(file);
@@ -333,6 +439,8 @@ fn export(dir: &Path, name: &str, data: &Data, args: &EvalArgs, backbone: &str) 
         "classes.txt",
         format!("{}\n", data.classes.join("\n")).into_bytes(),
     )?;
+    let files = serde_json::json!({"train": loaded.train_ids, "test": loaded.test_ids});
+    write("files.json", serde_json::to_vec_pretty(&files)?)?;
     let meta = serde_json::json!({
         "dataset": name,
         "dim": data.dim,
@@ -392,12 +500,19 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         return Ok(());
     }
     let baseline = args.baseline.as_deref().map(Baseline::read).transpose()?;
-    let (name, data, stats, backbone) = load(args)?;
+    let loaded = load(args)?;
+    if let Some(dir) = &args.export_embeddings {
+        export(dir, &loaded, args)?;
+    }
+    let Loaded {
+        name,
+        data,
+        stats,
+        backbone,
+        ..
+    } = loaded;
     if let Some(b) = &baseline {
         b.check(data.train.len(), data.test.len(), data.dim);
-    }
-    if let Some(dir) = &args.export_embeddings {
-        export(dir, &name, &data, args, &backbone)?;
     }
     let plan = Plan {
         shots: args.shots.clone(),
@@ -543,14 +658,25 @@ mod tests {
             "--learners",
             "ncm,ridge",
         ]);
-        let (name, d, stats, backbone) = load(&a).unwrap();
-        assert_eq!((name.as_str(), d.dim, d.classes.len()), ("blobs", 8, 3));
+        let loaded = load(&a).unwrap();
+        let d = &loaded.data;
+        assert_eq!(
+            (loaded.name.as_str(), d.dim, d.classes.len()),
+            ("blobs", 8, 3)
+        );
         assert_eq!((d.train.len(), d.test.len()), (63, 27));
-        assert!(stats.is_none());
-        assert_eq!(backbone, NO_BACKBONE);
+        assert!(loaded.stats.is_none());
+        assert_eq!(loaded.backbone, NO_BACKBONE);
+        // Each sample names its file and row, in stream order.
+        assert_eq!((loaded.train_ids.len(), loaded.test_ids.len()), (63, 27));
+        for (id, (_, y)) in loaded.train_ids.iter().zip(&d.train) {
+            let want = format!("class{y}{}samples.csv#", std::path::MAIN_SEPARATOR);
+            assert!(id.contains(&want), "{id} is not of class {y}");
+        }
         // The same seed loads the same stream.
-        let (_, again, _, _) = load(&a).unwrap();
-        assert_eq!(d.train, again.train);
+        let again = load(&a).unwrap();
+        assert_eq!(d.train, again.data.train);
+        assert_eq!(loaded.train_ids, again.train_ids);
         run(&a).unwrap();
         let x = npy::parse_npy(&std::fs::read(export_dir.join("train_x.npy")).unwrap()).unwrap();
         assert_eq!((x.rows, x.dim), (63, 8));
@@ -558,6 +684,10 @@ mod tests {
         let meta: serde_json::Value =
             serde_json::from_slice(&std::fs::read(export_dir.join("meta.json")).unwrap()).unwrap();
         assert_eq!(meta["test"], 27);
+        let files: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(export_dir.join("files.json")).unwrap()).unwrap();
+        assert_eq!(files["train"], serde_json::json!(loaded.train_ids));
+        assert_eq!(files["test"], serde_json::json!(loaded.test_ids));
         // Given split: train on the blobs, test on a copy.
         let g = args(&[
             "--train",
@@ -565,7 +695,7 @@ mod tests {
             "--test",
             root.to_str().unwrap(),
         ]);
-        let (_, d, _, _) = load(&g).unwrap();
+        let d = load(&g).unwrap().data;
         assert_eq!((d.train.len(), d.test.len()), (90, 90));
         let r = prequential::run(
             &d,
@@ -581,6 +711,168 @@ mod tests {
         )
         .unwrap();
         assert!(r.accuracy > 0.95, "{}", r.accuracy);
+    }
+
+    #[test]
+    fn sound_clips_need_a_sound_model() {
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let image_model =
+            crate::model::ModelDir::load(&manifest.join("models/efficientnet-lite0")).unwrap();
+        let sound_model =
+            crate::model::ModelDir::load(&manifest.join("models/yamnet-l10")).unwrap();
+        let paths = |names: &[&str]| names.iter().map(PathBuf::from).collect::<Vec<_>>();
+        assert_eq!(input_kind(&[]).unwrap(), None);
+        assert_eq!(
+            input_kind(&paths(&["a/x.wav", "b/y.WAV"])).unwrap(),
+            Some(InputKind::Sound)
+        );
+        assert_eq!(
+            input_kind(&paths(&["a/x.jpg", "b/y.png"])).unwrap(),
+            Some(InputKind::Image)
+        );
+        let err = format!(
+            "{:#}",
+            input_kind(&paths(&["a/x.wav", "b/y.png"])).unwrap_err()
+        );
+        assert!(
+            err.contains("mixes 1 image(s) and 1 sound clip(s)"),
+            "{err}"
+        );
+        check_modality(InputKind::Sound, &sound_model).unwrap();
+        check_modality(InputKind::Image, &image_model).unwrap();
+        let err = format!(
+            "{:#}",
+            check_modality(InputKind::Sound, &image_model).unwrap_err()
+        );
+        assert!(
+            err.contains("takes images") && err.contains("--model"),
+            "{err}"
+        );
+        let err = format!(
+            "{:#}",
+            check_modality(InputKind::Image, &sound_model).unwrap_err()
+        );
+        assert!(err.contains("is a sound model"), "{err}");
+    }
+
+    #[test]
+    fn model_identity_names_the_cache() {
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let sound = crate::model::ModelDir::load(&manifest.join("models/yamnet-l10")).unwrap();
+        let file = ModelId::of(&sound).unwrap().backbone_sha256;
+        let id = model_id(&sound).unwrap();
+        assert_eq!(Some(file.as_str()), sound.spec.sha256.as_deref());
+        assert_eq!(id.backbone_sha256, sound.spec.identity(&file));
+        assert_ne!(id.backbone_sha256, file);
+        // Another front-end recipe, another identity and so another cache.
+        let mut other = sound.clone();
+        if let Some(a) = other.spec.audio.as_mut() {
+            a.fmin = 60.0;
+        }
+        assert_ne!(
+            model_id(&other).unwrap().backbone_sha256,
+            id.backbone_sha256
+        );
+        // An image model's identity is its file's hash (the cache it always had).
+        let image =
+            crate::model::ModelDir::load(&manifest.join("models/efficientnet-lite0")).unwrap();
+        assert_eq!(
+            model_id(&image).unwrap().backbone_sha256,
+            ModelId::of(&image).unwrap().backbone_sha256
+        );
+    }
+
+    #[test]
+    fn end_to_end_on_wav_clips() {
+        // Four fixture clips (16 kHz mono, 44.1 kHz stereo), two classes, through the shipped
+        // sound model; a second run is served from the cache.
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let fixtures = manifest.join("tests/fixtures/sound");
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("sounds");
+        for (class, files) in [
+            ("bell", ["doorbell.wav", "clicks_short.wav"]),
+            ("voice", ["speech.wav", "stereo_44k.wav"]),
+        ] {
+            std::fs::create_dir_all(root.join(class)).unwrap();
+            for f in files {
+                std::fs::copy(fixtures.join(f), root.join(class).join(f)).unwrap();
+            }
+        }
+        let model = manifest.join("models/yamnet-l10");
+        let cache = dir.path().join("cache");
+        let export_dir = dir.path().join("export");
+        let a = args(&[
+            "--data",
+            root.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            "--cache",
+            cache.to_str().unwrap(),
+            "--jobs",
+            "2",
+            "--export-embeddings",
+            export_dir.to_str().unwrap(),
+        ]);
+        let loaded = load(&a).unwrap();
+        let stats = loaded.stats.clone().unwrap();
+        assert_eq!((stats.embedded, stats.cache_hits, stats.failed), (4, 0, 0));
+        assert_eq!(loaded.data.dim, 512);
+        assert_eq!((loaded.data.train.len(), loaded.data.test.len()), (2, 2));
+        let sound = crate::model::ModelDir::load(&model).unwrap();
+        assert_eq!(loaded.backbone, model_id(&sound).unwrap().backbone_sha256);
+        assert!(loaded.train_ids.iter().all(|i| i.ends_with(".wav")));
+        // The same embedding as the daemon's path for that file.
+        let embedder = crate::model::Embedder::load(sound, false).unwrap();
+        let want = embedder
+            .embed_payload(&std::fs::read(&loaded.test_ids[0]).unwrap())
+            .unwrap();
+        assert_eq!(loaded.data.test[0].0, want);
+        let again = load(&a).unwrap();
+        let stats = again.stats.unwrap();
+        assert_eq!((stats.embedded, stats.cache_hits), (0, 4));
+        assert_eq!(again.data.train, loaded.data.train);
+        run(&a).unwrap();
+        let files: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(export_dir.join("files.json")).unwrap()).unwrap();
+        assert_eq!(files["test"], serde_json::json!(loaded.test_ids));
+    }
+
+    #[test]
+    fn refuses_sound_with_the_image_model_before_embedding() {
+        // WAV clips (not even valid ones) with the shipped image model: refused by name, before
+        // the model is loaded or any clip is read.
+        let dir = tempfile::tempdir().unwrap();
+        for c in ["yes", "no"] {
+            std::fs::create_dir_all(dir.path().join(c)).unwrap();
+            for i in 0..3 {
+                std::fs::write(dir.path().join(c).join(format!("{i}.wav")), b"junk").unwrap();
+            }
+        }
+        let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/efficientnet-lite0");
+        let a = args(&[
+            "--data",
+            dir.path().to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            "--no-cache",
+        ]);
+        let err = format!("{:#}", load(&a).err().unwrap());
+        assert!(err.contains("sound clips (.wav)"), "{err}");
+        // A folder of nothing usable names every accepted extension.
+        let empty = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(empty.path().join("a")).unwrap();
+        std::fs::write(empty.path().join("a/x.ogg"), b"OggS").unwrap();
+        let err = format!(
+            "{:#}",
+            load(&args(&["--data", empty.path().to_str().unwrap()]))
+                .err()
+                .unwrap()
+        );
+        assert!(
+            err.contains(".wav") && err.contains(".png") && err.contains(".npy"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! a head trained on the clean split and moved through its file format (the two-board case),
 //! the corrupted test split streamed as unlabeled traffic through each adaptation method, and
 //! the target oracle (a head trained on the corrupted training split). See
-//! `docs/adaptation.md`.
+//! `docs/adaptation.md`. Images only: a dataset of sound clips is refused.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -15,8 +15,8 @@ use anyhow::{Context, Result};
 use image::{imageops, ImageFormat, RgbImage};
 use serde::Serialize;
 
-use super::data::{self, Origin, Rng};
-use super::embed::{self, Cache, ModelId};
+use super::data::{self, InputKind, Origin, Rng};
+use super::embed::{self, Cache};
 use super::EvalArgs;
 use crate::adapt::{AdaptConfig, Adapted, Adapter, HeadDomain, Method};
 use crate::head::{Algorithm, Expect, Head, HeadConfig, Predictor};
@@ -351,11 +351,25 @@ pub fn run(args: &EvalArgs, head_config: &HeadConfig) -> Result<ShiftReport> {
         None => AdaptConfig::default(),
     };
     let scan = data::scan(dir)?;
+    let sounds = scan
+        .items
+        .iter()
+        .filter(
+            |i| matches!(&i.origin, Origin::Input(p) if InputKind::of(p) == Some(InputKind::Sound)),
+        )
+        .count();
+    anyhow::ensure!(
+        sounds == 0,
+        "--shift corrupts images ({}); {} has {sounds} sound clip(s) (.wav), to which none of \
+         them applies: run adaptd eval on it without --shift",
+        Corruption::ALL.map(Corruption::name).join(", "),
+        dir.display()
+    );
     let items: Vec<(std::path::PathBuf, String)> = scan
         .items
         .into_iter()
         .filter_map(|i| match i.origin {
-            Origin::Image(p) => Some((p, i.label)),
+            Origin::Input(p) => Some((p, i.label)),
             Origin::Vector(_) => None,
         })
         .collect();
@@ -375,7 +389,7 @@ pub fn run(args: &EvalArgs, head_config: &HeadConfig) -> Result<ShiftReport> {
     let train_ix: Vec<usize> = order.iter().map(|&i| train_ix[i]).collect();
 
     let model = crate::model::ModelDir::find(args.model.as_deref())?;
-    let id = ModelId::of(&model)?;
+    let id = super::model_id(&model)?;
     let size = model
         .spec
         .input
@@ -800,6 +814,39 @@ mod tests {
                 .sum::<i32>()
         };
         assert!(diff(1) < diff(5));
+    }
+
+    #[test]
+    fn refuses_sound_clips() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cmd {
+            #[command(flatten)]
+            eval: EvalArgs,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        for c in ["yes", "no"] {
+            std::fs::create_dir_all(dir.path().join(c)).unwrap();
+            for i in 0..3 {
+                std::fs::write(dir.path().join(c).join(format!("{i}.wav")), b"junk").unwrap();
+            }
+        }
+        let args = Cmd::try_parse_from([
+            "eval",
+            "--data",
+            dir.path().to_str().unwrap(),
+            "--shift",
+            "noise",
+            "--no-cache",
+        ])
+        .unwrap()
+        .eval;
+        // Refused before any model is loaded or any clip is read.
+        let err = format!("{:#}", run(&args, &HeadConfig::default()).unwrap_err());
+        assert!(
+            err.contains("--shift corrupts images") && err.contains("6 sound clip(s)"),
+            "{err}"
+        );
     }
 
     #[test]
