@@ -30,6 +30,8 @@ pub struct BenchArgs<'a> {
     pub run: crate::model::latency::Options<'a>,
     pub cache_dir: Option<&'a Path>,
     pub profile: bool,
+    /// A WAV file: time the sound path on it instead.
+    pub clip: Option<&'a Path>,
     pub json: bool,
 }
 
@@ -37,6 +39,45 @@ pub struct BenchArgs<'a> {
 pub fn bench(a: BenchArgs<'_>) -> Result<()> {
     let model = ModelDir::find(a.model)?;
     let o = a.run;
+    if let Some(clip) = a.clip {
+        let r = crate::model::latency::clip(&model, &o, clip, a.cache_dir)?;
+        if a.json {
+            println!("{}", serde_json::to_string(&r)?);
+            return Ok(());
+        }
+        println!(
+            "{}, load {:.0} ms{}",
+            r.setup,
+            r.load_ms,
+            if r.cached {
+                " (from the model cache)"
+            } else {
+                ""
+            }
+        );
+        println!(
+            "{}: {} Hz, {} channel(s), {:.3} s, {} window(s); medians over {} runs",
+            r.clip, r.sample_rate, r.channels, r.clip_seconds, r.windows, r.setup.runs
+        );
+        for (stage, t) in [
+            (
+                "front-end (decode, resample, log-mel, windows)",
+                &r.front_end,
+            ),
+            ("backbone, one window", &r.backbone_per_window),
+            ("end to end, the clip", &r.end_to_end),
+        ] {
+            println!(
+                "  {stage:<48} median {:>9.3} ms, p90 {:>9.3} ms, min {:>9.3} ms",
+                t.median_ms, t.p90_ms, t.min_ms
+            );
+        }
+        println!(
+            "  real-time factor {:.1}× (seconds of audio per second of one core, end to end)",
+            r.real_time_factor
+        );
+        return Ok(());
+    }
     if a.profile {
         let r = crate::model::latency::profile(&model, &o)?;
         if a.json {

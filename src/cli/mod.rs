@@ -48,7 +48,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Time the backbone: load-to-ready and median latency of forward passes.
+    /// Time the backbone: load-to-ready and median latency of forward passes (with --clip, a
+    /// sound model's path stage by stage).
     Bench {
         /// Model directory (with model.toml); default: the shipped model.
         #[arg(long)]
@@ -81,6 +82,12 @@ pub enum Command {
         /// the slowest nodes (tract's side of scripts/profile_ort.py).
         #[arg(long)]
         profile: bool,
+        /// Time a sound model's path on this WAV file instead, on one thread: the front-end
+        /// alone, the backbone on the clip's first window, and end to end per clip (front-end,
+        /// backbone per window, mean), with windows per clip and the real-time factor (the
+        /// Rust side of scripts/bench_sound.py). Needs --model of a model with [audio].
+        #[arg(long, value_name = "FILE.wav", conflicts_with_all = ["input", "profile", "batch"])]
+        clip: Option<PathBuf>,
         /// Print one JSON line.
         #[arg(long)]
         json: bool,
@@ -131,6 +138,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             depthwise_layout,
             cache_dir,
             profile,
+            clip,
             json,
         } => bench(BenchArgs {
             model: model.as_deref(),
@@ -144,6 +152,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             },
             cache_dir: cache_dir.as_deref(),
             profile,
+            clip: clip.as_deref(),
             json,
         }),
         Command::Eval(a) => eval(&a),

@@ -1,5 +1,6 @@
 //! `adaptd bench`: backbone latency (median of many runs after warm-up) and load-to-ready time,
-//! the Rust side of `scripts/bench_backbone.py`, which runs onnxruntime beside it.
+//! the Rust side of `scripts/bench_backbone.py`, which runs onnxruntime beside it; with `--clip`,
+//! a sound model's path stage by stage (the Rust side of `scripts/bench_sound.py`).
 
 use std::path::Path;
 use std::time::Instant;
@@ -7,8 +8,9 @@ use std::time::Instant;
 use anyhow::Context;
 use serde::Serialize;
 
+use crate::model::audio;
 use crate::model::backbone::{self, Backbone, DepthwiseLayout};
-use crate::model::ModelDir;
+use crate::model::{Embedder, ModelDir};
 
 /// The `q` quantile (nearest rank) of sorted, non-empty values.
 pub fn quantile(sorted: &[f64], q: f64) -> f64 {
@@ -104,25 +106,15 @@ pub fn backbone(
     let b = Backbone::load_with(&model, false, cache_dir, o.layout)?;
     let load_ms = started.elapsed().as_secs_f64() * 1e3;
     let x = input_tensor(&b, o.input)?;
-    for _ in 0..warmup {
-        b.embed(&x)?;
-    }
-    let mut times = Vec::with_capacity(runs);
-    for _ in 0..runs.max(1) {
-        let t = Instant::now();
-        b.embed(&x)?;
-        times.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    times.sort_by(f64::total_cmp);
-    let at = |q: f64| quantile(&times, q);
+    let t = Timing::of(warmup, runs, || b.embed(&x).map(drop))?;
     Ok(BenchReport {
-        setup: Setup::of(&b, threads, batch, times.len()),
+        setup: Setup::of(&b, threads, batch, t.runs),
         load_ms,
         cached: b.info().cached,
-        median_ms: at(0.5),
-        p90_ms: at(0.9),
-        min_ms: times[0],
-        median_ms_per_frame: at(0.5) / batch as f64,
+        median_ms: t.median_ms,
+        p90_ms: t.p90_ms,
+        min_ms: t.min_ms,
+        median_ms_per_frame: t.median_ms / batch as f64,
     })
 }
 
@@ -226,4 +218,151 @@ pub fn profile(model: &ModelDir, o: &Options<'_>) -> anyhow::Result<ProfileRepor
         by_op,
         nodes,
     })
+}
+
+/// Times of one measured stage, in ms: `runs` timed calls after `warmup` untimed ones.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Timing {
+    pub median_ms: f64,
+    pub p90_ms: f64,
+    pub min_ms: f64,
+    pub runs: usize,
+}
+
+impl Timing {
+    /// Calls `f` `warmup` times untimed, then `runs` (at least 1) times timed.
+    fn of<E>(
+        warmup: usize,
+        runs: usize,
+        mut f: impl FnMut() -> Result<(), E>,
+    ) -> Result<Timing, E> {
+        for _ in 0..warmup {
+            f()?;
+        }
+        let mut times = Vec::with_capacity(runs.max(1));
+        for _ in 0..runs.max(1) {
+            let t = Instant::now();
+            f()?;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        times.sort_by(f64::total_cmp);
+        Ok(Timing {
+            median_ms: quantile(&times, 0.5),
+            p90_ms: quantile(&times, 0.9),
+            min_ms: times[0],
+            runs: times.len(),
+        })
+    }
+}
+
+/// `adaptd bench --clip`: the sound path of one clip, stage by stage and end to end, on one
+/// thread (the Rust side of `scripts/bench_sound.py`, which runs numpy and onnxruntime beside it).
+#[derive(Debug, Serialize)]
+pub struct ClipReport {
+    #[serde(flatten)]
+    pub setup: Setup,
+    /// The clip file, as given.
+    pub clip: String,
+    /// Its rate and channel count as stored (before down-mix and resampling).
+    pub sample_rate: u32,
+    pub channels: u16,
+    /// Its duration: samples per channel / rate.
+    pub clip_seconds: f64,
+    /// Backbone inputs (windows) the clip makes.
+    pub windows: usize,
+    /// Load of the embedder (front-end and backbone), ms.
+    pub load_ms: f64,
+    pub cached: bool,
+    /// (a) WAV bytes → windows: decode, down-mix, resample, log-mel, windows
+    /// ([`Embedder::preprocess_payload`]).
+    pub front_end: Timing,
+    /// (b) One backbone pass on the clip's first window.
+    pub backbone_per_window: Timing,
+    /// (c) WAV bytes → clip embedding: the front-end, the backbone once per window and the
+    /// mean ([`Embedder::embed_payload`]).
+    pub end_to_end: Timing,
+    /// Seconds of audio per second of single-core compute, end to end (median):
+    /// `clip_seconds / end_to_end.median_ms · 1000`.
+    pub real_time_factor: f64,
+}
+
+/// Times the sound path of the WAV file `clip` with the daemon's embedder (its front-end and
+/// backbone, loaded through the model cache in `cache_dir` when given), each stage `o.runs`
+/// times after `o.warmup`, one stage after the other. Runs on one thread: `o.threads`, `o.batch`,
+/// `o.input` and a depthwise layout other than the daemon's are refused.
+pub fn clip(
+    model: &ModelDir,
+    o: &Options<'_>,
+    clip: &Path,
+    cache_dir: Option<&Path>,
+) -> anyhow::Result<ClipReport> {
+    anyhow::ensure!(
+        model.spec.audio.is_some(),
+        "--clip needs a sound model (one with an [audio] section), e.g. --model models/yamnet-l10; \
+         {} has none",
+        model.dir.display()
+    );
+    anyhow::ensure!(
+        o.threads == 1 && o.batch <= 1 && o.input.is_none() && o.layout == DepthwiseLayout::Adaptd,
+        "--clip measures the daemon's path on one thread: no --threads, --batch, --input or \
+         --depthwise-layout with it"
+    );
+    backbone::set_threads(1);
+    let bytes = std::fs::read(clip).with_context(|| format!("reading {}", clip.display()))?;
+    let (sample_rate, channels, frames) = wav_shape(&bytes)
+        .with_context(|| format!("{} is not a WAV file adaptd can read", clip.display()))?;
+    let started = Instant::now();
+    let embedder = Embedder::load_cached(model.clone(), false, cache_dir)?;
+    let load_ms = started.elapsed().as_secs_f64() * 1e3;
+    let windows = embedder
+        .preprocess_payload(&bytes)
+        .with_context(|| format!("front-end of {}", clip.display()))?;
+    let first = windows
+        .first()
+        .context("the front-end made no window")?
+        .clone();
+    let (runs, warmup) = (o.runs, o.warmup);
+    let front_end = Timing::of(warmup, runs, || {
+        embedder.preprocess_payload(&bytes).map(drop)
+    })?;
+    let backbone_per_window =
+        Timing::of(warmup, runs, || embedder.backbone.embed(&first).map(drop))?;
+    let end_to_end = Timing::of(warmup, runs, || embedder.embed_payload(&bytes).map(drop))?;
+    let clip_seconds = frames as f64 / f64::from(sample_rate);
+    Ok(ClipReport {
+        setup: Setup::of(&embedder.backbone, 1, 1, end_to_end.runs),
+        clip: clip.display().to_string(),
+        sample_rate,
+        channels,
+        clip_seconds,
+        windows: windows.len(),
+        load_ms,
+        cached: embedder.backbone.info().cached,
+        front_end,
+        backbone_per_window,
+        end_to_end,
+        real_time_factor: clip_seconds / (end_to_end.median_ms / 1e3),
+    })
+}
+
+/// Rate, channels and frames (samples per channel) of a WAV file, as the front-end decodes it
+/// (no duration limit); the channel count is read from the `fmt ` chunk.
+fn wav_shape(bytes: &[u8]) -> anyhow::Result<(u32, u16, usize)> {
+    let clip = audio::decode_wav(bytes, f64::from(u32::MAX))?;
+    let mut at = 12;
+    let channels = loop {
+        let Some(header) = bytes.get(at..at + 8) else {
+            anyhow::bail!("no fmt chunk");
+        };
+        let len = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
+        if &header[..4] == b"fmt " {
+            let c = bytes.get(at + 10..at + 12).context("short fmt chunk")?;
+            break u16::from_le_bytes([c[0], c[1]]);
+        }
+        at = at
+            .saturating_add(8)
+            .saturating_add(len)
+            .saturating_add(len % 2);
+    };
+    Ok((clip.rate, channels, clip.samples.len()))
 }
