@@ -22,6 +22,7 @@ pub mod daemon;
 pub mod eval;
 pub mod fleet;
 pub mod head;
+pub mod homeassistant;
 pub mod model;
 pub mod state;
 

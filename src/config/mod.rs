@@ -122,6 +122,49 @@ pub struct SourceTopic {
     /// `kind = "stream"`: audio chunks gathered into a sliding window; `None`: each message is
     /// one input.
     pub stream: Option<StreamSource>,
+    /// `kind = "frigate"`: `topic` is `{prefix}/+/+/snapshot`; the camera and object come from
+    /// the topic.
+    pub frigate: Option<FrigateSource>,
+}
+
+/// Frigate's per-camera object snapshots (`[[sources]] kind = "frigate"`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrigateSource {
+    /// Frigate's topic prefix (`frigate`).
+    pub prefix: String,
+    /// Cameras to classify; empty = all.
+    pub cameras: Vec<String>,
+    /// Objects to classify; empty = all.
+    pub objects: Vec<String>,
+}
+
+impl FrigateSource {
+    /// The camera and object of a snapshot topic `{prefix}/{camera}/{object}/snapshot`, when
+    /// it is one this source takes.
+    pub fn origin<'t>(&self, topic: &'t str) -> Option<(&'t str, &'t str)> {
+        let rest = topic.strip_prefix(&self.prefix)?.strip_prefix('/')?;
+        let rest = rest.strip_suffix("/snapshot")?;
+        let (camera, object) = rest.split_once('/')?;
+        let wanted = |list: &[String], v: &str| list.is_empty() || list.iter().any(|x| x == v);
+        (!camera.is_empty()
+            && !object.is_empty()
+            && !object.contains('/')
+            && wanted(&self.cameras, camera)
+            && wanted(&self.objects, object))
+        .then_some((camera, object))
+    }
+}
+
+/// `[homeassistant]`: MQTT discovery for Home Assistant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HomeAssistantSettings {
+    /// `None` = auto: on unless the broker is adaptd's embedded one.
+    pub enabled: Option<bool>,
+    pub discovery_prefix: String,
+    /// The device's name; already defaulted.
+    pub node_name: String,
+    /// Publish the last classified image.
+    pub image: bool,
 }
 
 /// A live audio source's sliding window (`[[sources]] kind = "stream"`).
@@ -152,6 +195,7 @@ pub struct Settings {
     pub publish: PublishSettings,
     pub state: StateSettings,
     pub service: ServiceSettings,
+    pub homeassistant: HomeAssistantSettings,
     pub sources: Vec<SourceTopic>,
 }
 

@@ -20,6 +20,7 @@ pub(super) struct RawConfig {
     pub publish: RawPublish,
     pub state: RawState,
     pub service: RawService,
+    pub homeassistant: RawHomeAssistant,
     #[serde(default)]
     pub sources: Vec<RawSource>,
 }
@@ -84,6 +85,15 @@ pub(super) struct RawService {
     pub max_payload_bytes: usize,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHomeAssistant {
+    pub enabled: String,
+    pub discovery_prefix: String,
+    pub node_name: String,
+    pub image: bool,
+}
+
 /// One `[[sources]]` entry. The shipped file has none (only a commented example), so `qos`
 /// defaults here.
 #[derive(Debug, Deserialize)]
@@ -92,7 +102,7 @@ pub(super) struct RawSource {
     pub topic: String,
     #[serde(default)]
     pub qos: u8,
-    /// `frames` (default) or `stream`.
+    /// `frames` (default), `stream` or `frigate`.
     #[serde(default)]
     pub kind: Option<String>,
     #[serde(default)]
@@ -101,4 +111,9 @@ pub(super) struct RawSource {
     pub hop_seconds: Option<f64>,
     #[serde(default)]
     pub threshold: Option<f32>,
+    /// `kind = "frigate"`: the cameras and objects to classify (empty = all).
+    #[serde(default)]
+    pub cameras: Option<Vec<String>>,
+    #[serde(default)]
+    pub objects: Option<Vec<String>>,
 }

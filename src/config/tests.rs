@@ -137,6 +137,52 @@ fn stream_sources_are_validated() {
 }
 
 #[test]
+fn frigate_sources_and_homeassistant_are_validated() {
+    let parse =
+        |text: &str| Settings::from_parts(Some(text), "f", env(&[("ADAPTD_STATE_DIR", "/tmp")]));
+    let s = parse("[[sources]]\ntopic = \"frigate/\"\nkind = \"frigate\"\ncameras = [\"door\"]\n")
+        .expect("frigate");
+    let src = &s.sources[0];
+    assert_eq!(src.topic, "frigate/+/+/snapshot");
+    let f = src.frigate.clone().expect("a frigate source");
+    assert_eq!(f.origin("frigate/door/cat/snapshot"), Some(("door", "cat")));
+    assert_eq!(f.origin("frigate/yard/cat/snapshot"), None);
+    assert_eq!(f.origin("frigate/door/cat"), None);
+    assert_eq!(f.origin("frigate/door/cat/thumbnail"), None);
+    assert_eq!(f.origin("frigatex/door/cat/snapshot"), None);
+    for bad in [
+        "kind = \"frigate\"\nhop_seconds = 1.0",
+        "kind = \"frames\"\ncameras = [\"door\"]",
+        "kind = \"frigate\"\nobjects = [\"a/b\"]",
+    ] {
+        let e = parse(&format!("[[sources]]\ntopic = \"frigate\"\n{bad}\n")).expect_err(bad);
+        assert!(e.to_string().contains("sources"), "{bad}: {e}");
+    }
+    let e =
+        parse("[[sources]]\ntopic = \"frigate/#\"\nkind = \"frigate\"\n").expect_err("wildcard");
+    assert!(e.to_string().contains("prefix"), "{e}");
+
+    // [homeassistant]: auto by default, named after the device.
+    let s = parse("[device]\nid = \"cam1\"\n").expect("defaults");
+    assert_eq!(s.homeassistant.enabled, None);
+    assert_eq!(s.homeassistant.node_name, "adaptd cam1");
+    assert_eq!(s.homeassistant.discovery_prefix, "homeassistant");
+    let s =
+        parse("[homeassistant]\nenabled = \"false\"\ndiscovery_prefix = \"ha/\"\n").expect("off");
+    assert_eq!(s.homeassistant.enabled, Some(false));
+    assert_eq!(s.homeassistant.discovery_prefix, "ha");
+    for bad in [
+        "enabled = \"maybe\"",
+        "discovery_prefix = \"\"",
+        "discovery_prefix = \"ha/#\"",
+        "node_name = \"a\\nb\"",
+    ] {
+        let e = parse(&format!("[homeassistant]\n{bad}\n")).expect_err(bad);
+        assert!(e.to_string().contains("homeassistant"), "{bad}: {e}");
+    }
+}
+
+#[test]
 fn names_are_validated() {
     assert!(crate::head::validate_label("cat").is_ok());
     for bad in ["", "a+b", "a#", "a/b", "a\0b", &"x".repeat(65)] {
@@ -177,7 +223,9 @@ fn shipped_defaults_equal_the_code_defaults_in_every_section() {
 /// missing after the merge is an error, never a silent value from the code.
 #[test]
 fn other_sections_have_no_code_defaults() {
-    use super::raw::{RawBroker, RawDevice, RawModel, RawPublish, RawService, RawState};
+    use super::raw::{
+        RawBroker, RawDevice, RawHomeAssistant, RawModel, RawPublish, RawService, RawState,
+    };
     fn none<T: serde::de::DeserializeOwned>(name: &str) {
         let empty = toml::Value::Table(toml::Table::new());
         assert!(empty.try_into::<T>().is_err(), "[{name}] has code defaults");
@@ -189,12 +237,24 @@ fn other_sections_have_no_code_defaults() {
     none::<RawPublish>("publish");
     none::<RawState>("state");
     none::<RawService>("service");
+    none::<RawHomeAssistant>("homeassistant");
     let table: toml::Table = DEFAULT_TOML.parse().expect("shipped TOML");
     let mut sections: Vec<&str> = table.keys().map(String::as_str).collect();
     sections.sort_unstable();
     assert_eq!(
         sections,
-        ["adapt", "broker", "device", "fleet", "head", "model", "publish", "service", "state"],
+        [
+            "adapt",
+            "broker",
+            "device",
+            "fleet",
+            "head",
+            "homeassistant",
+            "model",
+            "publish",
+            "service",
+            "state"
+        ],
         "a new section needs its defaults checked here"
     );
 }

@@ -8,11 +8,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::raw::{
-    RawBroker, RawConfig, RawDevice, RawModel, RawPublish, RawService, RawSource, RawState,
+    RawBroker, RawConfig, RawDevice, RawHomeAssistant, RawModel, RawPublish, RawService, RawSource,
+    RawState,
 };
 use super::{
-    BrokerSettings, BrokerTarget, ConfigError, PublishSettings, ServiceSettings, Settings,
-    SourceTopic, StateSettings, StreamSource, TlsSettings,
+    BrokerSettings, BrokerTarget, ConfigError, FrigateSource, HomeAssistantSettings,
+    PublishSettings, ServiceSettings, Settings, SourceTopic, StateSettings, StreamSource,
+    TlsSettings,
 };
 use crate::adapt::AdaptConfig;
 use crate::fleet::FleetConfig;
@@ -36,6 +38,7 @@ impl RawConfig {
         let publish = self.publish.validate()?;
         let state = self.state.validate()?;
         let service = self.service.validate()?;
+        let homeassistant = self.homeassistant.validate(&device.id)?;
         let sources = self
             .sources
             .into_iter()
@@ -53,6 +56,7 @@ impl RawConfig {
             publish,
             state,
             service,
+            homeassistant,
             sources,
         })
     }
@@ -246,6 +250,42 @@ impl RawService {
     }
 }
 
+impl RawHomeAssistant {
+    fn validate(self, device_id: &str) -> Result<HomeAssistantSettings, ConfigError> {
+        let enabled = match self.enabled.trim() {
+            "auto" | "" => None,
+            "true" | "on" | "yes" => Some(true),
+            "false" | "off" | "no" => Some(false),
+            other => {
+                return Err(invalid(
+                    "homeassistant.enabled",
+                    format!("{other:?} is not \"auto\", \"true\" or \"false\""),
+                ))
+            }
+        };
+        let prefix = self.discovery_prefix.trim().trim_end_matches('/');
+        if prefix.is_empty() || prefix.contains(['+', '#', '\0']) {
+            return Err(invalid(
+                "homeassistant.discovery_prefix",
+                "must be a non-empty topic without + or #",
+            ));
+        }
+        let node_name = non_empty(&self.node_name).unwrap_or_else(|| format!("adaptd {device_id}"));
+        if node_name.len() > 128 || node_name.chars().any(char::is_control) {
+            return Err(invalid(
+                "homeassistant.node_name",
+                "at most 128 bytes, no control characters",
+            ));
+        }
+        Ok(HomeAssistantSettings {
+            enabled,
+            discovery_prefix: prefix.to_string(),
+            node_name,
+            image: self.image,
+        })
+    }
+}
+
 impl RawSource {
     fn validate(self) -> Result<SourceTopic, ConfigError> {
         let bad = |why: &str| invalid("sources", format!("{:?}: {why}", self.topic));
@@ -254,7 +294,44 @@ impl RawSource {
         }
         let stream_keys =
             self.window_seconds.is_some() || self.hop_seconds.is_some() || self.threshold.is_some();
-        let stream = match self.kind.as_deref().unwrap_or("frames") {
+        let kind = self.kind.as_deref().unwrap_or("frames");
+        if kind != "frigate" && (self.cameras.is_some() || self.objects.is_some()) {
+            return Err(bad("cameras and objects are for kind = \"frigate\""));
+        }
+        if kind == "frigate" {
+            if stream_keys {
+                return Err(bad(
+                    "window_seconds, hop_seconds and threshold are for kind = \"stream\"",
+                ));
+            }
+            let prefix = self.topic.trim_end_matches('/').to_string();
+            if prefix.is_empty() || prefix.contains(['+', '#']) {
+                return Err(bad(
+                    "topic is Frigate's topic prefix (e.g. \"frigate\"), without wildcards",
+                ));
+            }
+            let names = |v: Option<Vec<String>>, what: &str| -> Result<Vec<String>, ConfigError> {
+                let v = v.unwrap_or_default();
+                if v.iter()
+                    .any(|n| n.is_empty() || n.contains(['+', '#', '/']))
+                {
+                    return Err(bad(&format!("{what} must be names without + # /")));
+                }
+                Ok(v)
+            };
+            let frigate = FrigateSource {
+                cameras: names(self.cameras, "cameras")?,
+                objects: names(self.objects, "objects")?,
+                prefix: prefix.clone(),
+            };
+            return Ok(SourceTopic {
+                topic: format!("{prefix}/+/+/snapshot"),
+                qos: self.qos,
+                stream: None,
+                frigate: Some(frigate),
+            });
+        }
+        let stream = match kind {
             "frames" if stream_keys => {
                 return Err(bad(
                     "window_seconds, hop_seconds and threshold are for kind = \"stream\"",
@@ -284,12 +361,17 @@ impl RawSource {
                     threshold,
                 })
             }
-            other => return Err(bad(&format!("kind {other:?} is not frames or stream"))),
+            other => {
+                return Err(bad(&format!(
+                    "kind {other:?} is not frames, stream or frigate"
+                )))
+            }
         };
         Ok(SourceTopic {
             topic: self.topic,
             qos: self.qos,
             stream,
+            frigate: None,
         })
     }
 }

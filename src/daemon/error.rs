@@ -21,6 +21,8 @@ pub enum RequestError {
     UnknownLabel(String),
     #[error("no recent prediction has id {0:?} (it may have left the feedback ring)")]
     UnknownId(String),
+    #[error("no prediction to correct yet: {0}")]
+    NothingToCorrect(&'static str),
     #[error("unknown command {name:?} (known: {known})")]
     UnknownCommand { name: String, known: String },
     #[error("the head has no classes yet: teach one on {root}/learn/<label>")]
@@ -44,7 +46,7 @@ impl RequestError {
             RequestError::TooLarge { .. } => "too_large",
             RequestError::BadJson(_) => "bad_json",
             RequestError::BadRequest(_) => "bad_request",
-            RequestError::UnknownId(_) => "unknown_id",
+            RequestError::UnknownId(_) | RequestError::NothingToCorrect(_) => "unknown_id",
             RequestError::UnknownLabel(_) => "unknown_label",
             RequestError::UnknownCommand { .. } => "unknown_command",
             RequestError::NoClasses { .. } => "no_classes",

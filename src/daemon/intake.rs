@@ -8,6 +8,7 @@ use std::time::Instant;
 use rumqttc::Publish;
 
 use crate::config::SourceTopic;
+use crate::daemon::dashboard::Dashboard;
 use crate::daemon::error::RequestError;
 use crate::daemon::outbox::Outbox;
 use crate::daemon::queue::{Job, Refused, WorkQueue};
@@ -23,6 +24,8 @@ pub struct Intake {
     pub outbox: Arc<Outbox>,
     pub stats: Arc<Stats>,
     pub streams: Arc<Streams>,
+    /// Home Assistant's discovery, announced again when it says it is online.
+    pub dashboard: Arc<Dashboard>,
     pub shutdown: Shutdown,
 }
 
@@ -34,11 +37,23 @@ impl Intake {
             return;
         }
         let route = self.outbox.topics.route(&publish.topic, &self.sources);
-        if matches!(route, Route::Ignore | Route::Infer | Route::Stream(_)) {
+        if matches!(
+            route,
+            Route::Ignore | Route::Infer | Route::Stream(_) | Route::HomeAssistantStatus
+        ) {
             // Not durable work: acknowledged on receipt.
             self.outbox.ack(&publish);
         }
         if route == Route::Ignore {
+            return;
+        }
+        if route == Route::HomeAssistantStatus {
+            // Home Assistant (re)started: it forgot nothing retained, but a broker without
+            // persistence may have; and states are retained, so they follow the configs.
+            if publish.payload.trim_ascii() == b"online" {
+                tracing::info!("Home Assistant is online: publishing discovery");
+                self.dashboard.announce();
+            }
             return;
         }
         if let Route::Stream(source) = route {

@@ -9,6 +9,7 @@
 
 pub(crate) mod adaptation;
 pub(crate) mod broker;
+pub(crate) mod dashboard;
 pub mod error;
 pub(crate) mod intake;
 pub(crate) mod learner;
@@ -110,7 +111,15 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
 
     let broker_in_use = broker::resolve(&settings.broker)?;
     let (host, port) = (broker_in_use.host.clone(), broker_in_use.port);
-    let topics = Topics::new(&settings.root).with_fleet(&settings.fleet, &settings.device_id);
+    let homeassistant = settings
+        .homeassistant
+        .enabled
+        .unwrap_or(broker_in_use.kind != broker::BrokerKind::Embedded);
+    let topics = Topics::new(&settings.root)
+        .with_fleet(&settings.fleet, &settings.device_id)
+        .with_homeassistant(
+            homeassistant.then_some(settings.homeassistant.discovery_prefix.as_str()),
+        );
     let options = mqtt::options(&settings.broker, &host, port, &topics.status)?;
     let (client, mut eventloop) = AsyncClient::new(options, settings.broker.request_queue);
     mqtt::tune(&mut eventloop);
@@ -154,17 +163,36 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         group = %settings.fleet.group,
         "fleet identity"
     );
+    let backbone = BackboneSummary::of(&embedder);
+    let dashboard = Arc::new(dashboard::Dashboard::new(
+        outbox.clone(),
+        &settings,
+        homeassistant,
+        &backbone,
+        restored
+            .head
+            .classes()
+            .into_iter()
+            .map(|c| c.name)
+            .collect(),
+    ));
+    tracing::info!(
+        enabled = homeassistant,
+        prefix = %settings.homeassistant.discovery_prefix,
+        "Home Assistant discovery"
+    );
     let (learn_tx, learn_rx) = std::sync::mpsc::channel();
     let learner = Learner::new(
         learner::Context {
             settings: settings.clone(),
-            backbone: BackboneSummary::of(&embedder),
+            backbone,
             broker: broker_in_use.clone(),
             outbox: outbox.clone(),
             predictor: predictor.clone(),
             adapt: adapt.clone(),
             queue: queue.clone(),
             stats: stats.clone(),
+            dashboard: dashboard.clone(),
         },
         restored,
         store,
@@ -187,7 +215,8 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
             stats.clone(),
             &settings,
         )
-        .with_streams(streams.clone()),
+        .with_streams(streams.clone())
+        .with_dashboard(dashboard.clone()),
     );
     let mut worker_threads = Vec::new();
     for i in 0..settings.service.workers {
@@ -212,6 +241,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
                 outbox: outbox.clone(),
                 stats,
                 streams,
+                dashboard,
                 shutdown: stop.clone(),
             },
             backoff: (settings.broker.reconnect_min, settings.broker.reconnect_max),

@@ -238,6 +238,9 @@ pub async fn drive(mut eventloop: EventLoop, driver: Driver) {
                     online: true,
                 };
                 after.run(&link, stats.connects.load(Ordering::Relaxed));
+                // Discovery configs (or their removal) on every connection: the broker may
+                // have lost retained messages while we were away.
+                intake.dashboard.announce();
             }
             Ok(Event::Incoming(Packet::Publish(p))) => intake.accept(p),
             Ok(Event::Outgoing(Outgoing::Disconnect)) => {

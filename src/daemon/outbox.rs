@@ -96,6 +96,17 @@ impl Outbox {
         }
     }
 
+    /// Publishes the latest value of something that is replaced often (the last prediction,
+    /// the last image): retained, QoS 0, and dropped while offline — queued, a camera's frames
+    /// would fill the request queue with values the next one replaces.
+    pub fn publish_latest(&self, topic: &str, payload: Vec<u8>) -> bool {
+        if !self.is_connected() {
+            bump(&self.stats.publish_dropped);
+            return false;
+        }
+        self.publish(topic, QoS::AtMostOnce, true, payload)
+    }
+
     /// Publishes a reply (JSON, QoS 0, not retained).
     pub fn reply<T: Serialize>(&self, topic: &str, doc: &T) -> bool {
         self.publish_json(topic, QoS::AtMostOnce, false, doc)

@@ -23,6 +23,11 @@ pub struct Prediction<'a> {
     pub backbone_ms: f64,
     /// The topic the input came in on.
     pub source: &'a str,
+    /// The Frigate camera and object of a snapshot (`[[sources]] kind = "frigate"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub camera: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object: Option<&'a str>,
 }
 
 /// `{root}/learned`.
@@ -81,6 +86,8 @@ pub struct Info<'a> {
     pub stored_samples: usize,
     pub adapt: serde_json::Value,
     pub fleet: serde_json::Value,
+    /// Home Assistant discovery: enabled, discovery_prefix, node, entities published.
+    pub homeassistant: serde_json::Value,
 }
 
 /// The backbone part of `{root}/info`; fixed for the daemon's life.
@@ -136,6 +143,8 @@ pub struct HeadSummary {
     pub algorithm: Algorithm,
     pub version: u64,
     pub samples: u64,
+    /// Prequential accuracy overall, recent and per class, and which classes have enough.
+    pub training: crate::daemon::learner::record::Summary,
     pub classes: Vec<ClassInfo>,
 }
 

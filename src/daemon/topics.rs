@@ -22,8 +22,18 @@ pub struct Topics {
     pub error: String,
     pub stats: String,
     pub drift: String,
+    /// A class for the last prediction (feedback without its id: Home Assistant's select).
+    pub correct: String,
+    /// Any label, a new one too, for the last prediction (Home Assistant's text).
+    pub teach: String,
+    /// The last prediction (retained).
+    pub last: String,
+    /// The last classified image (retained), for Home Assistant.
+    pub image: String,
     /// Fleet topics, when `[fleet] group` is set.
     pub fleet: Option<FleetTopics>,
+    /// Home Assistant's status topic (`{discovery_prefix}/status`), when discovery is on.
+    pub homeassistant_status: Option<String>,
 }
 
 /// The topics of one fleet group.
@@ -57,8 +67,19 @@ impl Topics {
             error: t("error"),
             stats: t("stats"),
             drift: t("drift"),
+            correct: t("correct"),
+            teach: t("teach"),
+            last: t("last"),
+            image: t("image"),
             fleet: None,
+            homeassistant_status: None,
         }
+    }
+
+    /// Listens for Home Assistant's birth message under `discovery_prefix`.
+    pub fn with_homeassistant(mut self, discovery_prefix: Option<&str>) -> Topics {
+        self.homeassistant_status = discovery_prefix.map(|p| format!("{p}/status"));
+        self
     }
 
     /// Adds the fleet topics of `fleet` (if it names a group) for this device.
@@ -81,8 +102,13 @@ impl Topics {
             (self.learn.clone(), QoS::AtLeastOnce),
             (format!("{}+", self.learn_prefix), QoS::AtLeastOnce),
             (self.feedback.clone(), QoS::AtLeastOnce),
+            (self.correct.clone(), QoS::AtLeastOnce),
+            (self.teach.clone(), QoS::AtLeastOnce),
             (format!("{}+", self.cmd_prefix), QoS::AtLeastOnce),
         ];
+        if let Some(t) = &self.homeassistant_status {
+            subs.push((t.clone(), QoS::AtLeastOnce));
+        }
         if let Some(f) = &self.fleet {
             subs.push((format!("{}+", f.heads_prefix), QoS::AtLeastOnce));
             subs.push((format!("{}forget", f.cmd_prefix), QoS::AtLeastOnce));
@@ -112,6 +138,15 @@ impl Topics {
         if topic == self.feedback {
             return Route::Feedback;
         }
+        if topic == self.correct {
+            return Route::Correct { new_class: false };
+        }
+        if topic == self.teach {
+            return Route::Correct { new_class: true };
+        }
+        if self.homeassistant_status.as_deref() == Some(topic) {
+            return Route::HomeAssistantStatus;
+        }
         if let Some(cmd) = topic.strip_prefix(&self.cmd_prefix) {
             return Route::Command(cmd.to_string());
         }
@@ -131,7 +166,11 @@ impl Topics {
             .position(|s| rumqttc::matches(topic, &s.topic))
         {
             Some(i) if sources[i].stream.is_some() => Route::Stream(i),
-            Some(_) => Route::Infer,
+            Some(i) => match &sources[i].frigate {
+                // A camera or object this source does not take.
+                Some(f) if f.origin(topic).is_none() => Route::Ignore,
+                _ => Route::Infer,
+            },
             None => Route::Ignore,
         }
     }
@@ -144,6 +183,12 @@ pub enum Route {
     /// Learn, with the label from the topic when there is one.
     Learn(Option<String>),
     Feedback,
+    /// A label for the last prediction: on `correct` one of the classes, on `teach` any.
+    Correct {
+        new_class: bool,
+    },
+    /// Home Assistant's status (`online` when it starts: discovery is published again).
+    HomeAssistantStatus,
     Command(String),
     /// A fleet peer's signed head, with the peer's device id.
     Peer(String),
@@ -164,6 +209,17 @@ mod tests {
                 topic: "frigate/+/snapshot".into(),
                 qos: 0,
                 stream: None,
+                frigate: None,
+            },
+            SourceTopic {
+                topic: "fr/+/+/snapshot".into(),
+                qos: 0,
+                stream: None,
+                frigate: Some(crate::config::FrigateSource {
+                    prefix: "fr".into(),
+                    cameras: vec!["door".into()],
+                    objects: vec![],
+                }),
             },
             SourceTopic {
                 topic: "hermes/audioServer/+/audioFrame".into(),
@@ -173,11 +229,32 @@ mod tests {
                     hop_seconds: 0.5,
                     threshold: 0.5,
                 }),
+                frigate: None,
             },
         ];
+        assert_eq!(t.route("fr/door/cat/snapshot", &src), Route::Infer);
+        assert_eq!(t.route("fr/yard/cat/snapshot", &src), Route::Ignore);
+        assert_eq!(
+            t.route("adaptd/cam/correct", &src),
+            Route::Correct { new_class: false }
+        );
+        assert_eq!(
+            t.route("adaptd/cam/teach", &src),
+            Route::Correct { new_class: true }
+        );
+        assert_eq!(t.route("homeassistant/status", &src), Route::Ignore);
+        let ha = Topics::new("adaptd/cam").with_homeassistant(Some("homeassistant"));
+        assert_eq!(
+            ha.route("homeassistant/status", &src),
+            Route::HomeAssistantStatus
+        );
+        assert!(ha
+            .subscriptions(&src)
+            .iter()
+            .any(|(t, _)| t == "homeassistant/status"));
         assert_eq!(
             t.route("hermes/audioServer/kitchen/audioFrame", &src),
-            Route::Stream(1)
+            Route::Stream(2)
         );
         assert_eq!(t.route("adaptd/cam/infer", &src), Route::Infer);
         assert_eq!(t.route("frigate/door/snapshot", &src), Route::Infer);

@@ -12,6 +12,8 @@ use rumqttc::Publish;
 use sha2::{Digest, Sha256};
 
 use crate::adapt::handle::AdaptHandle;
+use crate::config::SourceTopic;
+use crate::daemon::dashboard::Dashboard;
 use crate::daemon::error::RequestError;
 use crate::daemon::learner::{Sample, Step, Work};
 use crate::daemon::outbox::Outbox;
@@ -37,6 +39,10 @@ pub struct Workers {
     pub stats: Arc<Stats>,
     /// Live streams: which of their windows' predictions are news.
     pub streams: Arc<Streams>,
+    /// The last prediction, for dashboards and `{root}/correct` (none in unit tests).
+    pub dashboard: Option<Arc<Dashboard>>,
+    /// The configured sources (a Frigate snapshot's camera and object).
+    pub sources: Vec<SourceTopic>,
     /// Prefix of generated request ids (the device id).
     pub device_id: String,
     pub max_payload_bytes: usize,
@@ -84,11 +90,19 @@ impl Workers {
             outbox,
             stats,
             streams: Arc::new(Streams::none()),
+            dashboard: None,
+            sources: settings.sources.clone(),
             device_id: settings.device_id.clone(),
             max_payload_bytes: settings.service.max_payload_bytes,
             top_k: settings.publish.top_k,
             next_id: AtomicU64::new(1),
         }
+    }
+
+    /// The dashboard that shows the last prediction and finds it for `{root}/correct`.
+    pub fn with_dashboard(mut self, dashboard: Arc<Dashboard>) -> Workers {
+        self.dashboard = Some(dashboard);
+        self
     }
 
     /// The live streams whose windows these workers predict.
@@ -192,20 +206,38 @@ impl Workers {
         }
         let id = id.unwrap_or_else(|| self.new_id());
         self.ring.insert(id.clone(), embedding);
-        self.outbox.reply(
+        let topic = &job.publish.topic;
+        let origin = self
+            .sources
+            .iter()
+            .filter(|s| rumqttc::matches(topic, &s.topic))
+            .find_map(|s| s.frigate.as_ref()?.origin(topic));
+        let doc = Prediction {
+            id: id.clone(),
+            label: best.map(|s| s.label.as_str()),
+            score: best.map(|s| s.score),
+            top: &prediction.top,
+            head_version: predictor.version(),
+            adapted: adapted.is_active().then_some(adapted.method),
+            latency_ms: job.received.elapsed().as_secs_f64() * 1e3,
+            backbone_ms,
+            source: topic,
+            camera: origin.map(|o| o.0),
+            object: origin.map(|o| o.1),
+        };
+        let bytes = serde_json::to_vec(&doc).map_err(|e| {
+            let e = RequestError::BadRequest(format!("cannot encode the prediction: {e}"));
+            (Some(id.clone()), e)
+        })?;
+        self.outbox.publish(
             &self.outbox.topics.prediction,
-            &Prediction {
-                id,
-                label: best.map(|s| s.label.as_str()),
-                score: best.map(|s| s.score),
-                top: &prediction.top,
-                head_version: predictor.version(),
-                adapted: adapted.is_active().then_some(adapted.method),
-                latency_ms: job.received.elapsed().as_secs_f64() * 1e3,
-                backbone_ms,
-                source: &job.publish.topic,
-            },
+            rumqttc::QoS::AtMostOnce,
+            false,
+            bytes.clone(),
         );
+        if let Some(d) = &self.dashboard {
+            d.on_prediction(&id, &bytes, image_bytes(&input), origin.map(|o| o.0));
+        }
         Ok(())
     }
 
@@ -231,9 +263,18 @@ impl Workers {
                     Err(e) => refused(e),
                 }
             }
+            Route::Correct { new_class } => {
+                bump(&self.stats.learn_received);
+                match self.correct_sample(&job.publish, *new_class) {
+                    Ok(s) => Work::Sample(s),
+                    Err(e) => refused(e),
+                }
+            }
             Route::Command(name) => Work::Command(Command::parse(name, payload)),
             Route::Peer(peer) => Work::Peer(peer.clone()),
-            Route::Infer | Route::Stream(_) | Route::Ignore => Work::Lost,
+            Route::Infer | Route::Stream(_) | Route::HomeAssistantStatus | Route::Ignore => {
+                Work::Lost
+            }
         }
     }
 
@@ -272,6 +313,37 @@ impl Workers {
         })
     }
 
+    /// `{root}/correct` (one of the classes: Home Assistant's select) or `{root}/teach` (any
+    /// label: its text entity) for the last prediction.
+    fn correct_sample(&self, publish: &Publish, new_class: bool) -> Result<Sample, RequestError> {
+        check_size(&publish.payload, MAX_FEEDBACK_BYTES)?;
+        let label = correct_label(&publish.payload)?;
+        validate_label(&label)?;
+        if !new_class && !self.predictor.get().labels().contains(&label) {
+            // The select offers the classes: anything else is a mistake, not a new class.
+            return Err(RequestError::UnknownLabel(label));
+        }
+        let id = self.dashboard.as_ref().and_then(|d| d.last_id()).ok_or(
+            RequestError::NothingToCorrect("nothing was predicted since the start"),
+        )?;
+        let embedding = self
+            .ring
+            .get(&id)
+            .ok_or_else(|| RequestError::UnknownId(id.clone()))?;
+        // The same label for two different predictions is two different messages.
+        let mut h = Sha256::new();
+        h.update(message_key(publish));
+        h.update(id.as_bytes());
+        let mut key = [0u8; 16];
+        key.copy_from_slice(&h.finalize()[..16]);
+        Ok(Sample {
+            id,
+            label,
+            embedding: embedding.as_ref().clone(),
+            key,
+        })
+    }
+
     fn feedback_sample(&self, publish: &Publish) -> Result<Sample, RequestError> {
         check_size(&publish.payload, MAX_FEEDBACK_BYTES)?;
         if publish.payload.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
@@ -303,6 +375,39 @@ impl Workers {
             key: message_key(publish),
         })
     }
+}
+
+/// The JPEG/PNG bytes of an image input, as they came (for the dashboard's image).
+fn image_bytes(input: &Input) -> Option<&[u8]> {
+    let bytes: &[u8] = match input {
+        Input::Payload(b) => b,
+        Input::Image(b) => b,
+        _ => return None,
+    };
+    let image = bytes.starts_with(&[0xFF, 0xD8, 0xFF]) || bytes.starts_with(b"\x89PNG\r\n\x1a\n");
+    image.then_some(bytes)
+}
+
+/// The label of a `{root}/correct` payload: the label as text, or `{"label": "…"}`.
+fn correct_label(payload: &[u8]) -> Result<String, RequestError> {
+    let text = std::str::from_utf8(payload)
+        .map_err(|_| {
+            RequestError::Head(crate::head::HeadError::BadLabel(
+                "the label is not UTF-8".into(),
+            ))
+        })?
+        .trim();
+    if text.starts_with('{') {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Correct {
+            label: String,
+        }
+        let c: Correct =
+            serde_json::from_str(text).map_err(|e| RequestError::BadJson(e.to_string()))?;
+        return Ok(c.label);
+    }
+    Ok(text.to_string())
 }
 
 #[cfg(test)]

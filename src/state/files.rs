@@ -40,6 +40,15 @@ pub const FLEET_KEY: &str = "fleet.key";
 /// time (JSON), written by `fleet::Peers` whenever either changes.
 pub const FLEET_PEERS: &str = "fleet-peers.json";
 
+/// The training record (JSON, `daemon::learner::record`): prequential accuracy overall and per
+/// class, written by the learner after each snapshot; a statistic, reset with the head.
+pub const TRAINING: &str = "training.json";
+
+/// Home Assistant discovery topics published and Frigate cameras seen (JSON,
+/// `daemon::dashboard`), so that entities no longer wanted are removed, even after a restart
+/// with discovery turned off.
+pub const HOMEASSISTANT: &str = "homeassistant.json";
+
 /// Prefix of the model cache file (`backbone-<key>.nnef`: the backbone's optimized graph),
 /// written by `model::backbone` when `model.cache` is on; a file with another key is stale and
 /// removed when a new one is written.

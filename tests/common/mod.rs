@@ -499,6 +499,17 @@ impl Client {
             .collect()
     }
 
+    /// Everything received so far on topics starting with `prefix`.
+    pub fn on_prefix(&self, prefix: &str) -> Vec<Msg> {
+        self.seen
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|m| m.topic.starts_with(prefix))
+            .cloned()
+            .collect()
+    }
+
     /// Forgets what was received.
     pub fn clear(&self) {
         self.seen.lock().expect("lock").clear();

@@ -41,6 +41,7 @@ impl Learner {
                 }
                 self.samples.forget(&label);
                 self.install(head)?;
+                self.record.forget(&label);
                 Ok(json!({ "label": label }))
             }
             Command::Reset => {
@@ -48,6 +49,8 @@ impl Learner {
                 head.reset();
                 self.samples.clear();
                 self.install(head)?;
+                self.record.clear();
+                self.ctx.dashboard.reset();
                 Ok(json!({}))
             }
             Command::Snapshot => {
@@ -141,6 +144,7 @@ impl Learner {
     }
 
     fn after_change(&mut self) {
+        self.classes_to_dashboard();
         self.head_dirty = true;
         self.refresh_predictor();
         self.publish_head_and_info();

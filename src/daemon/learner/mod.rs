@@ -6,6 +6,7 @@
 
 mod commands;
 mod order;
+pub mod record;
 #[cfg(test)]
 mod tests;
 
@@ -91,6 +92,8 @@ pub struct Context {
     pub adapt: Arc<AdaptHandle>,
     pub queue: Arc<WorkQueue>,
     pub stats: Arc<Stats>,
+    /// The last prediction and Home Assistant's entities, which follow the classes.
+    pub dashboard: Arc<crate::daemon::dashboard::Dashboard>,
 }
 
 /// What a head file (imported, merged, rolled back to, or a peer's) must match: this backbone
@@ -112,6 +115,8 @@ pub struct Learner {
     dedup: Dedup,
     /// Fleet identity and peers (the key exists even without a group).
     fleet: FleetState,
+    /// Prequential accuracy overall and per class (`training.json`).
+    record: record::Record,
     since_snapshot: u64,
     unpublished: u64,
     head_dirty: bool,
@@ -128,6 +133,7 @@ impl Learner {
     /// A learner over restored state.
     pub fn new(ctx: Context, restored: Restored, store: Store, fleet: FleetState) -> Learner {
         let now = Instant::now();
+        let record = record::Record::load(&store.dir().join(crate::state::files::TRAINING));
         Learner {
             ctx,
             head: restored.head,
@@ -135,6 +141,7 @@ impl Learner {
             store,
             dedup: restored.dedup,
             fleet,
+            record,
             since_snapshot: 0,
             unpublished: 0,
             head_dirty: true,
@@ -291,8 +298,14 @@ impl Learner {
             if !predictor.is_empty() {
                 if let Ok(pred) = predictor.predict(x, 1) {
                     bump(&self.ctx.stats.prequential_total);
-                    if pred.top.first().is_some_and(|s| s.label == r.label) {
+                    let right = pred.top.first().is_some_and(|s| s.label == r.label);
+                    if right {
                         bump(&self.ctx.stats.prequential_correct);
+                    }
+                    // A class the predictor does not know yet cannot be right: its first
+                    // sample says nothing about how well the class is learned.
+                    if predictor.labels().contains(&r.label) {
+                        self.record.observe(&r.label, right);
                     }
                 }
             }
@@ -309,6 +322,8 @@ impl Learner {
                 self.dedup.insert(k);
             }
             bump(&self.ctx.stats.learned);
+            // A correction of the last prediction shows on the dashboard.
+            self.ctx.dashboard.corrected(&id, &r.label);
             self.since_snapshot += 1;
             self.unpublished += 1;
             self.head_dirty = true;
@@ -329,6 +344,13 @@ impl Learner {
                 tracing::error!("snapshot failed: {e:#}");
             }
         }
+        self.classes_to_dashboard();
+    }
+
+    /// The dashboard's correcting select offers the head's classes.
+    fn classes_to_dashboard(&self) {
+        let names = self.head.classes().into_iter().map(|c| c.name).collect();
+        self.ctx.dashboard.set_classes(names);
     }
 
     fn snapshot(&mut self) -> std::io::Result<()> {
@@ -345,6 +367,13 @@ impl Learner {
         };
         self.store.snapshot(&data, self.head.version())?;
         self.since_snapshot = 0;
+        // A statistic, not state: losing the samples since the last snapshot costs nothing.
+        if let Err(e) = self
+            .record
+            .save(&self.store.dir().join(crate::state::files::TRAINING))
+        {
+            tracing::warn!("cannot save the training record: {e}");
+        }
         Ok(())
     }
 
@@ -413,11 +442,15 @@ impl Learner {
                 algorithm: self.head.algorithm(),
                 version: self.head.version(),
                 samples: self.head.samples(),
+                training: self
+                    .record
+                    .summary(self.head.classes().iter().map(|c| c.name.as_str())),
                 classes: self.head.classes(),
             },
             stored_samples: self.samples.len(),
             adapt: self.ctx.adapt.status_json(),
             fleet: self.fleet.info(),
+            homeassistant: self.ctx.dashboard.info(),
         }
     }
 

@@ -85,6 +85,7 @@ fn rig_in(dir: Option<tempfile::TempDir>) -> Rig {
         stats.clone(),
     ));
     outbox.set_connected(true);
+    let (outbox_for_dashboard, settings_for_dashboard) = (outbox.clone(), settings.clone());
     let predictor = Arc::new(PredictorSlot::new(restored.head.snapshot()));
     let (adapt, adapt_rx) = AdaptHandle::new(settings.adapt.clone());
     let fleet = FleetState::load(&settings.fleet, dir.path()).expect("fleet");
@@ -101,6 +102,13 @@ fn rig_in(dir: Option<tempfile::TempDir>) -> Rig {
         adapt: Arc::new(adapt),
         queue: Arc::new(WorkQueue::new(4, Shutdown::new())),
         stats: stats.clone(),
+        dashboard: Arc::new(crate::daemon::dashboard::Dashboard::new(
+            outbox_for_dashboard,
+            &settings_for_dashboard,
+            false,
+            &backbone(),
+            Vec::new(),
+        )),
     };
     Rig {
         learner: Learner::new(ctx, restored, store, fleet),
