@@ -3,6 +3,8 @@
 
 pub mod commands;
 pub mod run;
+pub mod teach;
+pub mod watch;
 
 use std::path::PathBuf;
 
@@ -106,6 +108,12 @@ pub enum Command {
     Embed(ImageArgs),
     /// Print the top-5 labels of each image through the model's logits.
     Classify(ImageArgs),
+    /// Teach a running board a folder-per-class dataset (DIR/<label>/<files>) over its MQTT
+    /// topics, resumably: files it already learned are skipped.
+    Teach(teach::TeachArgs),
+    /// Print what a running board publishes (predictions, learned, errors, results, status,
+    /// drift), one line per message, until Ctrl-C.
+    Watch(watch::WatchArgs),
 }
 
 /// Arguments shared by `embed` and `classify`.
@@ -159,5 +167,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::FleetKey { config } => fleet_key(config.as_deref()),
         Command::Embed(a) => embed(&a),
         Command::Classify(a) => classify(&a),
+        Command::Teach(a) => teach::teach(&a),
+        Command::Watch(a) => watch::watch(&a),
     }
 }
