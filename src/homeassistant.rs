@@ -137,7 +137,7 @@ pub fn entities(board: &Board<'_>) -> Vec<Entity> {
                 "mode": "text",
                 "min": 1,
                 "max": 64,
-                "pattern": "[^+#/]+",
+                "pattern": "^[^+#/]+$",
                 "icon": "mdi:school",
             }),
         ),

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use rumqttc::QoS;
 
@@ -16,6 +17,11 @@ use crate::daemon::outbox::Outbox;
 use crate::daemon::reply::BackboneSummary;
 use crate::homeassistant::{camera_last_topic, entities, slug, Board};
 use crate::model::Modality;
+
+/// How long a corrected last prediction waits after the classes changed: Home Assistant applies
+/// a select's new options asynchronously, and a state that is not yet an option is an error
+/// in its log (measured with scripts/ha-test: the state arriving right after the config lost).
+const AFTER_NEW_OPTIONS: Duration = Duration::from_millis(1500);
 
 /// The last prediction.
 struct Last {
@@ -32,6 +38,10 @@ struct State {
     /// Discovery topics in the state directory's record (this process's and earlier ones').
     recorded: BTreeSet<String>,
     last: Option<Last>,
+    /// When the classes last changed.
+    classes_changed: Option<Instant>,
+    /// The corrected last prediction waits for [`AFTER_NEW_OPTIONS`].
+    last_pending: bool,
 }
 
 /// The dashboard side, shared by the driver, the workers and the learner.
@@ -73,6 +83,8 @@ impl Dashboard {
                 published: BTreeMap::new(),
                 recorded,
                 last: None,
+                classes_changed: None,
+                last_pending: false,
             }),
         }
     }
@@ -135,6 +147,33 @@ impl Dashboard {
             doc.insert("label".into(), label.into());
             doc.insert("corrected".into(), true.into());
         }
+        let fresh_options = self.enabled
+            && st
+                .classes_changed
+                .is_some_and(|t| t.elapsed() < AFTER_NEW_OPTIONS);
+        if fresh_options {
+            st.last_pending = true;
+        } else {
+            self.publish_last(&st);
+        }
+    }
+
+    /// Publishes a corrected last prediction that waited for the select's new options.
+    pub fn tick(&self) {
+        let mut st = self.state();
+        let due = st
+            .classes_changed
+            .is_none_or(|t| t.elapsed() >= AFTER_NEW_OPTIONS);
+        if st.last_pending && due {
+            st.last_pending = false;
+            self.publish_last(&st);
+        }
+    }
+
+    fn publish_last(&self, st: &State) {
+        let Some(last) = &st.last else {
+            return;
+        };
         let bytes = serde_json::to_vec(&last.doc).unwrap_or_default();
         let topics = &self.outbox.topics;
         self.outbox.publish_latest(&topics.last, bytes.clone());
@@ -149,6 +188,7 @@ impl Dashboard {
         let mut st = self.state();
         if st.classes != classes {
             st.classes = classes;
+            st.classes_changed = Some(Instant::now());
             self.sync(&mut st, false);
         }
     }
@@ -167,6 +207,7 @@ impl Dashboard {
             retained(&camera_last_topic(&topics.root, &camera));
         }
         st.last = None;
+        st.last_pending = false;
         self.sync(&mut st, false);
     }
 
@@ -380,6 +421,18 @@ mod tests {
         assert_eq!(d.last_id().as_deref(), Some("p1"));
         // A correction of the last prediction shows on the last prediction.
         d.corrected("p1", "dog");
+        // The classes changed a moment ago: it waits for Home Assistant to take the options.
+        assert_eq!(
+            rec.json_on("adaptd/cam1/last").last().unwrap()["label"],
+            "cat"
+        );
+        d.tick();
+        assert_eq!(
+            rec.json_on("adaptd/cam1/last").last().unwrap()["label"],
+            "cat"
+        );
+        d.state().classes_changed = Some(Instant::now() - AFTER_NEW_OPTIONS);
+        d.tick();
         let last = rec.json_on("adaptd/cam1/last");
         assert_eq!(last.last().unwrap()["label"], "dog");
         assert_eq!(last.last().unwrap()["corrected"], true);

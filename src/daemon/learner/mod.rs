@@ -292,6 +292,7 @@ impl Learner {
             return;
         }
         let predictor = self.ctx.predictor.get();
+        let mut learned = Vec::new();
         for (r, (publish, id)) in records.iter().zip(sources) {
             self.ctx.outbox.ack(&publish);
             let x = &r.embedding.0;
@@ -322,8 +323,7 @@ impl Learner {
                 self.dedup.insert(k);
             }
             bump(&self.ctx.stats.learned);
-            // A correction of the last prediction shows on the dashboard.
-            self.ctx.dashboard.corrected(&id, &r.label);
+            learned.push((id.clone(), r.label.clone()));
             self.since_snapshot += 1;
             self.unpublished += 1;
             self.head_dirty = true;
@@ -344,7 +344,12 @@ impl Learner {
                 tracing::error!("snapshot failed: {e:#}");
             }
         }
+        // The select's options first: Home Assistant refuses a state that is not one of them.
         self.classes_to_dashboard();
+        // A correction of the last prediction shows on the dashboard.
+        for (id, label) in learned {
+            self.ctx.dashboard.corrected(&id, &label);
+        }
     }
 
     /// The dashboard's correcting select offers the head's classes.
@@ -479,6 +484,7 @@ impl Learner {
     }
 
     fn housekeeping(&mut self, stopping: bool) {
+        self.ctx.dashboard.tick();
         let publish = self.ctx.settings.publish.clone();
         if self.predictor_stale {
             // Bound the time spent on (possibly O(d³)) snapshots to ~10% of the wall clock.
