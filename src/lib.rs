@@ -12,7 +12,8 @@
 //! | [`config`] | the embedded default TOML, config file + `ADAPTD_*` overrides → validated settings |
 //! | [`daemon`] | `adaptd run`: MQTT driver, requests, workers, learner, adaptation thread, broker |
 //! | [`eval`] | `adaptd eval`: the learning and adaptation benchmarks |
-//! | [`cli`] | command-line parsing, the one-shot commands, `adaptd run`'s runtime and signals |
+//! | [`cli`] | command-line parsing, the one-shot commands, `adaptd run`'s runtime and signals, `adaptd teach`/`watch` |
+//! | [`homeassistant`] | Home Assistant MQTT discovery documents (pure; `daemon::dashboard` publishes them) |
 //! | [`cbor`] | CBOR byte strings (raw, f32) shared by the head format, WAL and snapshots |
 pub mod adapt;
 pub mod cbor;
