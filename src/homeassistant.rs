@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::model::Modality;
 
 /// The learners a dashboard can choose.
-const LEARNERS: [&str; 4] = ["ncm", "slda", "ridge", "sgd"];
+const LEARNERS: [&str; 5] = ["auto", "ncm", "slda", "ridge", "sgd"];
 
 /// What the entities are built from.
 #[derive(Debug, Clone)]

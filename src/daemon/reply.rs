@@ -145,6 +145,9 @@ pub struct HeadSummary {
     pub samples: u64,
     /// Prequential accuracy overall, recent and per class, and which classes have enough.
     pub training: crate::daemon::learner::record::Summary,
+    /// `auto`: the candidate it predicts with and how each did (absent for other learners).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auto: Option<crate::head::AutoSummary>,
     pub classes: Vec<ClassInfo>,
 }
 
@@ -207,6 +210,9 @@ pub struct LearnerFigures {
     pub queues: QueueDepths,
     pub head_version: u64,
     pub classes: usize,
+    /// `auto`: as in `{root}/info` `head.auto`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auto: Option<crate::head::AutoSummary>,
     pub stored_samples: usize,
     pub stored_samples_bytes: usize,
     pub connected: bool,

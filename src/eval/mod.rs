@@ -75,7 +75,7 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Learners to run, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "ncm,slda,ridge,sgd", value_parser = parse_algorithm)]
+    #[arg(long, value_delimiter = ',', default_value = "auto,ncm,slda,ridge,sgd", value_parser = parse_algorithm)]
     pub learners: Vec<Algorithm>,
     /// Standardize the embeddings in the heads: no, yes, or both (run each learner twice).
     #[arg(long, value_enum, default_value_t = Standardize::No)]

@@ -93,7 +93,7 @@ pub struct Point {
 /// Everything measured for one learner configuration.
 #[derive(Debug, Clone, Serialize)]
 pub struct LearnerResult {
-    /// `ncm`, `slda`, `ridge` or `sgd`.
+    /// `auto`, `ncm`, `slda`, `ridge` or `sgd`.
     pub learner: String,
     /// Whether the head standardized its inputs.
     pub standardize: bool,

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use serde::de;
 use serde::{Deserialize, Serialize};
 
+use super::auto::{self, AutoState, Record};
 use super::linalg::packed_len;
 use super::ncm::NcmState;
 use super::scatter::ScatterState;
@@ -184,11 +185,72 @@ pub(crate) struct HeadFile {
     pub scatter_count: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sgd_steps: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto: Option<FileAuto>,
     pub input_shift: Tensor,
     pub input_scale: Tensor,
     pub input_l2_normalize: bool,
     pub weights: Tensor,
     pub bias: Tensor,
+}
+
+/// `auto`'s record of its candidates (see `head::auto`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileAuto {
+    /// The candidates' names, in order; a file with other candidates keeps its statistics and
+    /// starts a new record.
+    pub candidates: Vec<String>,
+    /// The window, oldest first: one little-endian u16 per scored sample, bit k = candidate k
+    /// was right.
+    pub window: Bytes,
+    pub tested: u64,
+    pub hits: Vec<u64>,
+    pub choice: u64,
+}
+
+impl FileAuto {
+    fn of(r: &Record) -> FileAuto {
+        FileAuto {
+            candidates: auto::candidate_names(),
+            window: Bytes(r.window.iter().flat_map(|m| m.to_le_bytes()).collect()),
+            tested: r.tested,
+            hits: if r.hits.is_empty() {
+                vec![0; auto::CANDIDATES.len()]
+            } else {
+                r.hits.clone()
+            },
+            choice: r.choice as u64,
+        }
+    }
+
+    fn record(&self) -> Result<Record, HeadError> {
+        if self.candidates != auto::candidate_names() {
+            return Ok(Record::default());
+        }
+        let k = self.candidates.len();
+        if self.window.0.len() % 2 != 0 || self.window.0.len() / 2 > auto::WINDOW {
+            return Err(bad("auto.window has a bad length"));
+        }
+        if self.hits.len() != k || usize::try_from(self.choice).map_or(true, |c| c >= k) {
+            return Err(bad("auto.hits or auto.choice do not match the candidates"));
+        }
+        let window = self
+            .window
+            .0
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect::<std::collections::VecDeque<u16>>();
+        if window.len() as u64 > self.tested || self.hits.iter().any(|&h| h > self.tested) {
+            return Err(bad("auto: more hits than samples tested"));
+        }
+        Ok(Record {
+            window,
+            tested: self.tested,
+            hits: self.hits.clone(),
+            choice: self.choice as usize,
+        })
+    }
 }
 
 /// Just the identification, read first (other fields are skipped).
@@ -237,6 +299,7 @@ pub(crate) fn to_file(head: &Head) -> HeadFile {
         scatter: None,
         scatter_count: None,
         sgd_steps: None,
+        auto: None,
         input_shift: Tensor::f32(&[d], &parts.shift),
         input_scale: Tensor::f32(&[d], &parts.scale),
         input_l2_normalize: parts.l2_normalize,
@@ -255,6 +318,15 @@ pub(crate) fn to_file(head: &Head) -> HeadFile {
             file.scatter_count = Some(s.count);
         }
         Learner::Sgd(s) => file.sgd_steps = Some(s.steps),
+        Learner::Auto(a) => {
+            file.ncm_normalized_sum = Some(Tensor::f64(
+                &[c, d],
+                a.ncm.normalized_sum.iter().flat_map(|r| r.iter().copied()),
+            ));
+            file.scatter = Some(Tensor::f64(&[packed_len(d)], a.scatter.packed.iter().copied()));
+            file.scatter_count = Some(a.scatter.count);
+            file.auto = Some(FileAuto::of(&a.record));
+        }
     }
     file
 }
@@ -394,38 +466,56 @@ pub(crate) fn from_file(file: HeadFile, expect: &Expect<'_>) -> Result<Head, Hea
             Ok(())
         }
     };
+    let ncm_sums = |t: Option<Tensor>| -> Result<NcmState, HeadError> {
+        let t = t.ok_or_else(|| bad("missing ncm_normalized_sum"))?;
+        let v = t.to_f64(&[c, dim], "ncm_normalized_sum")?;
+        Ok(NcmState {
+            normalized_sum: v.chunks_exact(dim).map(<[f64]>::to_vec).collect(),
+        })
+    };
+    let scatter = |t: Option<Tensor>, count: Option<u64>| -> Result<ScatterState, HeadError> {
+        let t = t.ok_or_else(|| bad("missing scatter"))?;
+        let count = count.ok_or_else(|| bad("missing scatter_count"))?;
+        if count < total {
+            return Err(bad("scatter_count is below the number of samples"));
+        }
+        let packed = t.to_f64(&[packed_len(dim)], "scatter")?;
+        let mut off = 0;
+        for j in 0..dim {
+            if packed[off] < 0.0 {
+                return Err(bad("scatter has a negative diagonal"));
+            }
+            off += dim - j;
+        }
+        Ok(ScatterState { packed, count })
+    };
+    if algorithm != Algorithm::Auto {
+        unexpected(file.auto.is_some(), "auto")?;
+    }
     let learner = match algorithm {
+        Algorithm::Auto => {
+            unexpected(file.sgd_steps.is_some(), "sgd_steps")?;
+            let record = file
+                .auto
+                .as_ref()
+                .ok_or_else(|| bad("missing auto"))?
+                .record()?;
+            Learner::Auto(AutoState {
+                ncm: ncm_sums(file.ncm_normalized_sum)?,
+                scatter: scatter(file.scatter, file.scatter_count)?,
+                record,
+            })
+        }
         Algorithm::Ncm => {
             unexpected(file.scatter.is_some(), "scatter")?;
             unexpected(file.scatter_count.is_some(), "scatter_count")?;
             unexpected(file.sgd_steps.is_some(), "sgd_steps")?;
-            let t = file
-                .ncm_normalized_sum
-                .ok_or_else(|| bad("missing ncm_normalized_sum"))?;
-            let v = t.to_f64(&[c, dim], "ncm_normalized_sum")?;
-            Learner::Ncm(NcmState {
-                normalized_sum: v.chunks_exact(dim).map(<[f64]>::to_vec).collect(),
-            })
+            Learner::Ncm(ncm_sums(file.ncm_normalized_sum)?)
         }
         Algorithm::Slda | Algorithm::Ridge => {
             unexpected(file.ncm_normalized_sum.is_some(), "ncm_normalized_sum")?;
             unexpected(file.sgd_steps.is_some(), "sgd_steps")?;
-            let t = file.scatter.ok_or_else(|| bad("missing scatter"))?;
-            let count = file
-                .scatter_count
-                .ok_or_else(|| bad("missing scatter_count"))?;
-            if count < total {
-                return Err(bad("scatter_count is below the number of samples"));
-            }
-            let packed = t.to_f64(&[packed_len(dim)], "scatter")?;
-            let mut off = 0;
-            for j in 0..dim {
-                if packed[off] < 0.0 {
-                    return Err(bad("scatter has a negative diagonal"));
-                }
-                off += dim - j;
-            }
-            let s = ScatterState { packed, count };
+            let s = scatter(file.scatter, file.scatter_count)?;
             if algorithm == Algorithm::Slda {
                 Learner::Slda(s)
             } else {

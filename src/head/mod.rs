@@ -1,4 +1,4 @@
-//! Linear heads over embeddings: the learners (`ncm`, `slda`, `ridge`, `sgd`), their shared
+//! Linear heads over embeddings: the learners (`auto`, `ncm`, `slda`, `ridge`, `sgd`), their shared
 //! class table and source statistics, immutable prediction snapshots and the head file format.
 //!
 //! Pure computation, no I/O. A [`Head`] learns one labeled embedding at a time
@@ -8,9 +8,10 @@
 //! All learners keep raw sufficient statistics: per class the count, sum and sum of squares of
 //! the embeddings (f64), and for the whole head the same over all classes
 //! ([`Head::source_stats`]). Standardization (config `standardize`) is applied at snapshot time
-//! from these statistics, so merging and unlearning stay exact for `ncm`, `slda` and `ridge`;
+//! from these statistics, so merging and unlearning stay exact for `auto`, `ncm`, `slda` and `ridge`;
 //! `sgd` standardizes each sample with the statistics current at that step.
 
+mod auto;
 mod error;
 mod format;
 pub(crate) mod linalg;
@@ -30,12 +31,14 @@ use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
+pub use auto::{AutoSummary, CandidateSummary};
 pub use error::{validate_label, HeadError, MAX_LABEL_BYTES};
 pub use format::{FORMAT_NAME, FORMAT_VERSION};
 pub(crate) use predictor::PredictorParts;
 pub use predictor::{Prediction, Predictor, Scored};
 pub use stats::SourceStats;
 
+use auto::{AutoState, Candidates};
 use ncm::NcmState;
 use scatter::ScatterState;
 use sgd::SgdState;
@@ -50,8 +53,11 @@ pub const MAX_CLASSES: usize = 4096;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Algorithm {
-    /// Nearest class mean, cosine scores with a temperature (weight imprinting).
+    /// Chooses among `ncm`, `slda` and `ridge` (and their regularization) by their
+    /// prequential accuracy on the labeled stream.
     #[default]
+    Auto,
+    /// Nearest class mean, cosine scores with a temperature (weight imprinting).
     Ncm,
     /// Streaming linear discriminant analysis (class means + shared covariance).
     Slda,
@@ -63,16 +69,18 @@ pub enum Algorithm {
 
 impl Algorithm {
     /// All algorithms, in a fixed order.
-    pub const ALL: [Algorithm; 4] = [
+    pub const ALL: [Algorithm; 5] = [
+        Algorithm::Auto,
         Algorithm::Ncm,
         Algorithm::Slda,
         Algorithm::Ridge,
         Algorithm::Sgd,
     ];
 
-    /// The lowercase name (`"ncm"`, `"slda"`, `"ridge"`, `"sgd"`).
+    /// The lowercase name (`"auto"`, `"ncm"`, `"slda"`, `"ridge"`, `"sgd"`).
     pub fn as_str(self) -> &'static str {
         match self {
+            Algorithm::Auto => "auto",
             Algorithm::Ncm => "ncm",
             Algorithm::Slda => "slda",
             Algorithm::Ridge => "ridge",
@@ -101,7 +109,7 @@ impl FromStr for Algorithm {
             .find(|a| a.as_str() == s)
             .ok_or_else(|| {
                 HeadError::BadConfig(format!(
-                    "unknown algorithm {s:?} (expected ncm, slda, ridge or sgd)"
+                    "unknown algorithm {s:?} (expected auto, ncm, slda, ridge or sgd)"
                 ))
             })
     }
@@ -111,7 +119,7 @@ impl FromStr for Algorithm {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct HeadConfig {
-    /// The learner. Default `ncm`.
+    /// The learner. Default `auto`.
     pub algorithm: Algorithm,
     /// Standardize embeddings per dimension with the head's running source statistics.
     /// Default false.
@@ -155,7 +163,7 @@ pub struct HeadConfig {
 impl Default for HeadConfig {
     fn default() -> HeadConfig {
         HeadConfig {
-            algorithm: Algorithm::Ncm,
+            algorithm: Algorithm::Auto,
             standardize: false,
             ncm_temperature: 0.05,
             slda_shrinkage: 1e-4,
@@ -298,6 +306,7 @@ pub(crate) struct Class {
 /// The learner-specific state, parallel to the class table where it is per class.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Learner {
+    Auto(AutoState),
     Ncm(NcmState),
     Slda(ScatterState),
     Ridge(ScatterState),
@@ -325,7 +334,17 @@ pub struct Head {
     pub(crate) classes: Vec<Class>,
     pub(crate) source: SourceStats,
     pub(crate) learner: Learner,
-    cache: OnceLock<Arc<PredictorParts>>,
+    cache: OnceLock<Computed>,
+    /// `auto`: the candidates of the last snapshot, which score the labeled samples learned
+    /// since (kept across mutations, unlike `cache`).
+    scoring: Option<Arc<Candidates>>,
+}
+
+/// What a snapshot computed: the prediction parts, and for `auto` every candidate.
+#[derive(Clone)]
+struct Computed {
+    parts: Arc<PredictorParts>,
+    candidates: Option<Arc<Candidates>>,
 }
 
 impl fmt::Debug for Head {
@@ -371,11 +390,13 @@ impl Head {
             source: SourceStats::new(dim),
             learner,
             cache: OnceLock::new(),
+            scoring: None,
         }
     }
 
     fn empty_learner(algorithm: Algorithm, dim: usize) -> Learner {
         match algorithm {
+            Algorithm::Auto => Learner::Auto(AutoState::new(dim)),
             Algorithm::Ncm => Learner::Ncm(NcmState::default()),
             Algorithm::Slda => Learner::Slda(ScatterState::new(dim)),
             Algorithm::Ridge => Learner::Ridge(ScatterState::new(dim)),
@@ -402,6 +423,7 @@ impl Head {
             source,
             learner,
             cache: OnceLock::new(),
+            scoring: None,
         }
     }
 
@@ -413,6 +435,7 @@ impl Head {
     /// The learning algorithm.
     pub fn algorithm(&self) -> Algorithm {
         match self.learner {
+            Learner::Auto(_) => Algorithm::Auto,
             Learner::Ncm(_) => Algorithm::Ncm,
             Learner::Slda(_) => Algorithm::Slda,
             Learner::Ridge(_) => Algorithm::Ridge,
@@ -462,11 +485,12 @@ impl Head {
     }
 
     /// Covariance of all learned embeddings, `(S_w + Σ_c n_c (μ_c − μ)(μ_c − μ)ᵀ) / n`, for
-    /// the learners that keep the within-class scatter (`slda`, `ridge`); `None` for the
+    /// the learners that keep the within-class scatter (`auto`, `slda`, `ridge`); `None` for the
     /// others or with fewer than two samples. O(C·d²).
     pub fn covariance(&self) -> Option<nalgebra::DMatrix<f64>> {
         let s = match &self.learner {
             Learner::Slda(s) | Learner::Ridge(s) => s,
+            Learner::Auto(a) => &a.scatter,
             Learner::Ncm(_) | Learner::Sgd(_) => return None,
         };
         let n = self.source.count();
@@ -507,7 +531,18 @@ impl Head {
 
     fn touch(&mut self) {
         self.version = self.version.wrapping_add(1);
-        self.cache = OnceLock::new();
+        if let Some(c) = self.cache.take().and_then(|c| c.candidates) {
+            self.scoring = Some(c);
+        }
+    }
+
+    /// `auto`'s choice and the prequential accuracy of each of its candidates; `None` for the
+    /// other learners.
+    pub fn auto_summary(&self) -> Option<AutoSummary> {
+        match &self.learner {
+            Learner::Auto(a) => Some(a.record.summary()),
+            _ => None,
+        }
     }
 
     fn add_class(&mut self, label: &str) -> usize {
@@ -517,6 +552,7 @@ impl Head {
         });
         match &mut self.learner {
             Learner::Ncm(s) => s.add_class(self.dim),
+            Learner::Auto(a) => a.ncm.add_class(self.dim),
             Learner::Sgd(s) => s.add_class(self.dim),
             Learner::Slda(_) | Learner::Ridge(_) => {}
         }
@@ -527,6 +563,7 @@ impl Head {
         self.classes.remove(i);
         match &mut self.learner {
             Learner::Ncm(s) => s.remove_class(i),
+            Learner::Auto(a) => a.ncm.remove_class(i),
             Learner::Sgd(s) => s.remove_class(i, self.dim),
             Learner::Slda(_) | Learner::Ridge(_) => {}
         }
@@ -536,17 +573,26 @@ impl Head {
     pub fn update(&mut self, x: &[f32], label: &str) -> Result<(), HeadError> {
         check_embedding(x, self.dim)?;
         validate_label(label)?;
+        if self.find(label).is_none() && self.classes.len() >= MAX_CLASSES {
+            return Err(HeadError::TooManyClasses { limit: MAX_CLASSES });
+        }
+        if let Learner::Auto(a) = &mut self.learner {
+            // Test, then train: scored by the candidates of the last snapshot.
+            let fresh = self.cache.get().and_then(|c| c.candidates.clone());
+            if let Some(c) = fresh.as_ref().or(self.scoring.as_ref()) {
+                a.score(c, x, label);
+            }
+        }
         let idx = match self.find(label) {
             Some(i) => i,
-            None => {
-                if self.classes.len() >= MAX_CLASSES {
-                    return Err(HeadError::TooManyClasses { limit: MAX_CLASSES });
-                }
-                self.add_class(label)
-            }
+            None => self.add_class(label),
         };
         match &mut self.learner {
             Learner::Ncm(s) => s.update(idx, x),
+            Learner::Auto(a) => {
+                a.ncm.update(idx, x);
+                a.scatter.update(&self.classes[idx].stats, x);
+            }
             Learner::Slda(s) | Learner::Ridge(s) => s.update(&self.classes[idx].stats, x),
             Learner::Sgd(_) => {}
         }
@@ -581,6 +627,10 @@ impl Head {
             .ok_or_else(|| HeadError::UnknownClass(label.to_string()))?;
         match &mut self.learner {
             Learner::Ncm(s) => s.unlearn(idx, x),
+            Learner::Auto(a) => {
+                a.ncm.unlearn(idx, x);
+                a.scatter.downdate(&self.classes[idx].stats, x);
+            }
             Learner::Slda(s) | Learner::Ridge(s) => s.downdate(&self.classes[idx].stats, x),
             Learner::Sgd(_) => {}
         }
@@ -611,13 +661,15 @@ impl Head {
         self.source.clear();
         match &mut self.learner {
             Learner::Ncm(s) => *s = NcmState::default(),
+            Learner::Auto(a) => *a = AutoState::new(self.dim),
             Learner::Slda(s) | Learner::Ridge(s) => s.clear(),
             Learner::Sgd(s) => *s = SgdState::default(),
         }
         self.touch();
+        self.scoring = None;
     }
 
-    /// Adds another head's knowledge. Exact for `ncm`, `slda` and `ridge` (the result equals
+    /// Adds another head's knowledge. Exact for `auto`, `ncm`, `slda` and `ridge` (the result equals
     /// a head trained on both heads' samples, up to float rounding); for `sgd` a
     /// sample-weighted average of the weights (approximate). Classes new to `self` are
     /// appended in `other`'s order. Keeps `self`'s configuration.
@@ -655,6 +707,12 @@ impl Head {
         let samples = (self.samples(), other.samples());
         match (&mut self.learner, &other.learner) {
             (Learner::Ncm(a), Learner::Ncm(b)) => a.merge(b, &mapping),
+            // The record stays this head's: it says how the candidates did on this board.
+            (Learner::Auto(a), Learner::Auto(b)) => {
+                a.ncm.merge(&b.ncm, &mapping);
+                a.scatter
+                    .merge(&b.scatter, &self.classes, &other.classes, &mapping);
+            }
             (Learner::Slda(a), Learner::Slda(b)) | (Learner::Ridge(a), Learner::Ridge(b)) => {
                 a.merge(b, &self.classes, &other.classes, &mapping)
             }
@@ -680,11 +738,22 @@ impl Head {
     /// An immutable prediction snapshot. Does the expensive work (for `slda` and `ridge` a
     /// Cholesky solve, O(d³)); cached until the next mutation.
     pub fn snapshot(&self) -> Predictor {
-        let parts = self
-            .cache
-            .get_or_init(|| Arc::new(self.compute_parts()))
-            .clone();
+        let parts = self.cache.get_or_init(|| self.compute()).parts.clone();
         Predictor::new(parts, self.version)
+    }
+
+    fn compute(&self) -> Computed {
+        if let (Learner::Auto(a), false) = (&self.learner, self.classes.is_empty()) {
+            let (parts, candidates) = a.snapshot(&self.ctx());
+            return Computed {
+                parts: Arc::new(parts),
+                candidates: Some(candidates),
+            };
+        }
+        Computed {
+            parts: Arc::new(self.compute_parts()),
+            candidates: None,
+        }
     }
 
     fn compute_parts(&self) -> PredictorParts {
@@ -693,6 +762,7 @@ impl Head {
         }
         let ctx = self.ctx();
         match &self.learner {
+            Learner::Auto(a) => a.snapshot(&ctx).0,
             Learner::Ncm(s) => s.snapshot(&ctx),
             Learner::Slda(s) => slda::snapshot(s, &ctx),
             Learner::Ridge(s) => ridge::snapshot(s, &ctx),

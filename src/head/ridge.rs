@@ -14,6 +14,30 @@ use super::Ctx;
 /// `z = (x − shift) ⊙ scale` (centered on the source mean, scaled when standardizing) and one-hot `y`:
 /// `W = (Z_cᵀ Z_c + λ I)⁻¹ Z_cᵀ Y_c` (centered), `b = ȳ − Wᵀ z̄`. `None` if the solve failed.
 pub(crate) fn solve(scatter: &ScatterState, ctx: &Ctx<'_>) -> Option<Solution> {
+    solve_with(
+        scatter,
+        ctx,
+        Penalty::Absolute(ctx.config.effective_ridge_lambda()),
+    )
+}
+
+/// The ridge penalty λ.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Penalty {
+    /// λ itself (`ridge_lambda`).
+    Absolute(f64),
+    /// `λ = α tr(Z_cᵀ Z_c) / d`: α times the mean eigenvalue of the centered second moment,
+    /// which grows with the sample count, so the penalty does not vanish as n approaches d and
+    /// does not depend on the embeddings' scale (`auto`'s candidates).
+    Relative(f64),
+}
+
+/// [`solve`] with the penalty `penalty`.
+pub(crate) fn solve_with(
+    scatter: &ScatterState,
+    ctx: &Ctx<'_>,
+    penalty: Penalty,
+) -> Option<Solution> {
     let d = ctx.dim;
     let c = ctx.classes.len();
     let (shift, scale) = centered_transform(ctx.source, ctx.config.standardize);
@@ -48,7 +72,18 @@ pub(crate) fn solve(scatter: &ScatterState, ctx: &Ctx<'_>) -> Option<Solution> {
     }
     let mut a = unpack_scaled(&scatter.packed, &scale);
     a.gemm(1.0, &between, &between.transpose(), 1.0);
-    let lambda = ctx.config.effective_ridge_lambda();
+    let lambda = match penalty {
+        Penalty::Absolute(l) => l,
+        Penalty::Relative(alpha) => {
+            // Nothing varies yet (one sample): any positive λ gives the same prediction.
+            let l = alpha * a.trace() / d.max(1) as f64;
+            if l.is_finite() && l > 0.0 {
+                l
+            } else {
+                alpha
+            }
+        }
+    };
     for i in 0..d {
         a[(i, i)] += lambda;
     }

@@ -19,21 +19,56 @@ pub(crate) struct Solution {
     pub scale: Vec<f64>,
 }
 
+/// How the shrinkage target of `Λ = ((1 − ε) Σ + ε t I)⁻¹` is scaled.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Target {
+    /// `t = 1` (`slda`'s `slda_shrinkage`, in squared embedding units).
+    Unit,
+    /// `t = tr(Σ) / d`, the mean variance: shrinkage toward a scaled identity, the same for
+    /// any scale of the embeddings (`auto`'s candidates).
+    MeanVariance,
+}
+
 /// `Σ = S / count`, `Λ = ((1 − ε) Σ + ε I)⁻¹`, `W_c = Λ μ_c`, `b_c = −½ μ_cᵀ Λ μ_c` (equal
 /// priors), all in the transformed space. `None` if the solve failed.
 pub(crate) fn solve(scatter: &ScatterState, ctx: &Ctx<'_>) -> Option<Solution> {
+    solve_with(
+        scatter,
+        ctx,
+        ctx.config.effective_slda_shrinkage(),
+        Target::Unit,
+    )
+}
+
+/// [`solve`] with the shrinkage `eps` toward `target`.
+pub(crate) fn solve_with(
+    scatter: &ScatterState,
+    ctx: &Ctx<'_>,
+    eps: f64,
+    target: Target,
+) -> Option<Solution> {
     let d = ctx.dim;
     let (shift, scale) = centered_transform(ctx.source, ctx.config.standardize);
-    let eps = ctx.config.effective_slda_shrinkage();
     let mut a = unpack_scaled(&scatter.packed, &scale);
     let inv_n = if scatter.count > 0 {
         1.0 / scatter.count as f64
     } else {
         0.0
     };
+    let t = match target {
+        Target::Unit => 1.0,
+        Target::MeanVariance => {
+            let mean_var = a.trace() * inv_n / d.max(1) as f64;
+            if mean_var > 0.0 && mean_var.is_finite() {
+                mean_var
+            } else {
+                1.0
+            }
+        }
+    };
     a *= (1.0 - eps) * inv_n;
     for i in 0..d {
-        a[(i, i)] += eps;
+        a[(i, i)] += eps * t;
     }
     let mut m = DMatrix::<f64>::zeros(d, ctx.classes.len());
     for (k, class) in ctx.classes.iter().enumerate() {

@@ -450,6 +450,7 @@ impl Learner {
                 training: self
                     .record
                     .summary(self.head.classes().iter().map(|c| c.name.as_str())),
+                auto: self.head.auto_summary(),
                 classes: self.head.classes(),
             },
             stored_samples: self.samples.len(),
@@ -506,6 +507,7 @@ impl Learner {
                 },
                 head_version: self.head.version(),
                 classes: self.head.classes().len(),
+                auto: self.head.auto_summary(),
                 stored_samples: self.samples.len(),
                 stored_samples_bytes: self.samples.heap_bytes(),
                 connected: self.ctx.outbox.is_connected(),

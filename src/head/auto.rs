@@ -1,0 +1,290 @@
+//! `auto`, the default learner: it keeps what `ncm`, `slda` and `ridge` need (the normalized
+//! class sums and the shared within-class scatter), scores every labeled sample with each
+//! candidate's last snapshot before learning it (prequential), and predicts with the candidate
+//! that was right most often over the last [`WINDOW`] scored samples. The candidates span the
+//! regularization of `slda` and `ridge` on a scale-free grid, so the learner and its
+//! regularization are both chosen from the board's own data (docs/learners.md, "auto").
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use super::ncm::NcmState;
+use super::predictor::{Predictor, PredictorParts};
+use super::ridge::{self, Penalty};
+use super::scatter::ScatterState;
+use super::slda::{self, Target};
+use super::{Ctx, HeadConfig};
+
+/// Scored samples in the window that decides the choice: long enough that a difference of a
+/// few samples is not noise, short enough that the choice follows the data as it grows (the
+/// best learner at 20 samples is rarely the best at 1000).
+pub(crate) const WINDOW: usize = 100;
+
+/// One way `auto` can predict.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Candidate {
+    /// `ncm` on the raw embeddings (cosine to the mean of normalized embeddings).
+    Ncm,
+    /// `ncm` on standardized embeddings.
+    NcmStd,
+    /// `slda` with shrinkage ε toward the mean-variance identity.
+    Slda(f64),
+    /// `ridge` with λ = α · tr(XᵀX)/d.
+    Ridge(f64),
+}
+
+/// The candidates, in order of preference when they tie (cheap and robust first). Their
+/// number is bounded by the 16 bits of a window entry.
+pub(crate) const CANDIDATES: [Candidate; 10] = [
+    Candidate::Ncm,
+    Candidate::NcmStd,
+    Candidate::Slda(0.5),
+    Candidate::Slda(0.1),
+    Candidate::Slda(0.01),
+    Candidate::Slda(0.001),
+    Candidate::Ridge(1.0),
+    Candidate::Ridge(0.1),
+    Candidate::Ridge(0.01),
+    Candidate::Ridge(0.001),
+];
+
+impl Candidate {
+    /// The name in `info`, `stats` and head files: `ncm`, `ncm_std`, `slda@0.1`, `ridge@0.01`.
+    pub(crate) fn name(self) -> String {
+        match self {
+            Candidate::Ncm => "ncm".into(),
+            Candidate::NcmStd => "ncm_std".into(),
+            Candidate::Slda(e) => format!("slda@{e}"),
+            Candidate::Ridge(a) => format!("ridge@{a}"),
+        }
+    }
+
+    fn parts(self, state: &AutoState, ctx: &Ctx<'_>) -> PredictorParts {
+        match self {
+            Candidate::Ncm | Candidate::NcmStd => {
+                let config = HeadConfig {
+                    standardize: self == Candidate::NcmStd,
+                    ..ctx.config.clone()
+                };
+                let ctx = Ctx { config: &config, ..*ctx };
+                state.ncm.snapshot(&ctx)
+            }
+            Candidate::Slda(eps) => slda::parts_from(
+                slda::solve_with(&state.scatter, ctx, eps, Target::MeanVariance),
+                ctx,
+                1.0,
+                "auto",
+            ),
+            Candidate::Ridge(alpha) => slda::parts_from(
+                ridge::solve_with(&state.scatter, ctx, Penalty::Relative(alpha)),
+                ctx,
+                f64::from(ctx.config.effective_ridge_temperature()),
+                "auto",
+            ),
+        }
+    }
+}
+
+/// The names of [`CANDIDATES`], in order.
+pub(crate) fn candidate_names() -> Vec<String> {
+    CANDIDATES.iter().map(|c| c.name()).collect()
+}
+
+/// How the candidates did on the labeled stream.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub(crate) struct Record {
+    /// The last [`WINDOW`] scored samples, oldest first: bit k set = candidate k was right.
+    pub window: VecDeque<u16>,
+    /// Samples scored since the head was created.
+    pub tested: u64,
+    /// Per candidate, samples it got right since the head was created.
+    pub hits: Vec<u64>,
+    /// The candidate predictions come from (index into [`CANDIDATES`]).
+    pub choice: usize,
+}
+
+impl Record {
+    fn window_hits(&self, k: usize) -> usize {
+        self.window.iter().filter(|&&m| m & (1 << k) != 0).count()
+    }
+
+    /// Adds one scored sample and chooses again: the most hits in the window; on a tie the
+    /// current choice stays, else the first in [`CANDIDATES`] order.
+    fn push(&mut self, mask: u16) {
+        if self.hits.len() != CANDIDATES.len() {
+            self.hits = vec![0; CANDIDATES.len()];
+        }
+        if self.window.len() == WINDOW {
+            self.window.pop_front();
+        }
+        self.window.push_back(mask);
+        self.tested += 1;
+        for (k, h) in self.hits.iter_mut().enumerate() {
+            if mask & (1 << k) != 0 {
+                *h += 1;
+            }
+        }
+        let scores: Vec<usize> = (0..CANDIDATES.len()).map(|k| self.window_hits(k)).collect();
+        let best = scores.iter().copied().max().unwrap_or(0);
+        if scores.get(self.choice).copied() != Some(best) {
+            self.choice = scores.iter().position(|&s| s == best).unwrap_or(0);
+        }
+    }
+}
+
+/// The learner state of an `auto` head.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct AutoState {
+    pub ncm: NcmState,
+    pub scatter: ScatterState,
+    pub record: Record,
+}
+
+/// A prediction snapshot of every candidate, taken together: the labeled samples that arrive
+/// until the next snapshot are scored with them.
+#[derive(Debug)]
+pub(crate) struct Candidates {
+    predictors: Vec<Predictor>,
+}
+
+impl AutoState {
+    pub(crate) fn new(dim: usize) -> AutoState {
+        AutoState {
+            ncm: NcmState::default(),
+            scatter: ScatterState::new(dim),
+            record: Record::default(),
+        }
+    }
+
+    /// Scores `x` (labeled `label`) with every candidate before it is learned. A label the
+    /// snapshot does not know yet is not scored: every candidate misses it alike.
+    pub(crate) fn score(&mut self, candidates: &Candidates, x: &[f32], label: &str) {
+        let Some(first) = candidates.predictors.first() else {
+            return;
+        };
+        if !first.labels().iter().any(|l| l == label) {
+            return;
+        }
+        let mut mask = 0u16;
+        for (k, p) in candidates.predictors.iter().enumerate() {
+            let Ok(logits) = p.logits(x) else { continue };
+            let mut best = 0;
+            for (i, v) in logits.iter().enumerate() {
+                if *v > logits[best] {
+                    best = i;
+                }
+            }
+            if p.labels().get(best).map(String::as_str) == Some(label) {
+                mask |= 1 << k;
+            }
+        }
+        self.record.push(mask);
+    }
+
+    /// Every candidate's snapshot and the chosen one's parts.
+    pub(crate) fn snapshot(&self, ctx: &Ctx<'_>) -> (PredictorParts, Arc<Candidates>) {
+        let parts: Vec<PredictorParts> = CANDIDATES.iter().map(|c| c.parts(self, ctx)).collect();
+        let chosen = parts
+            .get(self.record.choice)
+            .or(parts.first())
+            .cloned()
+            .unwrap_or_else(|| PredictorParts::empty(ctx.dim));
+        let predictors = parts
+            .into_iter()
+            .map(|p| Predictor::new(Arc::new(p), 0))
+            .collect();
+        (chosen, Arc::new(Candidates { predictors }))
+    }
+}
+
+/// `auto`'s choice and how each candidate did (`head.auto` in `{root}/info` and `stats`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct AutoSummary {
+    /// The candidate predictions come from.
+    pub choice: String,
+    /// Labeled samples scored since the head was created.
+    pub tested: u64,
+    /// Scored samples in the window that decides the choice (at most [`WINDOW`]).
+    pub window: usize,
+    /// Every candidate, in preference order.
+    pub candidates: Vec<CandidateSummary>,
+}
+
+/// One candidate of [`AutoSummary`].
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct CandidateSummary {
+    /// `ncm`, `ncm_std`, `slda@ε`, `ridge@α`.
+    pub name: String,
+    /// Prequential accuracy over the window (`None` before anything was scored).
+    pub recent_accuracy: Option<f64>,
+    /// Prequential accuracy since the head was created.
+    pub accuracy: Option<f64>,
+}
+
+impl Record {
+    pub(crate) fn summary(&self) -> AutoSummary {
+        let w = self.window.len();
+        AutoSummary {
+            choice: CANDIDATES
+                .get(self.choice)
+                .copied()
+                .unwrap_or(Candidate::Ncm)
+                .name(),
+            tested: self.tested,
+            window: w,
+            candidates: CANDIDATES
+                .iter()
+                .enumerate()
+                .map(|(k, c)| CandidateSummary {
+                    name: c.name(),
+                    recent_accuracy: (w > 0).then(|| self.window_hits(k) as f64 / w as f64),
+                    accuracy: (self.tested > 0).then(|| {
+                        self.hits.get(k).copied().unwrap_or(0) as f64 / self.tested as f64
+                    }),
+                })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_choice_follows_the_window_and_keeps_ties() {
+        let mut r = Record::default();
+        assert_eq!(r.choice, 0);
+        // Candidate 3 right, others wrong: it is chosen.
+        r.push(1 << 3);
+        assert_eq!(r.choice, 3);
+        // A tie between 3 and 5 keeps 3.
+        r.push(1 << 5);
+        assert_eq!(r.choice, 3);
+        // 5 ahead: 5.
+        r.push(1 << 5);
+        assert_eq!(r.choice, 5);
+        // The window forgets: WINDOW samples where only candidate 1 is right.
+        for _ in 0..WINDOW {
+            r.push(1 << 1);
+        }
+        assert_eq!(r.choice, 1);
+        assert_eq!(r.window.len(), WINDOW);
+        assert_eq!(r.tested, 3 + WINDOW as u64);
+        assert_eq!(r.hits[5], 2);
+        let s = r.summary();
+        assert_eq!(s.choice, "ncm_std");
+        assert_eq!(s.candidates[1].recent_accuracy, Some(1.0));
+        assert_eq!(s.candidates[5].recent_accuracy, Some(0.0));
+    }
+
+    #[test]
+    fn names_are_distinct() {
+        let names = candidate_names();
+        let mut sorted = names.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), names.len());
+        assert!(CANDIDATES.len() <= 16);
+    }
+}
