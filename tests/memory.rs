@@ -75,6 +75,7 @@ fn a_snapshot_holds_at_most_one_transient_copy_of_the_samples() {
         head: Bytes(Vec::new()),
         samples: Bytes(samples.to_bytes()),
         dedup: vec![[0; 16]; 4096],
+        ledger: Bytes(Vec::new()),
     };
     store.snapshot(&data, 0).expect("snapshot");
     drop(data);

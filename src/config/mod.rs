@@ -103,6 +103,8 @@ pub struct StateSettings {
     pub snapshot_every_samples: u64,
     pub keep_heads: usize,
     pub samples_max_bytes: u64,
+    /// Budget of the ledger of learned samples by id (`cmd/unlearn`, `cmd/relabel`).
+    pub unlearn_max_bytes: u64,
 }
 
 /// Request handling settings.

@@ -74,6 +74,7 @@ pub(super) struct RawState {
     pub snapshot_every_samples: u64,
     pub keep_heads: usize,
     pub samples_max_bytes: u64,
+    pub unlearn_max_bytes: u64,
 }
 
 #[derive(Debug, Deserialize)]

@@ -29,6 +29,7 @@ fn env_overrides_take_the_type_of_the_key() {
             ("ADAPTD_STATE_DIR", "/tmp/s"),
             ("ADAPTD_PUBLISH_TOP_K", "5"),
             ("ADAPTD_HEAD_ALGORITHM", "slda"),
+            ("ADAPTD_STATE_UNLEARN_MAX_BYTES", "1048576"),
             ("ADAPTD_LOG", "debug"),
             ("PATH", "/bin"),
         ]),
@@ -46,6 +47,7 @@ fn env_overrides_take_the_type_of_the_key() {
     assert_eq!(s.broker.client_id, "adaptd-cam1");
     assert_eq!(s.publish.top_k, 5);
     assert_eq!(s.head.algorithm.to_string(), "slda");
+    assert_eq!(s.state.unlearn_max_bytes, 1 << 20);
 }
 
 #[test]
@@ -67,6 +69,10 @@ fn invalid_values_are_refused() {
         ("[broker]\nurl = \"http://x\"\n", "broker.url"),
         ("[broker]\nurl = \"mqtts://x\"\n", "broker.ca_file"),
         ("[publish]\ntop_k = 0\n", "publish.top_k"),
+        (
+            "[state]\nunlearn_max_bytes = 1073741825\n",
+            "state.unlearn_max_bytes",
+        ),
     ] {
         let e = Settings::from_parts(Some(text), "f", env(&[("ADAPTD_STATE_DIR", "/tmp")]))
             .expect_err(text);

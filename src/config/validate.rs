@@ -20,6 +20,10 @@ use crate::adapt::AdaptConfig;
 use crate::fleet::FleetConfig;
 use crate::head::{validate_label, HeadConfig};
 
+/// Largest `state.unlearn_max_bytes` (the ledger is part of every snapshot, and snapshots
+/// are read back up to 2 GiB).
+const MAX_UNLEARN_BYTES: u64 = 1 << 30;
+
 fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.to_string(),
@@ -212,6 +216,12 @@ impl RawState {
         if self.keep_heads == 0 {
             return Err(invalid("state.keep_heads", "must be at least 1"));
         }
+        if self.unlearn_max_bytes > MAX_UNLEARN_BYTES {
+            return Err(invalid(
+                "state.unlearn_max_bytes",
+                "must be at most 1073741824 (1 GiB; snapshots are read back up to 2 GiB)",
+            ));
+        }
         Ok(StateSettings {
             dir: non_empty(&self.dir)
                 .map(PathBuf::from)
@@ -219,6 +229,7 @@ impl RawState {
             snapshot_every_samples: self.snapshot_every_samples.max(1),
             keep_heads: self.keep_heads,
             samples_max_bytes: self.samples_max_bytes,
+            unlearn_max_bytes: self.unlearn_max_bytes,
         })
     }
 }

@@ -21,6 +21,11 @@ pub enum RequestError {
     UnknownLabel(String),
     #[error("no recent prediction has id {0:?} (it may have left the feedback ring)")]
     UnknownId(String),
+    #[error("cannot unlearn {id:?}: {}", not_kept(*why))]
+    NotKept {
+        id: String,
+        why: crate::state::ledger::Missing,
+    },
     #[error("no prediction to correct yet: {0}")]
     NothingToCorrect(&'static str),
     #[error("unknown command {name:?} (known: {known})")]
@@ -37,6 +42,22 @@ pub enum RequestError {
     Fleet(#[from] crate::fleet::FleetError),
 }
 
+/// Why a sample cannot be unlearned, for humans.
+fn not_kept(why: crate::state::ledger::Missing) -> &'static str {
+    use crate::state::ledger::{Gone, Missing};
+    match why {
+        Missing::Never => "no sample with this id was learned (or it was forgotten long ago)",
+        Missing::Gone(Gone::Unlearned) => "it was already unlearned",
+        Missing::Gone(Gone::Dropped) => {
+            "it is no longer kept: the oldest samples are dropped past state.unlearn_max_bytes"
+        }
+        Missing::Gone(Gone::Forgotten) => {
+            "it is no longer in the head (its class was forgotten, or the head was reset, \
+             imported, rolled back or retrained without it)"
+        }
+    }
+}
+
 impl RequestError {
     /// Stable error code for `{root}/error` replies.
     pub fn code(&self) -> &'static str {
@@ -46,7 +67,9 @@ impl RequestError {
             RequestError::TooLarge { .. } => "too_large",
             RequestError::BadJson(_) => "bad_json",
             RequestError::BadRequest(_) => "bad_request",
-            RequestError::UnknownId(_) | RequestError::NothingToCorrect(_) => "unknown_id",
+            RequestError::UnknownId(_)
+            | RequestError::NothingToCorrect(_)
+            | RequestError::NotKept { .. } => "unknown_id",
             RequestError::UnknownLabel(_) => "unknown_label",
             RequestError::UnknownCommand { .. } => "unknown_command",
             RequestError::NoClasses { .. } => "no_classes",

@@ -39,7 +39,7 @@ use crate::adapt::Adapter;
 use crate::config::Settings;
 use crate::fleet::FleetState;
 use crate::model::{Embedder, ModelDir};
-use crate::state::recovery::restore;
+use crate::state::recovery::{restore, Budgets};
 use crate::state::store::Store;
 use intake::Intake;
 use learner::Learner;
@@ -93,7 +93,11 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     let (store, restored) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let (store, rec) = Store::open(&state.dir, state.keep_heads)
             .with_context(|| format!("opening state directory {}", state.dir.display()))?;
-        let restored = restore(rec, &head_config, dim, &sha, state.samples_max_bytes)?;
+        let budgets = Budgets {
+            samples: state.samples_max_bytes,
+            ledger: state.unlearn_max_bytes,
+        };
+        let restored = restore(rec, &head_config, dim, &sha, budgets)?;
         Ok((store, restored))
     })
     .await??;
@@ -181,6 +185,8 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         prefix = %settings.homeassistant.discovery_prefix,
         "Home Assistant discovery"
     );
+    // Generated ids continue above those of the samples kept for unlearning.
+    let first_id = restored.ledger.highest_generated(&settings.device_id) + 1;
     let (learn_tx, learn_rx) = std::sync::mpsc::channel();
     let learner = Learner::new(
         learner::Context {
@@ -216,7 +222,8 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
             &settings,
         )
         .with_streams(streams.clone())
-        .with_dashboard(dashboard.clone()),
+        .with_dashboard(dashboard.clone())
+        .with_first_id(first_id),
     );
     let mut worker_threads = Vec::new();
     for i in 0..settings.service.workers {

@@ -183,6 +183,10 @@ commands! {
     AdaptReset = "adapt-reset",
     /// Stop merging one fleet peer.
     FleetLeave = "fleet-leave",
+    /// Remove exactly one learned sample, by id.
+    Unlearn = "unlearn",
+    /// Move one learned sample, by id, to another label.
+    Relabel = "relabel",
 }
 
 impl CommandKind {
@@ -220,6 +224,14 @@ pub enum Command {
     AdaptReset,
     FleetLeave {
         peer: String,
+    },
+    /// The id of a learned sample (a learn request's id, or the prediction id feedback used).
+    Unlearn {
+        id: String,
+    },
+    Relabel {
+        id: String,
+        label: String,
     },
 }
 
@@ -277,6 +289,34 @@ impl Command {
                     .map_err(|e| RequestError::BadRequest(format!("peer: {e}")))?;
                 Command::FleetLeave { peer }
             }
+            CommandKind::Unlearn => {
+                small()?;
+                let id = json_or_text(payload, "id")
+                    .filter(|i| !i.is_empty())
+                    .ok_or_else(|| RequestError::BadRequest("unlearn needs an id".into()))?;
+                Command::Unlearn {
+                    id: id_string(&serde_json::Value::String(id))?,
+                }
+            }
+            CommandKind::Relabel => {
+                small()?;
+                let text = std::str::from_utf8(payload).unwrap_or("").trim();
+                if !text.starts_with('{') {
+                    return Err(RequestError::BadRequest(
+                        "relabel needs a JSON object {\"id\": ..., \"label\": ...}".into(),
+                    ));
+                }
+                let id = json_or_text(payload, "id")
+                    .ok_or_else(|| RequestError::BadRequest("relabel needs an id".into()))?;
+                let id = id_string(&serde_json::Value::String(id))?;
+                let label = json_or_text(payload, "label").ok_or_else(|| {
+                    RequestError::Head(crate::head::HeadError::BadLabel(
+                        "relabel needs a label".into(),
+                    ))
+                })?;
+                crate::head::validate_label(&label)?;
+                Command::Relabel { id, label }
+            }
         })
     }
 
@@ -292,6 +332,8 @@ impl Command {
             Command::Merge(_) => CommandKind::Merge,
             Command::AdaptReset => CommandKind::AdaptReset,
             Command::FleetLeave { .. } => CommandKind::FleetLeave,
+            Command::Unlearn { .. } => CommandKind::Unlearn,
+            Command::Relabel { .. } => CommandKind::Relabel,
         }
     }
 }
@@ -386,6 +428,29 @@ mod tests {
                 peer: "cam2".into()
             }
         );
+        assert_eq!(
+            Command::parse("unlearn", &b("{\"id\": \"cam1-7\"}")).expect("unlearn"),
+            Command::Unlearn {
+                id: "cam1-7".into()
+            }
+        );
+        assert_eq!(
+            Command::parse("unlearn", &b("{\"id\": 42}")).expect("numeric id"),
+            Command::Unlearn { id: "42".into() }
+        );
+        assert_eq!(
+            Command::parse("unlearn", &b("cam1-7")).expect("unlearn text"),
+            Command::Unlearn {
+                id: "cam1-7".into()
+            }
+        );
+        assert_eq!(
+            Command::parse("relabel", &b("{\"id\": \"p1\", \"label\": \"dog\"}")).expect("relabel"),
+            Command::Relabel {
+                id: "p1".into(),
+                label: "dog".into()
+            }
+        );
         for kind in CommandKind::ALL {
             assert_eq!(CommandKind::from_name(kind.name()), Some(*kind));
         }
@@ -396,6 +461,18 @@ mod tests {
             ("algorithm", "nope", "bad_config"),
             ("fleet-leave", "", "bad_request"),
             ("fleet-leave", "a+b", "bad_request"),
+            ("unlearn", "", "bad_request"),
+            ("unlearn", "{\"label\": \"x\"}", "bad_request"),
+            ("unlearn", "{\"id\": \"a\\u0001\"}", "bad_request"),
+            ("relabel", "p1 dog", "bad_request"),
+            ("relabel", "{\"label\": \"dog\"}", "bad_request"),
+            ("relabel", "{\"id\": \"p1\"}", "bad_label"),
+            (
+                "relabel",
+                "{\"id\": \"p1\", \"label\": \"a/b\"}",
+                "bad_label",
+            ),
+            ("relabel", "{\"id\": \"p1\", \"label\": \"\"}", "bad_label"),
             ("dance", "", "unknown_command"),
         ] {
             let e = Command::parse(name, &b(payload)).expect_err(name);

@@ -111,6 +111,13 @@ impl Workers {
         self
     }
 
+    /// Generated ids start at `{device_id}-{n}` (after a restart: above the kept ones, so that
+    /// an id names one sample for `cmd/unlearn`).
+    pub fn with_first_id(self, n: u64) -> Workers {
+        self.next_id.store(n.max(1), Ordering::Relaxed);
+        self
+    }
+
     /// A fresh request id (for requests that carry none).
     fn new_id(&self) -> String {
         format!(

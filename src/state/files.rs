@@ -7,13 +7,13 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-/// Write-ahead log of labeled samples (`state::store`): `[len u32 LE][crc32 u32 LE][CBOR]`
-/// records, appended and fdatasync'ed by the learner before the MQTT acknowledgement, truncated
+/// Write-ahead log of labeled samples and of removals (`state::store`):
+/// `[len u32 LE][crc32 u32 LE][CBOR]` records, appended and fdatasync'ed by the learner before the MQTT acknowledgement, truncated
 /// after each snapshot.
 pub const WAL: &str = "wal.log";
 
-/// The last snapshot (`state::store::SnapshotData`: head, stored samples, dedup keys, last WAL
-/// sequence), written atomically by the learner.
+/// The last snapshot (`state::store::SnapshotData`: head, stored samples, dedup keys, the
+/// unlearning ledger, last WAL sequence), written atomically by the learner.
 pub const SNAPSHOT: &str = "snapshot.cbor";
 
 /// Prefix of a snapshot that did not decode, moved aside by `Store::open` (suffixed with the

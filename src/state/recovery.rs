@@ -4,8 +4,9 @@
 use std::collections::{HashSet, VecDeque};
 
 use crate::head::{Expect, Head, HeadConfig};
+use crate::state::ledger::Ledger;
 use crate::state::samples::SampleStore;
-use crate::state::store::Recovered;
+use crate::state::store::{Recovered, UnlearnRecord, WalRecord};
 
 /// Message keys remembered to drop broker redeliveries.
 const DEDUP_KEYS: usize = 8192;
@@ -44,9 +45,20 @@ impl Dedup {
 pub struct Restored {
     pub head: Head,
     pub samples: SampleStore,
+    /// Learned samples by id, for unlearning.
+    pub ledger: Ledger,
     pub dedup: Dedup,
     /// Human-readable notes on what recovery found (torn WAL, corrupt snapshot).
     pub notes: Vec<String>,
+}
+
+/// Byte budgets of what the state directory keeps besides the head.
+#[derive(Debug, Clone, Copy)]
+pub struct Budgets {
+    /// `state.samples_max_bytes`: the reservoir.
+    pub samples: u64,
+    /// `state.unlearn_max_bytes`: the ledger.
+    pub ledger: u64,
 }
 
 /// Rebuilds the learner state: snapshot (or fallback head) + WAL replay.
@@ -55,8 +67,9 @@ pub fn restore(
     config: &HeadConfig,
     dim: usize,
     sha256: &str,
-    samples_budget: u64,
+    budgets: Budgets,
 ) -> anyhow::Result<Restored> {
+    let samples_budget = budgets.samples;
     let expect = Expect {
         backbone_sha256: Some(sha256),
         dim: Some(dim),
@@ -64,7 +77,7 @@ pub fn restore(
     };
     let mut notes = Vec::new();
     let mut dedup = Dedup::default();
-    let (mut head, mut samples) = match &rec.snapshot {
+    let (mut head, mut samples, mut ledger) = match &rec.snapshot {
         Some(s) => {
             let head = if s.head.0.is_empty() {
                 Head::new(config, dim, sha256)
@@ -82,7 +95,9 @@ pub fn restore(
             for k in &s.dedup {
                 dedup.insert(*k);
             }
-            (head, samples)
+            let ledger = Ledger::from_bytes(&s.ledger.0, dim, budgets.ledger)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            (head, samples, ledger)
         }
         None => {
             let head = match &rec.fallback_head {
@@ -90,7 +105,11 @@ pub fn restore(
                     .map_err(|e| anyhow::anyhow!("fallback head: {e}"))?,
                 None => Head::new(config, dim, sha256),
             };
-            (head, SampleStore::new(dim, samples_budget, config.seed))
+            (
+                head,
+                SampleStore::new(dim, samples_budget, config.seed),
+                Ledger::new(budgets.ledger),
+            )
         }
     };
     if let Some(c) = &rec.corrupt_snapshot {
@@ -107,9 +126,25 @@ pub fn restore(
     }
     let replayed = rec.records.len();
     for r in rec.records {
+        let r = match r {
+            WalRecord::Learn(r) => r,
+            WalRecord::Unlearn(u) => {
+                if let Some(k) = u.key {
+                    dedup.insert(k);
+                }
+                if let Err(e) = replay_unlearn(&u, &mut head, &mut samples, &mut ledger) {
+                    // Only a fallback head (the snapshot was corrupt) can lack the sample.
+                    notes.push(format!("skipped WAL removal record {}: {e}", u.seq));
+                }
+                continue;
+            }
+        };
         head.update(&r.embedding.0, &r.label)
             .map_err(|e| anyhow::anyhow!("replaying WAL record {}: {e}", r.seq))?;
         samples.add(&r.label, &r.embedding.0);
+        if let Some(id) = &r.id {
+            ledger.insert(id, &r.label, &r.embedding.0);
+        }
         if let Some(k) = r.key {
             dedup.insert(k);
         }
@@ -120,7 +155,32 @@ pub fn restore(
     Ok(Restored {
         head,
         samples,
+        ledger,
         dedup,
         notes,
     })
+}
+
+/// Applies a logged removal (and, for a relabel, the new label) as the learner did: all of it
+/// or, on error, nothing.
+fn replay_unlearn(
+    u: &UnlearnRecord,
+    head: &mut Head,
+    samples: &mut SampleStore,
+    ledger: &mut Ledger,
+) -> Result<(), crate::head::HeadError> {
+    let x = &u.embedding.0;
+    let mut next = head.clone();
+    next.unlearn(x, &u.from)?;
+    if let Some(to) = &u.to {
+        next.update(x, to)?;
+    }
+    *head = next;
+    samples.remove(&u.from, x);
+    ledger.remove_exact(&u.unlearn, &u.from, x);
+    if let Some(to) = &u.to {
+        samples.add(to, x);
+        ledger.insert(&u.unlearn, to, x);
+    }
+    Ok(())
 }

@@ -115,6 +115,34 @@ impl SampleStore {
         }
     }
 
+    /// Removes one sample taught under `label` (`cmd/unlearn`): its copy, if kept (the first
+    /// with the same bits), leaves the reservoir, and the class counts one sample less seen; a
+    /// class with nothing left disappears. True if a copy was kept.
+    pub fn remove(&mut self, label: &str, x: &[f32]) -> bool {
+        let dim = self.dim;
+        let Some(r) = self.classes.get_mut(label) else {
+            return false;
+        };
+        r.seen = r.seen.saturating_sub(1);
+        let found = r
+            .data
+            .chunks_exact(dim)
+            .position(|c| crate::state::ledger::same_bits(c, x));
+        if let Some(i) = found {
+            // Move the last kept sample into the hole: the kept set stays a uniform sample.
+            let last = r.data.len() / dim - 1;
+            if i != last {
+                r.data.copy_within(last * dim..(last + 1) * dim, i * dim);
+            }
+            r.data.truncate(last * dim);
+        }
+        r.seen = r.seen.max((r.data.len() / dim) as u64);
+        if r.seen == 0 {
+            self.classes.remove(label);
+        }
+        found.is_some()
+    }
+
     /// Removes a class.
     pub fn forget(&mut self, label: &str) {
         self.classes.remove(label);
@@ -255,6 +283,27 @@ mod tests {
             st.serialize_field("classes", &self.0.classes)?;
             st.end()
         }
+    }
+
+    #[test]
+    fn removing_a_sample_takes_its_copy_out() {
+        let mut s = SampleStore::new(2, 1000, 1);
+        s.add("a", &[1.0, 2.0]);
+        s.add("a", &[3.0, 4.0]);
+        s.add("b", &[5.0, 6.0]);
+        assert!(!s.remove("a", &[5.0, 6.0]), "not of this class");
+        assert!(s.remove("a", &[1.0, 2.0]));
+        assert_eq!(
+            s.iter().collect::<Vec<_>>(),
+            [("a", &[3.0, 4.0][..]), ("b", &[5.0, 6.0][..])]
+        );
+        assert!(s.remove("b", &[5.0, 6.0]));
+        assert!(
+            !s.remove("b", &[5.0, 6.0]),
+            "the class is gone with its last sample"
+        );
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.classes.len(), 1);
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! the MQTT acknowledgement), atomic snapshots, and previous heads kept for rollback.
 //!
 //! Files (names in [`super::files`]):
-//! - `wal.log`: records `[len u32 LE][crc32 u32 LE][CBOR body]`, appended and fdatasync'ed.
+//! - `wal.log`: records `[len u32 LE][crc32 u32 LE][CBOR body]`, appended and fdatasync'ed: a
+//!   learned sample ([`LearnRecord`]) or the removal of one (`cmd/unlearn`, `cmd/relabel`:
+//!   [`UnlearnRecord`]).
 //! - `snapshot.cbor`: head + stored samples + dedup keys + the last WAL sequence it contains,
 //!   written as temp file → fsync → rename → fsync(dir). Replay skips records it already holds,
 //!   so a crash between the snapshot and the WAL truncation never applies a sample twice.
@@ -36,6 +38,88 @@ pub struct LearnRecord {
     pub embedding: F32s,
     /// Content key of the MQTT message (to drop broker redeliveries), if any.
     pub key: Option<[u8; 16]>,
+    /// The sample's id (for `cmd/unlearn`); absent in records of adaptd before unlearning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
+/// The removal of one learned sample as logged (`cmd/unlearn`, or `cmd/relabel` with `to`).
+/// It has no `label` field: an adaptd older than unlearning stops replaying at it (as at a
+/// torn tail) rather than learning it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnlearnRecord {
+    /// Monotonic sequence number of the record.
+    pub seq: u64,
+    /// The id of the sample removed.
+    pub unlearn: String,
+    /// The label it was learned under.
+    pub from: String,
+    /// Its embedding, bit for bit as learned.
+    pub embedding: F32s,
+    /// `relabel`: the label it is learned under instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// Content key of the command message (to drop broker redeliveries).
+    pub key: Option<[u8; 16]>,
+}
+
+/// One write-ahead log record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WalRecord {
+    Learn(LearnRecord),
+    Unlearn(UnlearnRecord),
+}
+
+impl WalRecord {
+    /// The record's sequence number.
+    pub fn seq(&self) -> u64 {
+        match self {
+            WalRecord::Learn(r) => r.seq,
+            WalRecord::Unlearn(r) => r.seq,
+        }
+    }
+}
+
+/// Every field either record kind may have, to tell them apart when reading.
+#[derive(Deserialize)]
+struct AnyRecord {
+    seq: u64,
+    #[serde(default)]
+    label: Option<String>,
+    embedding: F32s,
+    #[serde(default)]
+    key: Option<[u8; 16]>,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    unlearn: Option<String>,
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    to: Option<String>,
+}
+
+impl AnyRecord {
+    fn into_record(self) -> Option<WalRecord> {
+        Some(match (self.unlearn, self.label) {
+            (Some(unlearn), None) => WalRecord::Unlearn(UnlearnRecord {
+                seq: self.seq,
+                unlearn,
+                from: self.from?,
+                embedding: self.embedding,
+                to: self.to,
+                key: self.key,
+            }),
+            (None, Some(label)) => WalRecord::Learn(LearnRecord {
+                seq: self.seq,
+                label,
+                embedding: self.embedding,
+                key: self.key,
+                id: self.id,
+            }),
+            _ => return None,
+        })
+    }
 }
 
 /// Everything a snapshot holds, as bytes owned by other modules.
@@ -51,6 +135,10 @@ pub struct SnapshotData {
     pub samples: Bytes,
     /// Recently learned message keys.
     pub dedup: Vec<[u8; 16]>,
+    /// The ledger of learned samples by id (see `ledger::Ledger::to_bytes`); empty in snapshots
+    /// written before unlearning existed.
+    #[serde(default)]
+    pub ledger: Bytes,
 }
 
 /// What `Store::open` recovered.
@@ -59,7 +147,7 @@ pub struct Recovered {
     /// The last snapshot, if one exists.
     pub snapshot: Option<SnapshotData>,
     /// WAL records newer than the snapshot, in order.
-    pub records: Vec<LearnRecord>,
+    pub records: Vec<WalRecord>,
     /// Bytes cut from a torn or corrupt WAL tail.
     pub torn_bytes: u64,
     /// Temp files left by an interrupted write and removed.
@@ -95,10 +183,13 @@ fn list_versions(dir: &Path) -> io::Result<Vec<u64>> {
     Ok(v)
 }
 
-fn encode_record(rec: &LearnRecord) -> io::Result<Vec<u8>> {
+fn encode_record(rec: &WalRecord) -> io::Result<Vec<u8>> {
     let mut body = Vec::new();
-    ciborium::into_writer(rec, &mut body)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+    match rec {
+        WalRecord::Learn(r) => ciborium::into_writer(r, &mut body),
+        WalRecord::Unlearn(r) => ciborium::into_writer(r, &mut body),
+    }
+    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
     let mut out = Vec::with_capacity(body.len() + 8);
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
     out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
@@ -108,7 +199,7 @@ fn encode_record(rec: &LearnRecord) -> io::Result<Vec<u8>> {
 
 /// Parses WAL bytes: the valid records and the length of the valid prefix. Stops at the first
 /// record that is truncated, oversized, fails its checksum or does not decode.
-pub fn parse_wal(bytes: &[u8]) -> (Vec<LearnRecord>, usize) {
+pub fn parse_wal(bytes: &[u8]) -> (Vec<WalRecord>, usize) {
     let mut records = Vec::new();
     let mut pos = 0usize;
     while bytes.len() - pos >= 8 {
@@ -127,9 +218,12 @@ pub fn parse_wal(bytes: &[u8]) -> (Vec<LearnRecord>, usize) {
         if crc32fast::hash(body) != crc {
             break;
         }
-        match ciborium::from_reader::<LearnRecord, _>(body) {
-            Ok(r) => records.push(r),
-            Err(_) => break,
+        match ciborium::from_reader::<AnyRecord, _>(body)
+            .ok()
+            .and_then(AnyRecord::into_record)
+        {
+            Some(r) => records.push(r),
+            None => break,
         }
         pos += 8 + len;
     }
@@ -212,8 +306,8 @@ impl Store {
                 .and_then(|_| wal.sync_all())
                 .map_err(|e| ctx(e, "truncate torn tail of", &wal_path))?;
         }
-        let next_seq = records.last().map_or(last_seq, |r| r.seq.max(last_seq)) + 1;
-        rec.records = records.into_iter().filter(|r| r.seq > last_seq).collect();
+        let next_seq = records.last().map_or(last_seq, |r| r.seq().max(last_seq)) + 1;
+        rec.records = records.into_iter().filter(|r| r.seq() > last_seq).collect();
         Ok((
             Store {
                 dir: dir.to_path_buf(),
@@ -243,7 +337,7 @@ impl Store {
     }
 
     /// Appends records and makes them durable (one fdatasync for the batch).
-    pub fn append(&mut self, records: &[LearnRecord]) -> io::Result<()> {
+    pub fn append(&mut self, records: &[WalRecord]) -> io::Result<()> {
         let mut buf = Vec::new();
         for r in records {
             buf.extend_from_slice(&encode_record(r)?);
@@ -305,8 +399,8 @@ impl Store {
 mod tests {
     use super::*;
 
-    fn rec(seq: u64) -> LearnRecord {
-        LearnRecord {
+    fn rec(seq: u64) -> WalRecord {
+        WalRecord::Learn(LearnRecord {
             seq,
             label: format!("c{}", seq % 3),
             // Large enough that CBOR byte strings exceed ciborium's 4 KiB scratch buffer.
@@ -315,7 +409,8 @@ mod tests {
                 if seq.is_multiple_of(2) { 1280 } else { 8 }
             ]),
             key: Some([seq as u8; 16]),
-        }
+            id: None,
+        })
     }
 
     fn snap(last_seq: u64) -> SnapshotData {
@@ -325,6 +420,7 @@ mod tests {
             head: Bytes(vec![1, 2, 3]),
             samples: Bytes::default(),
             dedup: vec![[7; 16]],
+            ledger: Bytes::default(),
         }
     }
 
@@ -341,7 +437,75 @@ mod tests {
         assert_eq!(s.next_seq(), 6);
     }
 
-    fn record_ends(recs: &[LearnRecord]) -> Vec<usize> {
+    #[test]
+    fn unlearn_records_round_trip_and_older_records_still_read() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (mut s, _) = Store::open(dir.path(), 3).expect("open");
+        let learn = WalRecord::Learn(LearnRecord {
+            seq: s.next_seq(),
+            label: "cat".into(),
+            embedding: F32s(vec![0.5; 8]),
+            key: Some([1; 16]),
+            id: Some("p-1".into()),
+        });
+        let relabel = WalRecord::Unlearn(UnlearnRecord {
+            seq: s.next_seq(),
+            unlearn: "p-1".into(),
+            from: "cat".into(),
+            embedding: F32s(vec![0.5; 8]),
+            to: Some("dog".into()),
+            key: Some([2; 16]),
+        });
+        let unlearn = WalRecord::Unlearn(UnlearnRecord {
+            seq: s.next_seq(),
+            unlearn: "p-1".into(),
+            from: "dog".into(),
+            embedding: F32s(vec![0.5; 8]),
+            to: None,
+            key: None,
+        });
+        // A record as adaptd wrote it before unlearning: no id field.
+        #[derive(Serialize, Deserialize)]
+        struct Old {
+            seq: u64,
+            label: String,
+            embedding: F32s,
+            key: Option<[u8; 16]>,
+        }
+        let old = Old {
+            seq: s.next_seq(),
+            label: "cup".into(),
+            embedding: F32s(vec![1.0; 8]),
+            key: None,
+        };
+        s.append(&[learn.clone(), relabel.clone(), unlearn.clone()])
+            .expect("append");
+        let mut body = Vec::new();
+        ciborium::into_writer(&old, &mut body).expect("encode");
+        let mut framed = (body.len() as u32).to_le_bytes().to_vec();
+        framed.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        framed.extend_from_slice(&body);
+        fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(WAL))
+            .and_then(|mut f| f.write_all(&framed))
+            .expect("append old record");
+        drop(s);
+        let (_, r) = Store::open(dir.path(), 3).expect("reopen");
+        assert_eq!(r.torn_bytes, 0);
+        assert_eq!(r.records.len(), 4);
+        assert_eq!(r.records[..3], [learn, relabel, unlearn.clone()]);
+        assert!(matches!(&r.records[3], WalRecord::Learn(l) if l.label == "cup" && l.id.is_none()));
+        // What an older reader does with a removal: it does not decode as a learned sample.
+        let WalRecord::Unlearn(u) = unlearn else {
+            unreachable!()
+        };
+        let mut body = Vec::new();
+        ciborium::into_writer(&u, &mut body).expect("encode");
+        assert!(ciborium::from_reader::<Old, _>(body.as_slice()).is_err());
+    }
+
+    fn record_ends(recs: &[WalRecord]) -> Vec<usize> {
         let mut end = 0;
         recs.iter()
             .map(|r| {
@@ -352,7 +516,7 @@ mod tests {
     }
 
     /// A state directory whose WAL holds three records.
-    fn wal_of_three_records() -> (tempfile::TempDir, Vec<LearnRecord>) {
+    fn wal_of_three_records() -> (tempfile::TempDir, Vec<WalRecord>) {
         let dir = tempfile::tempdir().expect("tmp");
         let (mut s, _) = Store::open(dir.path(), 3).expect("open");
         let recs: Vec<_> = (0..3).map(|_| rec(s.next_seq())).collect();

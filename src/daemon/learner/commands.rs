@@ -1,21 +1,36 @@
 //! The learner's commands (`{root}/cmd/<name>`), executed in arrival order; each replies on
-//! `{root}/result` or `{root}/error` and is acknowledged once its effect is durable.
+//! `{root}/result` or `{root}/error` and is acknowledged once its effect is durable: most by a
+//! snapshot, `unlearn` and `relabel` by a write-ahead log record.
 
 use rumqttc::Publish;
 use serde_json::json;
 
 use super::Learner;
+use crate::cbor::F32s;
 use crate::daemon::error::RequestError;
 use crate::daemon::reply::CommandResult;
 use crate::daemon::request::Command;
+use crate::daemon::stats::bump;
+use crate::daemon::workers::message_key;
 use crate::head::{Head, HeadError};
+use crate::state::ledger::Gone;
+use crate::state::store::{UnlearnRecord, WalRecord};
 
 impl Learner {
     /// Runs a parsed command (or answers why it could not be parsed), then acknowledges it.
     pub(super) fn command(&mut self, publish: &Publish, cmd: Result<Command, RequestError>) {
+        let key = message_key(publish);
+        let logged = matches!(cmd, Ok(Command::Unlearn { .. } | Command::Relabel { .. }));
+        if logged && publish.dup && self.dedup.contains(&key) {
+            // A broker's redelivery of a removal already logged: applying it again would
+            // remove another sample with the same id.
+            bump(&self.ctx.stats.duplicates);
+            self.ctx.outbox.ack(publish);
+            return;
+        }
         let result = cmd.and_then(|c| {
             let name = c.kind().name();
-            self.execute(c).map(|detail| (name, detail))
+            self.execute(c, key).map(|detail| (name, detail))
         });
         match result {
             Ok((name, detail)) => {
@@ -32,7 +47,7 @@ impl Learner {
         self.ctx.outbox.ack(publish);
     }
 
-    fn execute(&mut self, cmd: Command) -> Result<serde_json::Value, RequestError> {
+    fn execute(&mut self, cmd: Command, key: [u8; 16]) -> Result<serde_json::Value, RequestError> {
         match cmd {
             Command::Forget { label } => {
                 let mut head = self.head.clone();
@@ -40,6 +55,7 @@ impl Learner {
                     return Err(RequestError::UnknownLabel(label));
                 }
                 self.samples.forget(&label);
+                self.ledger.forget_label(&label);
                 self.install(head)?;
                 self.record.forget(&label);
                 Ok(json!({ "label": label }))
@@ -48,6 +64,7 @@ impl Learner {
                 let mut head = self.head.clone();
                 head.reset();
                 self.samples.clear();
+                self.ledger.forget_all();
                 self.install(head)?;
                 self.record.clear();
                 self.ctx.dashboard.reset();
@@ -73,6 +90,7 @@ impl Learner {
                     return Err(RequestError::NoSuchVersion(wanted));
                 }
                 let head = self.load_head(&self.store.load_head(wanted)?)?;
+                self.ledger.forget_all();
                 self.install(head)?;
                 Ok(json!({ "restored": wanted, "kept": versions }))
             }
@@ -88,11 +106,14 @@ impl Learner {
                     head.update(x, label)?;
                 }
                 let retrained = head.samples();
+                // Only what the new head was trained from can be unlearned from it.
+                self.ledger.retain_among(self.samples.iter());
                 self.install(head)?;
                 Ok(json!({ "algorithm": algorithm, "retrained_samples": retrained }))
             }
             Command::Import(bytes) => {
                 let head = self.load_head(&bytes)?;
+                self.ledger.forget_all();
                 self.install(head)?;
                 Ok(json!({ "classes": self.head.classes().len() }))
             }
@@ -116,7 +137,74 @@ impl Learner {
                 self.after_change();
                 Ok(json!({ "peer": peer, "was_merged": was_merged }))
             }
+            Command::Unlearn { id } => self.unlearn(id, None, key),
+            Command::Relabel { id, label } => self.unlearn(id, Some(label), key),
         }
+    }
+
+    /// Removes the newest learned sample with this id (`to`: learns it under that label
+    /// instead), exactly: logged and fsynced, then applied to the head, the stored samples and
+    /// the ledger together. Anything refused changes nothing.
+    fn unlearn(
+        &mut self,
+        id: String,
+        to: Option<String>,
+        key: [u8; 16],
+    ) -> Result<serde_json::Value, RequestError> {
+        let algorithm = self.head.algorithm();
+        if !algorithm.is_exact() {
+            return Err(HeadError::Unsupported(format!(
+                "unlearn and relabel need an exact learner (ncm, slda or ridge), not {algorithm}"
+            ))
+            .into());
+        }
+        let entry = self.ledger.find(&id).map_err(|why| RequestError::NotKept {
+            id: id.clone(),
+            why,
+        })?;
+        let (from, x) = (entry.label.clone(), entry.embedding.clone());
+        if to.as_deref() == Some(from.as_str()) {
+            return Ok(json!({ "id": id, "label": from, "from": from, "changed": false }));
+        }
+        let mut head = self.head.clone();
+        head.unlearn(&x, &from)?;
+        if let Some(to) = &to {
+            head.update(&x, to)?;
+            let limit = self.ctx.settings.head.max_classes;
+            if self.head.class_stats(to).is_none() && head.classes().len() > limit {
+                return Err(HeadError::TooManyClasses { limit }.into());
+            }
+        }
+        let record = WalRecord::Unlearn(UnlearnRecord {
+            seq: self.store.next_seq(),
+            unlearn: id.clone(),
+            from: from.clone(),
+            embedding: F32s(x.clone()),
+            to: to.clone(),
+            key: Some(key),
+        });
+        self.store.append(&[record])?;
+        // Durable: the head, the stored samples and the ledger change together, as the replay
+        // of the record does.
+        self.head = head;
+        self.samples.remove(&from, &x);
+        self.ledger.remove(&id, Gone::Unlearned);
+        if let Some(to) = &to {
+            self.samples.add(to, &x);
+            self.ledger.insert(&id, to, &x);
+        }
+        self.dedup.insert(key);
+        self.since_snapshot += 1;
+        self.after_change();
+        if self.since_snapshot >= self.ctx.settings.state.snapshot_every_samples {
+            if let Err(e) = self.snapshot() {
+                tracing::error!("snapshot failed: {e:#}");
+            }
+        }
+        Ok(match to {
+            None => json!({ "id": id, "label": from }),
+            Some(to) => json!({ "id": id, "label": to, "from": from, "changed": true }),
+        })
     }
 
     fn load_head(&self, bytes: &[u8]) -> Result<Head, RequestError> {

@@ -32,9 +32,10 @@ use crate::daemon::serving::PredictorSlot;
 use crate::daemon::stats::{bump, Stats};
 use crate::fleet::{Accepted, FleetState};
 use crate::head::{Expect, Head, HeadError};
+use crate::state::ledger::Ledger;
 use crate::state::recovery::{Dedup, Restored};
 use crate::state::samples::SampleStore;
-use crate::state::store::{LearnRecord, SnapshotData, Store};
+use crate::state::store::{LearnRecord, SnapshotData, Store, WalRecord};
 
 pub use order::InOrder;
 
@@ -111,6 +112,8 @@ pub struct Learner {
     ctx: Context,
     head: Head,
     samples: SampleStore,
+    /// Learned samples by id, for `cmd/unlearn` and `cmd/relabel`.
+    ledger: Ledger,
     store: Store,
     dedup: Dedup,
     /// Fleet identity and peers (the key exists even without a group).
@@ -138,6 +141,7 @@ impl Learner {
             ctx,
             head: restored.head,
             samples: restored.samples,
+            ledger: restored.ledger,
             store,
             dedup: restored.dedup,
             fleet,
@@ -271,12 +275,13 @@ impl Learner {
         let mut records = Vec::with_capacity(batch.len());
         let mut sources = Vec::with_capacity(batch.len());
         for (publish, s) in batch {
-            records.push(LearnRecord {
+            records.push(WalRecord::Learn(LearnRecord {
                 seq: self.store.next_seq(),
                 label: s.label,
                 embedding: F32s(s.embedding),
                 key: Some(s.key),
-            });
+                id: Some(s.id.clone()),
+            }));
             sources.push((publish, s.id));
         }
         if let Err(e) = self.store.append(&records) {
@@ -293,7 +298,11 @@ impl Learner {
         }
         let predictor = self.ctx.predictor.get();
         let mut learned = Vec::new();
-        for (r, (publish, id)) in records.iter().zip(sources) {
+        let records = records.iter().filter_map(|r| match r {
+            WalRecord::Learn(l) => Some(l),
+            WalRecord::Unlearn(_) => None,
+        });
+        for (r, (publish, id)) in records.zip(sources) {
             self.ctx.outbox.ack(&publish);
             let x = &r.embedding.0;
             if !predictor.is_empty() {
@@ -319,6 +328,7 @@ impl Learner {
                 continue;
             }
             self.samples.add(&r.label, x);
+            self.ledger.insert(&id, &r.label, x);
             if let Some(k) = r.key {
                 self.dedup.insert(k);
             }
@@ -369,6 +379,7 @@ impl Learner {
             head: Bytes(head),
             samples: Bytes(self.samples.to_bytes()),
             dedup: self.dedup.keys().copied().collect(),
+            ledger: Bytes(self.ledger.to_bytes()),
         };
         self.store.snapshot(&data, self.head.version())?;
         self.since_snapshot = 0;

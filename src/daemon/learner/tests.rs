@@ -18,7 +18,7 @@ use crate::daemon::stats::Stats;
 use crate::daemon::topics::Topics;
 use crate::daemon::workers::message_key;
 use crate::head::{Algorithm, Head, HeadConfig};
-use crate::state::recovery::restore;
+use crate::state::recovery::{restore, Budgets};
 use crate::state::store::Store;
 
 const SHA: &str = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
@@ -69,14 +69,11 @@ fn rig_in(dir: Option<tempfile::TempDir>) -> Rig {
     let dir = dir.unwrap_or_else(|| tempfile::tempdir().expect("tempdir"));
     let settings = settings(dir.path());
     let (store, rec) = Store::open(dir.path(), settings.state.keep_heads).expect("store");
-    let restored = restore(
-        rec,
-        &settings.head,
-        DIM,
-        SHA,
-        settings.state.samples_max_bytes,
-    )
-    .expect("restore");
+    let budgets = Budgets {
+        samples: settings.state.samples_max_bytes,
+        ledger: settings.state.unlearn_max_bytes,
+    };
+    let restored = restore(rec, &settings.head, DIM, SHA, budgets).expect("restore");
     let recorder = Arc::new(Recorder::default());
     let stats = Arc::new(Stats::default());
     let outbox = Arc::new(Outbox::new(
@@ -444,4 +441,338 @@ fn new_classes_past_max_classes_are_refused_and_change_nothing() {
     r.learner.apply(vec![s]);
     assert_eq!(r.errors()[0]["code"], "too_many_classes");
     assert_eq!(r.classes(), ["c0", "c1", "c2"]);
+}
+
+/// The `n` samples of the unlearning tests: three classes, varied embeddings, ids `u0`…
+fn unlearn_samples(n: usize) -> Vec<(String, String, Vec<f32>)> {
+    (0..n)
+        .map(|i| {
+            let c = i % 3;
+            let mut e = x(c, 0.03 * i as f32);
+            e[(i + 1) % DIM] += 0.2 * ((i * 7 % 5) as f32 - 2.0);
+            (format!("u{i}"), format!("c{c}"), e)
+        })
+        .collect()
+}
+
+impl Rig {
+    /// A learner on `algorithm` (switched to while empty).
+    fn on(algorithm: &str) -> Rig {
+        let mut r = rig();
+        let s = r.command("algorithm", algorithm.as_bytes());
+        r.learner.apply(vec![s]);
+        assert_eq!(r.learner.head.algorithm().as_str(), algorithm);
+        r
+    }
+
+    /// Teaches samples with their ids.
+    fn teach_ids(&mut self, samples: &[(String, String, Vec<f32>)]) {
+        let steps = samples
+            .iter()
+            .map(|(id, label, e)| {
+                let (id, label, embedding) = (id.clone(), label.clone(), e.clone());
+                let payload = format!("{id} {label}").into_bytes();
+                self.step(&format!("{ROOT}/learn/{label}"), &payload, |p| {
+                    Work::Sample(Sample {
+                        id,
+                        label,
+                        embedding,
+                        key: message_key(p),
+                    })
+                })
+            })
+            .collect();
+        self.learner.apply(steps);
+    }
+
+    fn run(&mut self, name: &str, payload: &str) {
+        let s = self.command(name, payload.as_bytes());
+        self.learner.apply(vec![s]);
+    }
+}
+
+/// A head of `algorithm` trained from scratch on `samples`, in order.
+fn trained(algorithm: Algorithm, samples: &[(String, String, Vec<f32>)]) -> Head {
+    let config = HeadConfig {
+        algorithm,
+        ..HeadConfig::default()
+    };
+    let mut h = Head::new(&config, DIM, SHA);
+    for (_, label, e) in samples {
+        h.update(e, label).expect("update");
+    }
+    h
+}
+
+fn close(a: &[f64], b: &[f64], what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}");
+    for (i, (p, q)) in a.iter().zip(b).enumerate() {
+        assert!((p - q).abs() <= 1e-6, "{what}[{i}]: {p} vs {q}");
+    }
+}
+
+/// Every statistic of two heads (per class, matched by name: the count, sum and sum of
+/// squares; overall the same; the shared scatter of slda and ridge) and their predictions agree
+/// within 1e-6. The order of the classes may differ (a class is appended when first taught).
+fn assert_same_head(a: &Head, b: &Head) {
+    assert_eq!(a.algorithm(), b.algorithm());
+    let sorted = |h: &Head| {
+        let mut c = h.classes();
+        c.sort_by(|p, q| p.name.cmp(&q.name));
+        c
+    };
+    assert_eq!(sorted(a), sorted(b), "classes and their sample counts");
+    for ca in &a.classes {
+        let cb = b.class_stats(&ca.name).expect("class");
+        close(ca.stats.sum(), cb.sum(), &format!("{} sum", ca.name));
+        close(
+            ca.stats.sum_sq(),
+            cb.sum_sq(),
+            &format!("{} sum_sq", ca.name),
+        );
+    }
+    assert_eq!(a.source.count(), b.source.count());
+    close(a.source.sum(), b.source.sum(), "source sum");
+    close(a.source.sum_sq(), b.source.sum_sq(), "source sum_sq");
+    match (&a.learner, &b.learner) {
+        (crate::head::Learner::Slda(p), crate::head::Learner::Slda(q))
+        | (crate::head::Learner::Ridge(p), crate::head::Learner::Ridge(q)) => {
+            assert_eq!(p.count, q.count);
+            close(&p.packed, &q.packed, "scatter");
+        }
+        (crate::head::Learner::Ncm(_), crate::head::Learner::Ncm(_)) => {}
+        _ => panic!("learners differ"),
+    }
+    let (pa, pb) = (a.snapshot(), b.snapshot());
+    for probe in unlearn_samples(12) {
+        let la = pa.probabilities(&probe.2).expect("probabilities");
+        let lb = pb.probabilities(&probe.2).expect("probabilities");
+        for (i, label) in pa.labels().iter().enumerate() {
+            let j = pb.labels().iter().position(|l| l == label).expect("label");
+            let (p, q) = (f64::from(la[i]), f64::from(lb[j]));
+            assert!((p - q).abs() <= 1e-6, "p({label}) {p} vs {q}");
+        }
+    }
+}
+
+#[test]
+fn unlearning_one_sample_equals_training_without_it_for_every_exact_learner() {
+    for (name, algorithm) in [
+        ("ncm", Algorithm::Ncm),
+        ("slda", Algorithm::Slda),
+        ("ridge", Algorithm::Ridge),
+    ] {
+        let all = unlearn_samples(10);
+        let mut r = Rig::on(name);
+        r.teach_ids(&all);
+        let before = r.learner.head.version();
+        r.run("unlearn", "{\"id\": \"u4\"}");
+        let res = r.results();
+        let last = res.last().expect("result");
+        assert_eq!(last["command"], "unlearn", "{name}");
+        assert_eq!(last["ok"], true);
+        assert_eq!(last["id"], "u4");
+        assert_eq!(last["label"], "c1");
+        assert_eq!(last["head_version"], before + 1);
+        let rest: Vec<_> = all.iter().filter(|s| s.0 != "u4").cloned().collect();
+        assert_same_head(&r.learner.head, &trained(algorithm, &rest));
+        // Its stored copy is gone too: retraining cannot bring it back.
+        assert_eq!(r.learner.samples.len(), 9);
+        assert!(!r
+            .learner
+            .samples
+            .iter()
+            .any(|(_, e)| e == all[4].2.as_slice()));
+        // The predictions follow at once.
+        assert_eq!(r.predictor.get().version(), r.learner.head.version());
+
+        // Relabel equals training with the label changed.
+        r.run("relabel", "{\"id\": \"u5\", \"label\": \"c0\"}");
+        let res = r.results();
+        let last = res.last().expect("result");
+        assert_eq!(last["command"], "relabel");
+        assert_eq!(
+            (&last["label"], &last["from"]),
+            (&"c0".into(), &"c2".into())
+        );
+        let relabeled: Vec<_> = rest
+            .iter()
+            .map(|(id, l, e)| {
+                let l = if id == "u5" {
+                    "c0".to_string()
+                } else {
+                    l.clone()
+                };
+                (id.clone(), l, e.clone())
+            })
+            .collect();
+        let mut expected = trained(algorithm, &relabeled);
+        assert_same_head(&r.learner.head, &expected);
+        assert!(r.errors().is_empty(), "{:?}", r.errors());
+
+        // A restart without a snapshot replays the records: the same head.
+        let r = r.restart();
+        assert_same_head(&r.learner.head, &expected);
+        // And after a snapshot, with one more removal in the log.
+        let mut r = r;
+        r.run("snapshot", "");
+        r.run("unlearn", "u0");
+        expected = trained(
+            algorithm,
+            &relabeled
+                .iter()
+                .filter(|s| s.0 != "u0")
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
+        assert_same_head(&r.learner.head, &expected);
+        let mut r = r.restart();
+        assert_same_head(&r.learner.head, &expected);
+        // The ledger came back too: u0 is known to be unlearned, u5 is kept under c0.
+        r.run("unlearn", "u0");
+        let e = r.errors();
+        assert_eq!(e[0]["code"], "unknown_id", "{name}");
+        assert!(
+            e[0]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("already unlearned")),
+            "{e:?}"
+        );
+        r.run("unlearn", "u5");
+        assert_eq!(r.results().last().expect("result")["label"], "c0");
+    }
+}
+
+#[test]
+fn bad_unlearn_and_relabel_requests_are_stable_errors_that_change_nothing() {
+    let mut r = rig();
+    r.learner.ctx.settings.head.max_classes = 3;
+    let all = unlearn_samples(6);
+    r.teach_ids(&all);
+    r.run("unlearn", "u1");
+    let version = r.learner.head.version();
+    let head = r.learner.head.clone();
+    let wal = std::fs::metadata(r.dir.path().join(crate::state::files::WAL))
+        .expect("wal")
+        .len();
+    let acks = r.rec.acks();
+    for (cmd, payload, code, says) in [
+        (
+            "unlearn",
+            "{\"id\": \"nope\"}",
+            "unknown_id",
+            "no sample with this id",
+        ),
+        ("unlearn", "u1", "unknown_id", "already unlearned"),
+        (
+            "relabel",
+            "{\"id\": \"u1\", \"label\": \"c0\"}",
+            "unknown_id",
+            "already",
+        ),
+        (
+            "relabel",
+            "{\"id\": \"u2\", \"label\": \"a/b\"}",
+            "bad_label",
+            "forbidden",
+        ),
+        (
+            "relabel",
+            "{\"id\": \"u2\", \"label\": \"new\"}",
+            "too_many_classes",
+            "3",
+        ),
+        ("unlearn", "", "bad_request", "needs an id"),
+    ] {
+        let before = r.errors().len();
+        r.run(cmd, payload);
+        let e = r.errors();
+        assert_eq!(e.len(), before + 1, "{cmd} {payload}");
+        assert_eq!(e[before]["code"], code, "{cmd} {payload}: {}", e[before]);
+        assert!(
+            e[before]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(says)),
+            "{cmd} {payload}: {}",
+            e[before]
+        );
+    }
+    assert_eq!(
+        r.rec.acks(),
+        acks + 6,
+        "every refused command is acknowledged"
+    );
+    assert_eq!(r.learner.head.version(), version);
+    assert_same_head(&r.learner.head, &head);
+    let after = std::fs::metadata(r.dir.path().join(crate::state::files::WAL))
+        .expect("wal")
+        .len();
+    assert_eq!(after, wal, "nothing was logged");
+
+    // Relabel to the label it has: a success that changes nothing.
+    r.run("relabel", "{\"id\": \"u2\", \"label\": \"c2\"}");
+    let res = r.results();
+    let last = res.last().expect("result");
+    assert_eq!(last["changed"], false);
+    assert_eq!(r.learner.head.version(), version);
+
+    // A relabel that empties its class may create one even at the limit.
+    r.run("unlearn", "u4");
+    r.run("relabel", "{\"id\": \"u1x\", \"label\": \"c9\"}");
+    assert_eq!(r.errors().last().expect("error")["code"], "unknown_id");
+    r.run("relabel", "{\"id\": \"u3\", \"label\": \"c9\"}");
+    assert_eq!(
+        r.classes(),
+        ["c0", "c2", "c9"],
+        "c1 (u1, u4 gone) left, c9 came"
+    );
+
+    // sgd: unsupported, nothing changes, and the error says why.
+    let mut r = Rig::on("sgd");
+    r.teach_ids(&all);
+    let version = r.learner.head.version();
+    r.run("unlearn", "u2");
+    r.run("relabel", "{\"id\": \"u2\", \"label\": \"c1\"}");
+    let codes: Vec<_> = r.errors().iter().map(|e| e["code"].clone()).collect();
+    assert_eq!(codes, ["unsupported", "unsupported"]);
+    assert_eq!(r.learner.head.version(), version);
+    assert_eq!(r.learner.head.samples(), 6);
+}
+
+#[test]
+fn forget_import_and_retraining_keep_the_ledger_true_to_the_head() {
+    let mut r = rig();
+    r.teach_ids(&unlearn_samples(6));
+    r.run("forget", "c0");
+    r.run("unlearn", "u0");
+    let e = r.errors();
+    assert_eq!(e[0]["code"], "unknown_id");
+    assert!(e[0]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("forgotten")));
+    // The class comes back with new samples: unlearning an old id must not subtract from it.
+    r.teach_ids(&[("v0".into(), "c0".into(), x(0, 0.5))]);
+    r.run("unlearn", "u3");
+    assert_eq!(r.errors()[1]["code"], "unknown_id");
+    assert_eq!(r.learner.head.class_stats("c0").map(|c| c.count()), Some(1));
+    // A retrain keeps what it was trained from (here every stored sample).
+    r.run("algorithm", "ridge");
+    r.run("unlearn", "v0");
+    assert_eq!(r.results().last().expect("result")["id"], "v0");
+    assert_eq!(r.classes(), ["c1", "c2"]);
+    // A redelivered removal (DUP, already logged) is acknowledged, not applied twice.
+    r.teach_ids(&[
+        ("w".into(), "c1".into(), x(1, 0.7)),
+        ("w".into(), "c1".into(), x(1, 0.8)),
+    ]);
+    let first = r.command("unlearn", b"w");
+    let mut again = r.command("unlearn", b"w");
+    again.publish.dup = true;
+    let samples = r.learner.head.samples();
+    r.learner.apply(vec![first, again]);
+    assert_eq!(r.learner.head.samples(), samples - 1);
+    assert_eq!(r.stats.duplicates.load(Ordering::Relaxed), 1);
+    // The id learned twice: the newest went first, the older is still there.
+    r.run("unlearn", "w");
+    assert_eq!(r.learner.head.samples(), samples - 2);
 }
