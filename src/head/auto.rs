@@ -66,7 +66,10 @@ impl Candidate {
                     standardize: self == Candidate::NcmStd,
                     ..ctx.config.clone()
                 };
-                let ctx = Ctx { config: &config, ..*ctx };
+                let ctx = Ctx {
+                    config: &config,
+                    ..*ctx
+                };
                 state.ncm.snapshot(&ctx)
             }
             Candidate::Slda(eps) => slda::parts_from(
@@ -91,7 +94,7 @@ pub(crate) fn candidate_names() -> Vec<String> {
 }
 
 /// How the candidates did on the labeled stream.
-#[derive(Clone, Debug, PartialEq, Default)]
+#[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Record {
     /// The last [`WINDOW`] scored samples, oldest first: bit k set = candidate k was right.
     pub window: VecDeque<u16>,
@@ -101,6 +104,17 @@ pub(crate) struct Record {
     pub hits: Vec<u64>,
     /// The candidate predictions come from (index into [`CANDIDATES`]).
     pub choice: usize,
+}
+
+impl Default for Record {
+    fn default() -> Record {
+        Record {
+            window: VecDeque::new(),
+            tested: 0,
+            hits: vec![0; CANDIDATES.len()],
+            choice: 0,
+        }
+    }
 }
 
 impl Record {

@@ -229,7 +229,7 @@ impl FileAuto {
             return Ok(Record::default());
         }
         let k = self.candidates.len();
-        if self.window.0.len() % 2 != 0 || self.window.0.len() / 2 > auto::WINDOW {
+        if !self.window.0.len().is_multiple_of(2) || self.window.0.len() / 2 > auto::WINDOW {
             return Err(bad("auto.window has a bad length"));
         }
         if self.hits.len() != k || usize::try_from(self.choice).map_or(true, |c| c >= k) {
@@ -323,7 +323,10 @@ pub(crate) fn to_file(head: &Head) -> HeadFile {
                 &[c, d],
                 a.ncm.normalized_sum.iter().flat_map(|r| r.iter().copied()),
             ));
-            file.scatter = Some(Tensor::f64(&[packed_len(d)], a.scatter.packed.iter().copied()));
+            file.scatter = Some(Tensor::f64(
+                &[packed_len(d)],
+                a.scatter.packed.iter().copied(),
+            ));
             file.scatter_count = Some(a.scatter.count);
             file.auto = Some(FileAuto::of(&a.record));
         }

@@ -55,9 +55,9 @@ pub const MAX_CLASSES: usize = 4096;
 pub enum Algorithm {
     /// Chooses among `ncm`, `slda` and `ridge` (and their regularization) by their
     /// prequential accuracy on the labeled stream.
-    #[default]
     Auto,
     /// Nearest class mean, cosine scores with a temperature (weight imprinting).
+    #[default]
     Ncm,
     /// Streaming linear discriminant analysis (class means + shared covariance).
     Slda,
@@ -119,7 +119,8 @@ impl FromStr for Algorithm {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct HeadConfig {
-    /// The learner. Default `auto`.
+    /// The learner. Default `ncm` (`auto` becomes the default once it meets its few-shot
+    /// target: docs/learners.md).
     pub algorithm: Algorithm,
     /// Standardize embeddings per dimension with the head's running source statistics.
     /// Default false.
@@ -163,7 +164,7 @@ pub struct HeadConfig {
 impl Default for HeadConfig {
     fn default() -> HeadConfig {
         HeadConfig {
-            algorithm: Algorithm::Auto,
+            algorithm: Algorithm::Ncm,
             standardize: false,
             ncm_temperature: 0.05,
             slda_shrinkage: 1e-4,

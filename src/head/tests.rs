@@ -481,6 +481,11 @@ fn forget_removes_a_class() {
                     assert_eq!(s.count, data.len() as u64);
                     assert!(sw.count < s.count);
                 }
+                (Learner::Auto(a), Learner::Auto(aw)) => {
+                    assert_eq!(a.scatter.count, data.len() as u64);
+                    assert!(aw.scatter.count < a.scatter.count);
+                    assert_eq!(a.ncm.normalized_sum.len(), h.classes().len());
+                }
                 (Learner::Sgd(s), _) => {
                     assert_eq!(s.bias.len(), 4);
                     assert_eq!(s.weights(4).len(), 4 * d);
@@ -704,4 +709,123 @@ fn head_is_send_sync() {
     fn check<T: Send + Sync + Clone + std::fmt::Debug>() {}
     check::<Head>();
     check::<Predictor>();
+}
+
+/// Classes that differ in 3 low-noise dimensions among 13 of large shared noise: the cosine
+/// to class means (`ncm`) is dominated by the noise, a shared covariance (`slda`, `ridge`)
+/// removes it. `auto` must find that from its own prequential record.
+fn nuisance_blobs(seed: u64, n_train: usize, n_test: usize) -> (Vec<Sample>, Vec<Sample>) {
+    let (d, classes) = (16, 4);
+    let mut g = Gauss::new(seed);
+    let centers: Vec<Vec<f64>> = (0..classes)
+        .map(|_| {
+            (0..d)
+                .map(|j| if j < 3 { 1.5 * g.normal() } else { 5.0 })
+                .collect()
+        })
+        .collect();
+    let mut make = |n: usize| -> Vec<Sample> {
+        (0..n)
+            .map(|i| {
+                let k = i % classes;
+                let x = centers[k]
+                    .iter()
+                    .enumerate()
+                    .map(|(j, m)| (m + if j < 3 { 0.3 } else { 4.0 } * g.normal()) as f32)
+                    .collect();
+                (x, format!("c{k}"))
+            })
+            .collect()
+    };
+    let train = make(n_train);
+    let test = make(n_test);
+    (train, test)
+}
+
+/// Streams `data` into `head` with a snapshot every `every` samples (as the daemon refreshes
+/// its predictor).
+fn stream(head: &mut Head, data: &[Sample], every: usize) {
+    for (i, (x, y)) in data.iter().enumerate() {
+        head.update(x, y).unwrap();
+        if i % every == 0 {
+            head.snapshot();
+        }
+    }
+}
+
+#[test]
+fn auto_chooses_the_learner_the_data_wants() {
+    let (train_set, test) = nuisance_blobs(7, 400, 400);
+    let acc = |algorithm| {
+        let mut h = Head::new(&config(algorithm, false), 16, BACKBONE);
+        stream(&mut h, &train_set, 5);
+        (accuracy(&h, &test), h)
+    };
+    let (ncm, _) = acc(Algorithm::Ncm);
+    let (slda, _) = acc(Algorithm::Slda);
+    let (ridge, _) = acc(Algorithm::Ridge);
+    let (auto, h) = acc(Algorithm::Auto);
+    let summary = h.auto_summary().expect("auto summary");
+    assert!(
+        slda.max(ridge) > ncm + 0.15,
+        "ncm {ncm} slda {slda} ridge {ridge}"
+    );
+    assert!(
+        summary.choice.starts_with("slda") || summary.choice.starts_with("ridge"),
+        "{summary:?}"
+    );
+    assert!(
+        auto >= slda.max(ridge) - 0.02,
+        "auto {auto} slda {slda} ridge {ridge}"
+    );
+    // Every sample whose class the last snapshot knew was scored: all but the first of each
+    // class, and c1 once more (learned before the snapshot that first had it).
+    assert_eq!(summary.tested, 400 - 5);
+    assert_eq!(summary.window, auto::WINDOW);
+    assert!(h.algorithm().is_exact());
+}
+
+#[test]
+fn auto_starts_with_ncm_and_scores_only_known_labels() {
+    let (train_set, _) = blobs(3, 8, 3, 2, 0, 3.0, 0.0);
+    let mut h = Head::new(&config(Algorithm::Auto, false), 8, BACKBONE);
+    // Without a snapshot nothing is scored and ncm predicts.
+    for (x, y) in &train_set {
+        h.update(x, y).unwrap();
+    }
+    let s = h.auto_summary().unwrap();
+    assert_eq!((s.choice.as_str(), s.tested), ("ncm", 0));
+    let ncm = train(&config(Algorithm::Ncm, false), 8, &train_set);
+    let (pa, pb) = (h.snapshot(), ncm.snapshot());
+    for (x, _) in &train_set {
+        assert_eq!(pa.probabilities(x).unwrap(), pb.probabilities(x).unwrap());
+    }
+    // A new label after the snapshot is not scored; a known one is.
+    h.update(&train_set[0].0, "new").unwrap();
+    assert_eq!(h.auto_summary().unwrap().tested, 0);
+    h.update(&train_set[0].0, &train_set[0].1).unwrap();
+    assert_eq!(h.auto_summary().unwrap().tested, 1);
+}
+
+#[test]
+fn auto_record_survives_the_head_file_and_reset_clears_it() {
+    let (train_set, _) = nuisance_blobs(11, 60, 0);
+    let mut h = Head::new(&config(Algorithm::Auto, false), 16, BACKBONE);
+    stream(&mut h, &train_set, 3);
+    let before = h.auto_summary().unwrap();
+    assert!(before.tested > 0);
+    let expect = Expect {
+        backbone_sha256: Some(BACKBONE),
+        dim: Some(16),
+        max_bytes: 1 << 20,
+    };
+    let back = Head::from_bytes(&h.to_bytes().unwrap(), &expect).unwrap();
+    assert_eq!(back.auto_summary().unwrap(), before);
+    let probe = &train_set[0].0;
+    assert_eq!(
+        back.snapshot().probabilities(probe).unwrap(),
+        h.snapshot().probabilities(probe).unwrap()
+    );
+    h.reset();
+    assert_eq!(h.auto_summary().unwrap().tested, 0);
 }

@@ -541,7 +541,27 @@ fn assert_same_head(a: &Head, b: &Head) {
             close(&p.packed, &q.packed, "scatter");
         }
         (crate::head::Learner::Ncm(_), crate::head::Learner::Ncm(_)) => {}
+        (crate::head::Learner::Auto(p), crate::head::Learner::Auto(q)) => {
+            assert_eq!(p.scatter.count, q.scatter.count);
+            close(&p.scatter.packed, &q.scatter.packed, "scatter");
+            for (i, ca) in a.classes.iter().enumerate() {
+                let j = b
+                    .classes
+                    .iter()
+                    .position(|c| c.name == ca.name)
+                    .expect("class");
+                let what = format!("{} ncm sum", ca.name);
+                close(&p.ncm.normalized_sum[i], &q.ncm.normalized_sum[j], &what);
+            }
+        }
         _ => panic!("learners differ"),
+    }
+    // `auto` predicts with the candidate its own record chose: compare the same candidate.
+    let mut b = b.clone();
+    if let (crate::head::Learner::Auto(p), crate::head::Learner::Auto(q)) =
+        (&a.learner, &mut b.learner)
+    {
+        q.record = p.record.clone();
     }
     let (pa, pb) = (a.snapshot(), b.snapshot());
     for probe in unlearn_samples(12) {
