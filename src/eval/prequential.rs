@@ -160,13 +160,7 @@ impl Scorer {
     /// The predicted class (ties: the lower class index of the snapshot), `None` if the head
     /// has no classes yet or the input cannot be scored.
     fn predict(&self, x: &[f32]) -> Option<usize> {
-        let logits = self.predictor.logits(x).ok()?;
-        let mut best = 0;
-        for (i, v) in logits.iter().enumerate() {
-            if *v > logits[best] {
-                best = i;
-            }
-        }
+        let best = self.predictor.top1(x, &mut Vec::new())?;
         self.to_class.get(best).copied()
     }
 

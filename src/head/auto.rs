@@ -125,9 +125,6 @@ impl Record {
     /// Adds one scored sample and chooses again: the most hits in the window; on a tie the
     /// current choice stays, else the first in [`CANDIDATES`] order.
     fn push(&mut self, mask: u16) {
-        if self.hits.len() != CANDIDATES.len() {
-            self.hits = vec![0; CANDIDATES.len()];
-        }
         if self.window.len() == WINDOW {
             self.window.pop_front();
         }
@@ -180,15 +177,10 @@ impl AutoState {
             return;
         }
         let mut mask = 0u16;
+        let mut z = Vec::with_capacity(x.len());
         for (k, p) in candidates.predictors.iter().enumerate() {
-            let Ok(logits) = p.logits(x) else { continue };
-            let mut best = 0;
-            for (i, v) in logits.iter().enumerate() {
-                if *v > logits[best] {
-                    best = i;
-                }
-            }
-            if p.labels().get(best).map(String::as_str) == Some(label) {
+            let best = p.top1(x, &mut z).and_then(|i| p.labels().get(i));
+            if best.map(String::as_str) == Some(label) {
                 mask |= 1 << k;
             }
         }

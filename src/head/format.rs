@@ -215,11 +215,7 @@ impl FileAuto {
             candidates: auto::candidate_names(),
             window: Bytes(r.window.iter().flat_map(|m| m.to_le_bytes()).collect()),
             tested: r.tested,
-            hits: if r.hits.is_empty() {
-                vec![0; auto::CANDIDATES.len()]
-            } else {
-                r.hits.clone()
-            },
+            hits: r.hits.clone(),
             choice: r.choice as u64,
         }
     }

@@ -574,7 +574,8 @@ impl Head {
     pub fn update(&mut self, x: &[f32], label: &str) -> Result<(), HeadError> {
         check_embedding(x, self.dim)?;
         validate_label(label)?;
-        if self.find(label).is_none() && self.classes.len() >= MAX_CLASSES {
+        let known = self.find(label);
+        if known.is_none() && self.classes.len() >= MAX_CLASSES {
             return Err(HeadError::TooManyClasses { limit: MAX_CLASSES });
         }
         if let Learner::Auto(a) = &mut self.learner {
@@ -584,7 +585,7 @@ impl Head {
                 a.score(c, x, label);
             }
         }
-        let idx = match self.find(label) {
+        let idx = match known {
             Some(i) => i,
             None => self.add_class(label),
         };
@@ -744,30 +745,26 @@ impl Head {
     }
 
     fn compute(&self) -> Computed {
-        if let (Learner::Auto(a), false) = (&self.learner, self.classes.is_empty()) {
-            let (parts, candidates) = a.snapshot(&self.ctx());
+        if self.classes.is_empty() {
             return Computed {
-                parts: Arc::new(parts),
-                candidates: Some(candidates),
+                parts: Arc::new(PredictorParts::empty(self.dim)),
+                candidates: None,
             };
         }
-        Computed {
-            parts: Arc::new(self.compute_parts()),
-            candidates: None,
-        }
-    }
-
-    fn compute_parts(&self) -> PredictorParts {
-        if self.classes.is_empty() {
-            return PredictorParts::empty(self.dim);
-        }
         let ctx = self.ctx();
-        match &self.learner {
-            Learner::Auto(a) => a.snapshot(&ctx).0,
-            Learner::Ncm(s) => s.snapshot(&ctx),
-            Learner::Slda(s) => slda::snapshot(s, &ctx),
-            Learner::Ridge(s) => ridge::snapshot(s, &ctx),
-            Learner::Sgd(s) => s.snapshot(&ctx),
+        let (parts, candidates) = match &self.learner {
+            Learner::Auto(a) => {
+                let (parts, candidates) = a.snapshot(&ctx);
+                (parts, Some(candidates))
+            }
+            Learner::Ncm(s) => (s.snapshot(&ctx), None),
+            Learner::Slda(s) => (slda::snapshot(s, &ctx), None),
+            Learner::Ridge(s) => (ridge::snapshot(s, &ctx), None),
+            Learner::Sgd(s) => (s.snapshot(&ctx), None),
+        };
+        Computed {
+            parts: Arc::new(parts),
+            candidates,
         }
     }
 

@@ -179,20 +179,48 @@ impl Predictor {
     /// The head's input transform of `x` (`(x - shift) * scale`, L2-normalized if the head
     /// normalizes); the caller checked the dimension.
     pub(crate) fn features(&self, x: &[f32]) -> Vec<f32> {
-        let p = &*self.inner;
-        let mut z: Vec<f32> = if self.identity {
-            x.to_vec()
-        } else {
-            x.iter()
-                .zip(&p.shift)
-                .zip(&p.scale)
-                .map(|((&v, &m), &s)| (v - m) * s)
-                .collect()
-        };
-        if p.l2_normalize {
-            normalize(&mut z);
-        }
+        let mut z = Vec::with_capacity(x.len());
+        self.features_into(x, &mut z);
         z
+    }
+
+    /// [`features`](Self::features) into `z` (cleared first), to reuse one buffer.
+    fn features_into(&self, x: &[f32], z: &mut Vec<f32>) {
+        let p = &*self.inner;
+        z.clear();
+        if self.identity {
+            z.extend_from_slice(x);
+        } else {
+            z.extend(
+                x.iter()
+                    .zip(&p.shift)
+                    .zip(&p.scale)
+                    .map(|((&v, &m), &s)| (v - m) * s),
+            );
+        }
+        if p.l2_normalize {
+            normalize(z);
+        }
+    }
+
+    /// The index of the best class for `x` (ties: the lower index), with `z` as the buffer of
+    /// the input transform; `None` where [`logits`](Self::logits) is an error. Allocates
+    /// nothing once `z` has grown: for scoring many inputs (evaluation, `auto`'s candidates).
+    pub fn top1(&self, x: &[f32], z: &mut Vec<f32>) -> Option<usize> {
+        super::check_embedding(x, self.dim()).ok()?;
+        let p = &*self.inner;
+        self.features_into(x, z);
+        let mut best: Option<(usize, f32)> = None;
+        for (i, (w, &b)) in p.weights.chunks_exact(p.dim()).zip(&p.bias).enumerate() {
+            let v = dot_f32(w, z) + b;
+            if !v.is_finite() {
+                return None;
+            }
+            if best.is_none_or(|(_, m)| v > m) {
+                best = Some((i, v));
+            }
+        }
+        best.map(|(i, _)| i)
     }
 
     /// Softmax probabilities over all classes, in class-index order.

@@ -170,17 +170,42 @@ fn replay_unlearn(
     ledger: &mut Ledger,
 ) -> Result<(), crate::head::HeadError> {
     let x = &u.embedding.0;
+    *head = head_without(head, x, &u.from, u.to.as_deref())?;
+    stores_without(samples, ledger, &u.unlearn, &u.from, u.to.as_deref(), x);
+    Ok(())
+}
+
+/// The head without the sample `x` learned under `from` (a relabel: learned under `to`
+/// instead), computed on a copy so that an error changes nothing. `cmd/unlearn`,
+/// `cmd/relabel` and their replay.
+pub fn head_without(
+    head: &Head,
+    x: &[f32],
+    from: &str,
+    to: Option<&str>,
+) -> Result<Head, crate::head::HeadError> {
     let mut next = head.clone();
-    next.unlearn(x, &u.from)?;
-    if let Some(to) = &u.to {
+    next.unlearn(x, from)?;
+    if let Some(to) = to {
         next.update(x, to)?;
     }
-    *head = next;
-    samples.remove(&u.from, x);
-    ledger.remove_exact(&u.unlearn, &u.from, x);
-    if let Some(to) = &u.to {
+    Ok(next)
+}
+
+/// The stored samples and the ledger after the removal [`head_without`] made in the head: the
+/// reservoir's copy and the ledger's entry of `id` leave `from` (and come back under `to`).
+pub fn stores_without(
+    samples: &mut SampleStore,
+    ledger: &mut Ledger,
+    id: &str,
+    from: &str,
+    to: Option<&str>,
+    x: &[f32],
+) {
+    samples.remove(from, x);
+    ledger.remove_exact(id, from, x);
+    if let Some(to) = to {
         samples.add(to, x);
-        ledger.insert(&u.unlearn, to, x);
+        ledger.insert(id, to, x);
     }
-    Ok(())
 }

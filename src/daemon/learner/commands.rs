@@ -13,7 +13,7 @@ use crate::daemon::request::Command;
 use crate::daemon::stats::bump;
 use crate::daemon::workers::message_key;
 use crate::head::{Head, HeadError};
-use crate::state::ledger::Gone;
+use crate::state::recovery::{head_without, stores_without};
 use crate::state::store::{UnlearnRecord, WalRecord};
 
 impl Learner {
@@ -166,14 +166,14 @@ impl Learner {
         if to.as_deref() == Some(from.as_str()) {
             return Ok(json!({ "id": id, "label": from, "from": from, "changed": false }));
         }
-        let mut head = self.head.clone();
-        head.unlearn(&x, &from)?;
-        if let Some(to) = &to {
-            head.update(&x, to)?;
-            let limit = self.ctx.settings.head.max_classes;
-            if self.head.class_stats(to).is_none() && head.classes().len() > limit {
-                return Err(HeadError::TooManyClasses { limit }.into());
-            }
+        let head = head_without(&self.head, &x, &from, to.as_deref())?;
+        let limit = self.ctx.settings.head.max_classes;
+        if to
+            .as_ref()
+            .is_some_and(|t| self.head.class_stats(t).is_none())
+            && head.classes().len() > limit
+        {
+            return Err(HeadError::TooManyClasses { limit }.into());
         }
         let record = WalRecord::Unlearn(UnlearnRecord {
             seq: self.store.next_seq(),
@@ -187,20 +187,19 @@ impl Learner {
         // Durable: the head, the stored samples and the ledger change together, as the replay
         // of the record does.
         self.head = head;
-        self.samples.remove(&from, &x);
-        self.ledger.remove(&id, Gone::Unlearned);
-        if let Some(to) = &to {
-            self.samples.add(to, &x);
-            self.ledger.insert(&id, to, &x);
-        }
+        let to_label = to.as_deref();
+        stores_without(
+            &mut self.samples,
+            &mut self.ledger,
+            &id,
+            &from,
+            to_label,
+            &x,
+        );
         self.dedup.insert(key);
         self.since_snapshot += 1;
         self.after_change();
-        if self.since_snapshot >= self.ctx.settings.state.snapshot_every_samples {
-            if let Err(e) = self.snapshot() {
-                tracing::error!("snapshot failed: {e:#}");
-            }
-        }
+        self.snapshot_when_due();
         Ok(match to {
             None => json!({ "id": id, "label": from }),
             Some(to) => json!({ "id": id, "label": to, "from": from, "changed": true }),

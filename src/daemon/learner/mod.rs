@@ -349,16 +349,21 @@ impl Learner {
                 },
             );
         }
-        if self.since_snapshot >= self.ctx.settings.state.snapshot_every_samples {
-            if let Err(e) = self.snapshot() {
-                tracing::error!("snapshot failed: {e:#}");
-            }
-        }
+        self.snapshot_when_due();
         // The select's options first: Home Assistant refuses a state that is not one of them.
         self.classes_to_dashboard();
         // A correction of the last prediction shows on the dashboard.
         for (id, label) in learned {
             self.ctx.dashboard.corrected(&id, &label);
+        }
+    }
+
+    /// Snapshots once `state.snapshot_every_samples` changes are only in the write-ahead log.
+    fn snapshot_when_due(&mut self) {
+        if self.since_snapshot >= self.ctx.settings.state.snapshot_every_samples {
+            if let Err(e) = self.snapshot() {
+                tracing::error!("snapshot failed: {e:#}");
+            }
         }
     }
 

@@ -144,8 +144,18 @@ impl Rig {
     fn sample(&mut self, label: &str, embedding: Vec<f32>) -> Step {
         let payload = format!("{label} {}", self.seq).into_bytes();
         let id = format!("s{}", self.seq);
-        let label = label.to_string();
-        self.step(&format!("{ROOT}/learn/{label}"), &payload, |p| {
+        self.sample_with(id, label.to_string(), embedding, &payload)
+    }
+
+    /// A learn step with this id and MQTT payload.
+    fn sample_with(
+        &mut self,
+        id: String,
+        label: String,
+        embedding: Vec<f32>,
+        payload: &[u8],
+    ) -> Step {
+        self.step(&format!("{ROOT}/learn/{label}"), payload, |p| {
             Work::Sample(Sample {
                 id,
                 label,
@@ -470,16 +480,8 @@ impl Rig {
         let steps = samples
             .iter()
             .map(|(id, label, e)| {
-                let (id, label, embedding) = (id.clone(), label.clone(), e.clone());
                 let payload = format!("{id} {label}").into_bytes();
-                self.step(&format!("{ROOT}/learn/{label}"), &payload, |p| {
-                    Work::Sample(Sample {
-                        id,
-                        label,
-                        embedding,
-                        key: message_key(p),
-                    })
-                })
+                self.sample_with(id.clone(), label.clone(), e.clone(), &payload)
             })
             .collect();
         self.learner.apply(steps);
