@@ -271,7 +271,9 @@ pub fn entities(board: &Board<'_>) -> Vec<Entity> {
                 "command_topic": format!("{root}/correct"),
                 "qos": 1,
                 "state_topic": last,
-                "value_template": "{{ value_json.label }}",
+                // An input like none of the classes is labeled `unknown_label`, which is not an
+                // option (Home Assistant refuses it): the select shows the nearest class.
+                "value_template": "{{ value_json.top[0].label if value_json.known == false and value_json.top else value_json.label }}",
                 "options": board.classes,
                 "icon": "mdi:tag-check",
             }),

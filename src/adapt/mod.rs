@@ -320,7 +320,10 @@ impl Adapted {
         let z = self.apply(x);
         match &self.classifier {
             Some(c) if c.version() == head.version() && c.labels() == head.labels() => {
-                c.predict(&z, k)
+                // t3a's classifier keeps no open-set scorer: the head's says what is known.
+                let mut p = c.predict(&z, k)?;
+                p.novelty = head.novelty(&z);
+                Ok(p)
             }
             _ => head.predict(&z, k),
         }

@@ -161,6 +161,8 @@ impl T3a {
             shift: parts.shift.clone(),
             scale: parts.scale.clone(),
             l2_normalize: true,
+            // The head's scorer judges novelty (`Adapted::predict`).
+            open: None,
         };
         Some(Predictor::new(Arc::new(adjusted), head.version()))
     }

@@ -13,9 +13,17 @@ use crate::model::{Embedder, Modality};
 #[derive(Debug, Serialize)]
 pub struct Prediction<'a> {
     pub id: String,
+    /// The top class, or `head.unknown_label` when the input is like none of the classes.
     pub label: Option<&'a str>,
+    /// The top class's score (also when `label` is the unknown label).
     pub score: Option<f32>,
     pub top: &'a [Scored],
+    /// Whether the input is like a class the head knows (`None`: open set off, or not yet
+    /// calibrated).
+    pub known: Option<bool>,
+    /// How unlike every known class the input is, and the threshold `known` compares it to.
+    pub novelty: Option<f32>,
+    pub threshold: Option<f32>,
     pub head_version: u64,
     /// The adaptation method applied, when a correction was active.
     pub adapted: Option<Method>,

@@ -47,6 +47,8 @@ pub struct Workers {
     pub device_id: String,
     pub max_payload_bytes: usize,
     pub top_k: usize,
+    /// `head.open_set`, `head.open_set_frr`, `head.unknown_label`: `None` when off.
+    pub open_set: Option<(f64, String)>,
     next_id: AtomicU64,
 }
 
@@ -95,6 +97,12 @@ impl Workers {
             device_id: settings.device_id.clone(),
             max_payload_bytes: settings.service.max_payload_bytes,
             top_k: settings.publish.top_k,
+            open_set: settings.head.open_set.then(|| {
+                (
+                    settings.head.open_set_frr,
+                    settings.head.unknown_label.clone(),
+                )
+            }),
             next_id: AtomicU64::new(1),
         }
     }
@@ -197,12 +205,18 @@ impl Workers {
         // The raw embedding is what feedback learns from and what adaptation observes.
         let embedding = Arc::new(embedding);
         self.adapt.offer(embedding.clone());
+        let threshold = self
+            .open_set
+            .as_ref()
+            .and_then(|(frr, _)| predictor.threshold(*frr));
+        let known = prediction.known(threshold);
         let best = prediction.top.first();
+        let label = match (&self.open_set, known) {
+            (Some((_, unknown)), Some(false)) => Some(unknown.as_str()),
+            _ => best.map(|s| s.label.as_str()),
+        };
         if let Route::Stream(source) = job.route {
-            let (label, score) = (
-                best.map(|s| s.label.as_str()),
-                best.map_or(0.0, |s| s.score),
-            );
+            let score = best.map_or(0.0, |s| s.score);
             if !self
                 .streams
                 .changed(source, &job.publish.topic, label, score)
@@ -221,9 +235,12 @@ impl Workers {
             .find_map(|s| s.frigate.as_ref()?.origin(topic));
         let doc = Prediction {
             id: id.clone(),
-            label: best.map(|s| s.label.as_str()),
+            label,
             score: best.map(|s| s.score),
             top: &prediction.top,
+            known,
+            novelty: prediction.novelty.filter(|_| self.open_set.is_some()),
+            threshold,
             head_version: predictor.version(),
             adapted: adapted.is_active().then_some(adapted.method),
             latency_ms: job.received.elapsed().as_secs_f64() * 1e3,

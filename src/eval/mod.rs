@@ -10,6 +10,7 @@
 pub mod data;
 pub mod embed;
 pub mod npy;
+pub mod openset;
 pub mod prequential;
 pub mod report;
 pub mod shift;
@@ -134,6 +135,17 @@ pub struct EvalArgs {
     /// `method` is ignored (every method runs). Default: the daemon's defaults.
     #[arg(long, value_name = "FILE.toml")]
     pub adapt_config: Option<PathBuf>,
+    /// Open-set benchmark: hold out --unknown-classes classes, teach the others in one pass,
+    /// and report how well each learner's novelty score separates the held-out classes
+    /// (AUROC) and what its calibrated threshold (`open_set_frr` of --head-config) does.
+    #[arg(long, conflicts_with = "shift")]
+    pub open_set: bool,
+    /// Classes held out as unknown in each split of --open-set; default a third.
+    #[arg(long, requires = "open_set")]
+    pub unknown_classes: Option<usize>,
+    /// Seeded choices of the unknown classes for --open-set (results are averaged).
+    #[arg(long, default_value_t = 3, requires = "open_set")]
+    pub open_set_splits: usize,
 }
 
 /// A sample after embedding: embedding, class label and where it came from.
@@ -496,6 +508,37 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         if let Some(p) = &args.plot {
             std::fs::write(p, shift::plot_svg(&report))
                 .with_context(|| format!("writing {}", p.display()))?;
+        }
+        return Ok(());
+    }
+    if args.open_set {
+        let loaded = load(args)?;
+        let c = loaded.data.classes.len();
+        let unknown = args
+            .unknown_classes
+            .unwrap_or(c / 3)
+            .clamp(1, c.saturating_sub(2).max(1));
+        let results = openset::run(
+            &loaded.data,
+            &args.learners,
+            &head,
+            &loaded.backbone,
+            unknown,
+            args.open_set_splits,
+            args.seed,
+        )?;
+        let report = openset::OpenSetReport {
+            dataset: loaded.name,
+            classes: c,
+            unknown_classes: unknown,
+            open_set_frr: head.open_set_frr,
+            seed: args.seed,
+            results,
+        };
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", report.table());
         }
         return Ok(());
     }

@@ -114,6 +114,9 @@ pub struct LearnerResult {
     pub predict: Timing,
     /// Cost of the last `Head::snapshot` (after the last sample), milliseconds.
     pub snapshot_ms: f64,
+    /// `auto`: cost of the last refresh of its candidates (`Head::refresh_candidates`),
+    /// milliseconds; 0 for the other learners.
+    pub candidates_ms: f64,
     /// `Head::to_bytes().len()` of the final head.
     pub head_bytes: usize,
     /// Test accuracy vs samples seen.
@@ -221,6 +224,7 @@ pub fn run(
     let mut update_us = Vec::with_capacity(n);
     let mut curve = Vec::with_capacity(schedule.len());
     let mut snapshot_ms = 0.0;
+    let mut candidates_ms = 0.0;
     for (t, (x, y)) in data.train.iter().enumerate() {
         // Test…
         if scorer.as_ref().and_then(|s| s.predict(x)) == Some(*y) {
@@ -252,6 +256,12 @@ pub fn run(
             || since_refresh as f64 >= (plan.refresh_growth * learned as f64).max(1.0)
             || plan.refresh_growth <= 0.0;
         if on_curve || !new_shots.is_empty() || due {
+            // `auto`'s candidates, as the daemon refreshes them (when due).
+            if head.candidates_due() {
+                let started = Instant::now();
+                head.refresh_candidates();
+                candidates_ms = started.elapsed().as_secs_f64() * 1e3;
+            }
             // Every update drops the head's cached snapshot, so this is a full computation.
             let started = Instant::now();
             let predictor = head.snapshot();
@@ -299,6 +309,7 @@ pub fn run(
         update: Timing::of(update_us),
         predict: Timing::of(predict_us),
         snapshot_ms,
+        candidates_ms,
         head_bytes,
         curve,
     })

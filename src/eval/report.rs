@@ -353,6 +353,7 @@ mod tests {
             },
             predict: Timing::default(),
             snapshot_ms: 0.1,
+            candidates_ms: 0.0,
             head_bytes: 2048,
             curve: vec![
                 Point {

@@ -1,7 +1,10 @@
 //! `auto`, the default learner: it keeps what `ncm`, `slda` and `ridge` need (the normalized
 //! class sums and the shared within-class scatter), scores every labeled sample with each
 //! candidate's last snapshot before learning it (prequential), and predicts with the candidate
-//! that was right most often over the last [`WINDOW`] scored samples. The candidates span the
+//! that was right most often over the last [`WINDOW`] scored samples. A prediction snapshot
+//! computes only the chosen candidate; the candidates' snapshots are refreshed separately and
+//! less often (`Head::refresh_candidates`), so teaching shows in predictions as fast as with
+//! the single learner chosen. The candidates span the
 //! regularization of `slda` and `ridge` on a scale-free grid, so the learner and its
 //! regularization are both chosen from the board's own data (docs/learners.md, "auto").
 
@@ -187,19 +190,22 @@ impl AutoState {
         self.record.push(mask);
     }
 
-    /// Every candidate's snapshot and the chosen one's parts.
-    pub(crate) fn snapshot(&self, ctx: &Ctx<'_>) -> (PredictorParts, Arc<Candidates>) {
-        let parts: Vec<PredictorParts> = CANDIDATES.iter().map(|c| c.parts(self, ctx)).collect();
-        let chosen = parts
+    /// The chosen candidate's parts: what predictions use (at most one d × d solve).
+    pub(crate) fn snapshot(&self, ctx: &Ctx<'_>) -> PredictorParts {
+        CANDIDATES
             .get(self.record.choice)
-            .or(parts.first())
-            .cloned()
-            .unwrap_or_else(|| PredictorParts::empty(ctx.dim));
-        let predictors = parts
-            .into_iter()
-            .map(|p| Predictor::new(Arc::new(p), 0))
+            .copied()
+            .unwrap_or(Candidate::Ncm)
+            .parts(self, ctx)
+    }
+
+    /// Every candidate's snapshot (8 d × d solves), to score the labeled samples that follow.
+    pub(crate) fn candidates(&self, ctx: &Ctx<'_>) -> Arc<Candidates> {
+        let predictors = CANDIDATES
+            .iter()
+            .map(|c| Predictor::new(Arc::new(c.parts(self, ctx)), 0))
             .collect();
-        (chosen, Arc::new(Candidates { predictors }))
+        Arc::new(Candidates { predictors })
     }
 }
 

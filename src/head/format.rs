@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::auto::{self, AutoState, Record};
 use super::linalg::packed_len;
 use super::ncm::NcmState;
+use super::openset::{self, Calibration};
 use super::scatter::ScatterState;
 use super::sgd::SgdState;
 use super::{
@@ -187,6 +188,9 @@ pub(crate) struct HeadFile {
     pub sgd_steps: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto: Option<FileAuto>,
+    /// The open-set calibration: the novelty of the last labeled samples, oldest first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_set: Option<Vec<f32>>,
     pub input_shift: Tensor,
     pub input_scale: Tensor,
     pub input_l2_normalize: bool,
@@ -296,6 +300,8 @@ pub(crate) fn to_file(head: &Head) -> HeadFile {
         scatter_count: None,
         sgd_steps: None,
         auto: None,
+        open_set: (!head.calibration.scores.is_empty())
+            .then(|| head.calibration.scores.iter().copied().collect()),
         input_shift: Tensor::f32(&[d], &parts.shift),
         input_scale: Tensor::f32(&[d], &parts.scale),
         input_l2_normalize: parts.l2_normalize,
@@ -543,7 +549,16 @@ pub(crate) fn from_file(file: HeadFile, expect: &Expect<'_>) -> Result<Head, Hea
         })
         .collect();
     let source = SourceStats::from_parts(total, src_sum, src_sq);
-    Ok(Head::from_parts(
+    let mut calibration = Calibration::default();
+    if let Some(scores) = file.open_set {
+        if scores.len() > openset::WINDOW || !scores.iter().all(|v| v.is_finite() && *v >= 0.0) {
+            return Err(bad(
+                "open_set: too many scores, or one is negative or not finite",
+            ));
+        }
+        calibration.scores = scores.into();
+    }
+    let mut head = Head::from_parts(
         file.config,
         dim,
         backbone,
@@ -551,7 +566,9 @@ pub(crate) fn from_file(file: HeadFile, expect: &Expect<'_>) -> Result<Head, Hea
         classes,
         source,
         learner,
-    ))
+    );
+    head.calibration = calibration;
+    Ok(head)
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ mod error;
 mod format;
 pub(crate) mod linalg;
 mod ncm;
+mod openset;
 pub(crate) mod predictor;
 mod ridge;
 mod scatter;
@@ -40,6 +41,7 @@ pub use stats::SourceStats;
 
 use auto::{AutoState, Candidates};
 use ncm::NcmState;
+use openset::{Calibration, OpenSetParts};
 use scatter::ScatterState;
 use sgd::SgdState;
 
@@ -119,8 +121,8 @@ impl FromStr for Algorithm {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct HeadConfig {
-    /// The learner. Default `ncm` (`auto` becomes the default once it meets its few-shot
-    /// target: docs/learners.md).
+    /// The learner. Default `auto` (it predicts with whichever of the other learners' ways
+    /// has been right most often: docs/learners.md).
     pub algorithm: Algorithm,
     /// Standardize embeddings per dimension with the head's running source statistics.
     /// Default false.
@@ -159,12 +161,26 @@ pub struct HeadConfig {
     /// clients may do, not a property of a head: never written to head files.
     #[serde(skip_serializing)]
     pub max_classes: usize,
+    /// Say whether each input is like anything the head knows (`known`, `novelty` in
+    /// predictions) and answer [`unknown_label`](Self::unknown_label) when it is not. Default
+    /// true. Serving settings like this and the next two are the board's, not the head's:
+    /// never written to head files.
+    #[serde(skip_serializing)]
+    pub open_set: bool,
+    /// Target fraction of inputs of known classes answered as unknown, in [0, 1): the
+    /// threshold is this upper quantile of the novelty of the head's recent labeled samples,
+    /// each scored before it was learned. Default 0.05.
+    #[serde(skip_serializing)]
+    pub open_set_frr: f64,
+    /// The label of a prediction that is like none of the classes. Default `unknown`.
+    #[serde(skip_serializing)]
+    pub unknown_label: String,
 }
 
 impl Default for HeadConfig {
     fn default() -> HeadConfig {
         HeadConfig {
-            algorithm: Algorithm::Ncm,
+            algorithm: Algorithm::Auto,
             standardize: false,
             ncm_temperature: 0.05,
             slda_shrinkage: 1e-4,
@@ -176,6 +192,9 @@ impl Default for HeadConfig {
             sgd_class_balance: true,
             seed: 0,
             max_classes: 1000,
+            open_set: true,
+            open_set_frr: 0.05,
+            unknown_label: "unknown".into(),
         }
     }
 }
@@ -209,6 +228,11 @@ impl HeadConfig {
         if !(self.sgd_lr_decay.is_finite() && self.sgd_lr_decay >= 0.0) {
             return Err(bad("sgd_lr_decay", self.sgd_lr_decay));
         }
+        if !(0.0..1.0).contains(&self.open_set_frr) {
+            return Err(bad("open_set_frr", self.open_set_frr));
+        }
+        validate_label(&self.unknown_label)
+            .map_err(|e| HeadError::BadConfig(format!("unknown_label: {e}")))?;
         if !(1..=MAX_CLASSES).contains(&self.max_classes) {
             return Err(HeadError::BadConfig(format!(
                 "max_classes = {} is out of range (1..={MAX_CLASSES})",
@@ -336,16 +360,21 @@ pub struct Head {
     pub(crate) source: SourceStats,
     pub(crate) learner: Learner,
     cache: OnceLock<Computed>,
-    /// `auto`: the candidates of the last snapshot, which score the labeled samples learned
-    /// since (kept across mutations, unlike `cache`).
-    scoring: Option<Arc<Candidates>>,
+    /// The last snapshot, kept across mutations (unlike `cache`): it scores the labeled
+    /// samples learned since, before each is learned (`auto`'s candidates, the open-set
+    /// calibration).
+    last: Option<Computed>,
+    /// `auto`: every candidate's snapshot, which scores the labeled samples learned since, and
+    /// the sample count it was taken at ([`Head::refresh_candidates`]).
+    scoring: Option<(Arc<Candidates>, u64)>,
+    /// The open-set novelty of recent labeled samples, each scored before it was learned.
+    pub(crate) calibration: Calibration,
 }
 
-/// What a snapshot computed: the prediction parts, and for `auto` every candidate.
+/// What a snapshot computed.
 #[derive(Clone)]
 struct Computed {
     parts: Arc<PredictorParts>,
-    candidates: Option<Arc<Candidates>>,
 }
 
 impl fmt::Debug for Head {
@@ -391,7 +420,9 @@ impl Head {
             source: SourceStats::new(dim),
             learner,
             cache: OnceLock::new(),
+            last: None,
             scoring: None,
+            calibration: Calibration::default(),
         }
     }
 
@@ -424,7 +455,9 @@ impl Head {
             source,
             learner,
             cache: OnceLock::new(),
+            last: None,
             scoring: None,
+            calibration: Calibration::default(),
         }
     }
 
@@ -532,8 +565,8 @@ impl Head {
 
     fn touch(&mut self) {
         self.version = self.version.wrapping_add(1);
-        if let Some(c) = self.cache.take().and_then(|c| c.candidates) {
-            self.scoring = Some(c);
+        if let Some(c) = self.cache.take() {
+            self.last = Some(c);
         }
     }
 
@@ -578,12 +611,15 @@ impl Head {
         if known.is_none() && self.classes.len() >= MAX_CLASSES {
             return Err(HeadError::TooManyClasses { limit: MAX_CLASSES });
         }
-        if let Learner::Auto(a) = &mut self.learner {
-            // Test, then train: scored by the candidates of the last snapshot.
-            let fresh = self.cache.get().and_then(|c| c.candidates.clone());
-            if let Some(c) = fresh.as_ref().or(self.scoring.as_ref()) {
-                a.score(c, x, label);
+        // Test, then train: scored by the last snapshot, if it knew the label.
+        let last = self.cache.get().or(self.last.as_ref());
+        if let Some(last) = last.filter(|l| l.parts.labels.iter().any(|n| n == label)) {
+            if let Some(open) = &last.parts.open {
+                self.calibration.push(open.score(x));
             }
+        }
+        if let (Learner::Auto(a), Some((c, _))) = (&mut self.learner, &self.scoring) {
+            a.score(c, x, label);
         }
         let idx = match known {
             Some(i) => i,
@@ -668,7 +704,9 @@ impl Head {
             Learner::Sgd(s) => *s = SgdState::default(),
         }
         self.touch();
+        self.last = None;
         self.scoring = None;
+        self.calibration = Calibration::default();
     }
 
     /// Adds another head's knowledge. Exact for `auto`, `ncm`, `slda` and `ridge` (the result equals
@@ -748,23 +786,59 @@ impl Head {
         if self.classes.is_empty() {
             return Computed {
                 parts: Arc::new(PredictorParts::empty(self.dim)),
-                candidates: None,
             };
         }
         let ctx = self.ctx();
-        let (parts, candidates) = match &self.learner {
-            Learner::Auto(a) => {
-                let (parts, candidates) = a.snapshot(&ctx);
-                (parts, Some(candidates))
-            }
-            Learner::Ncm(s) => (s.snapshot(&ctx), None),
-            Learner::Slda(s) => (slda::snapshot(s, &ctx), None),
-            Learner::Ridge(s) => (ridge::snapshot(s, &ctx), None),
-            Learner::Sgd(s) => (s.snapshot(&ctx), None),
+        let mut parts = match &self.learner {
+            Learner::Auto(a) => a.snapshot(&ctx),
+            Learner::Ncm(s) => s.snapshot(&ctx),
+            Learner::Slda(s) => slda::snapshot(s, &ctx),
+            Learner::Ridge(s) => ridge::snapshot(s, &ctx),
+            Learner::Sgd(s) => s.snapshot(&ctx),
         };
+        let scatter = match &self.learner {
+            Learner::Auto(a) => Some(&a.scatter),
+            Learner::Slda(s) | Learner::Ridge(s) => Some(s),
+            Learner::Ncm(_) | Learner::Sgd(_) => None,
+        };
+        let scorer = scatter
+            .and_then(|s| OpenSetParts::mahalanobis(s, &self.classes, &self.source, self.dim))
+            .or_else(|| OpenSetParts::cosine(&self.classes, self.dim));
+        parts.open = scorer.map(|scorer| OpenSetParts {
+            scorer,
+            calibration: self.calibration.sorted(),
+        });
         Computed {
             parts: Arc::new(parts),
-            candidates,
+        }
+    }
+
+    /// Whether `auto`'s candidates are worth refreshing: never taken, or the samples learned
+    /// or removed since reach 5% of the head's (so the d × d solves amortize to O(log n)
+    /// refreshes over a stream). False for the other learners.
+    pub fn candidates_due(&self) -> bool {
+        if !matches!(self.learner, Learner::Auto(_)) || self.classes.is_empty() {
+            return false;
+        }
+        match &self.scoring {
+            None => true,
+            Some((_, at)) => {
+                let n = self.samples();
+                n.abs_diff(*at) as f64 >= (0.05 * n as f64).max(1.0)
+            }
+        }
+    }
+
+    /// `auto`: takes every candidate's snapshot (8 d × d solves) to score the labeled samples
+    /// that follow. The daemon does this when idle and due ([`candidates_due`](Self::candidates_due)),
+    /// apart from prediction snapshots. Nothing for the other learners.
+    pub fn refresh_candidates(&mut self) {
+        if let Learner::Auto(a) = &self.learner {
+            if self.classes.is_empty() {
+                return;
+            }
+            let c = a.candidates(&self.ctx());
+            self.scoring = Some((c, self.samples()));
         }
     }
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::linalg::dot_f32;
+use super::openset::{quantile_threshold, OpenSetParts};
 use super::HeadError;
 
 /// The numbers of a snapshot, as computed by a learner and stored in the head file.
@@ -25,6 +26,8 @@ pub(crate) struct PredictorParts {
     pub scale: Vec<f32>,
     /// L2-normalize the transformed input.
     pub l2_normalize: bool,
+    /// The open-set scorer and its calibration (on the raw input, not the transform).
+    pub open: Option<OpenSetParts>,
 }
 
 impl PredictorParts {
@@ -37,6 +40,7 @@ impl PredictorParts {
             shift: vec![0.0; dim],
             scale: vec![1.0; dim],
             l2_normalize: false,
+            open: None,
         }
     }
 
@@ -58,6 +62,7 @@ impl PredictorParts {
             shift: shift.iter().map(|&v| v as f32).collect(),
             scale: scale.iter().map(|&v| v as f32).collect(),
             l2_normalize,
+            open: None,
         };
         let d = parts.shift.len();
         let finite = |v: &[f32]| v.iter().all(|x| x.is_finite());
@@ -116,6 +121,15 @@ pub struct Scored {
 pub struct Prediction {
     /// Up to `k` classes, by decreasing score (ties: lower class index first).
     pub top: Vec<Scored>,
+    /// How unlike every known class the input is ([`Predictor::novelty`]).
+    pub novelty: Option<f32>,
+}
+
+impl Prediction {
+    /// Whether the input is like a known class at `threshold` (`None` without either).
+    pub fn known(&self, threshold: Option<f32>) -> Option<bool> {
+        Some(self.novelty? <= threshold?)
+    }
 }
 
 impl Predictor {
@@ -223,6 +237,23 @@ impl Predictor {
         best.map(|(i, _)| i)
     }
 
+    /// How unlike every known class `x` is: the Mahalanobis distance to the nearest class
+    /// mean under the shrunk shared covariance (squared, per dimension) for heads that keep
+    /// the scatter, else `1 − cos` to the nearest class mean. `None` for a snapshot without
+    /// classes or a bad input.
+    pub fn novelty(&self, x: &[f32]) -> Option<f32> {
+        super::check_embedding(x, self.dim()).ok()?;
+        let s = self.inner.open.as_ref()?.score(x);
+        s.is_finite().then_some(s)
+    }
+
+    /// The novelty above which an input counts as unknown, so that about a fraction `frr` of
+    /// the inputs of known classes does: a quantile of the novelty of the head's recent
+    /// labeled samples, each scored before it was learned. `None` until enough were scored.
+    pub fn threshold(&self, frr: f64) -> Option<f32> {
+        quantile_threshold(&self.inner.open.as_ref()?.calibration, frr)
+    }
+
     /// Softmax probabilities over all classes, in class-index order.
     pub fn probabilities(&self, x: &[f32]) -> Result<Vec<f32>, HeadError> {
         let mut p = self.logits(x)?;
@@ -244,6 +275,7 @@ impl Predictor {
         }
         idx.sort_unstable_by(order);
         Ok(Prediction {
+            novelty: self.novelty(x),
             top: idx
                 .into_iter()
                 .map(|i| Scored {
@@ -292,6 +324,7 @@ mod tests {
             shift: vec![0.0; 2],
             scale: vec![1.0; 2],
             l2_normalize: false,
+            open: None,
         };
         Predictor::new(Arc::new(parts), 7)
     }

@@ -742,13 +742,14 @@ fn nuisance_blobs(seed: u64, n_train: usize, n_test: usize) -> (Vec<Sample>, Vec
     (train, test)
 }
 
-/// Streams `data` into `head` with a snapshot every `every` samples (as the daemon refreshes
-/// its predictor).
+/// Streams `data` into `head` with a snapshot and a refresh of `auto`'s candidates every
+/// `every` samples (as the daemon refreshes its predictor).
 fn stream(head: &mut Head, data: &[Sample], every: usize) {
     for (i, (x, y)) in data.iter().enumerate() {
         head.update(x, y).unwrap();
         if i % every == 0 {
             head.snapshot();
+            head.refresh_candidates();
         }
     }
 }
@@ -800,7 +801,14 @@ fn auto_starts_with_ncm_and_scores_only_known_labels() {
     for (x, _) in &train_set {
         assert_eq!(pa.probabilities(x).unwrap(), pb.probabilities(x).unwrap());
     }
-    // A new label after the snapshot is not scored; a known one is.
+    // Without the candidates' snapshot (taken apart from prediction snapshots) nothing is
+    // scored either.
+    h.update(&train_set[0].0, &train_set[0].1).unwrap();
+    assert_eq!(h.auto_summary().unwrap().tested, 0);
+    assert!(h.candidates_due());
+    h.refresh_candidates();
+    assert!(!h.candidates_due());
+    // A new label after the candidates' snapshot is not scored; a known one is.
     h.update(&train_set[0].0, "new").unwrap();
     assert_eq!(h.auto_summary().unwrap().tested, 0);
     h.update(&train_set[0].0, &train_set[0].1).unwrap();
@@ -828,4 +836,50 @@ fn auto_record_survives_the_head_file_and_reset_clears_it() {
     );
     h.reset();
     assert_eq!(h.auto_summary().unwrap().tested, 0);
+}
+
+/// Open set: a head taught three of four well-separated classes calibrates its threshold on
+/// its own stream, so the fourth class is mostly answered unknown and the known ones mostly
+/// not, with every learner; the calibration survives the head file.
+#[test]
+fn open_set_rejects_an_unseen_class_at_the_calibrated_threshold() {
+    let (train_set, test) = blobs(21, 8, 4, 60, 40, 4.0, 0.0);
+    let taught: Vec<Sample> = train_set.into_iter().filter(|(_, y)| y != "c3").collect();
+    for algorithm in Algorithm::ALL {
+        let mut h = Head::new(&config(algorithm, false), 8, BACKBONE);
+        stream(&mut h, &taught, 4);
+        let p = h.snapshot();
+        let t = p.threshold(0.05).expect("calibrated after 180 samples");
+        let (mut caught, mut unseen, mut rejected, mut known) = (0, 0, 0, 0);
+        for (x, y) in &test {
+            let pred = p.predict(x, 1).unwrap();
+            let novel = pred.known(Some(t)) == Some(false);
+            assert_eq!(pred.novelty, p.novelty(x));
+            if y == "c3" {
+                unseen += 1;
+                caught += usize::from(novel);
+            } else {
+                known += 1;
+                rejected += usize::from(novel);
+            }
+        }
+        let (caught, rejected) = (
+            caught as f64 / unseen as f64,
+            rejected as f64 / known as f64,
+        );
+        assert!(caught > 0.8, "{algorithm}: caught {caught}");
+        assert!(rejected < 0.2, "{algorithm}: rejected {rejected}");
+        // Far from everything is unknown; the calibration is in the head file.
+        assert_eq!(p.predict(&[1e3; 8], 1).unwrap().known(Some(t)), Some(false));
+        let expect = Expect {
+            backbone_sha256: Some(BACKBONE),
+            dim: Some(8),
+            max_bytes: 1 << 20,
+        };
+        let back = Head::from_bytes(&h.to_bytes().unwrap(), &expect).unwrap();
+        assert_eq!(back.snapshot().threshold(0.05), Some(t), "{algorithm}");
+    }
+    // Without classes there is nothing to be novel against.
+    let empty = Head::new(&config(Algorithm::Auto, false), 8, BACKBONE);
+    assert_eq!(empty.snapshot().threshold(0.05), None);
 }

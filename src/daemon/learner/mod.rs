@@ -127,6 +127,9 @@ pub struct Learner {
     last_publish: Instant,
     last_refresh: Instant,
     last_refresh_cost: Duration,
+    /// `auto`'s candidates: when they were last refreshed and what it cost.
+    last_candidates: Instant,
+    last_candidates_cost: Duration,
     last_stats: Instant,
     /// Incremented on every loop turn and step: the watchdog checks it moves.
     pub heartbeat: Arc<AtomicU64>,
@@ -153,6 +156,8 @@ impl Learner {
             last_publish: now - Duration::from_secs(3600),
             last_refresh: now,
             last_refresh_cost: Duration::ZERO,
+            last_candidates: now,
+            last_candidates_cost: Duration::ZERO,
             last_stats: now,
             heartbeat: Arc::new(AtomicU64::new(0)),
         }
@@ -298,6 +303,7 @@ impl Learner {
         }
         let predictor = self.ctx.predictor.get();
         let mut learned = Vec::new();
+        let mut replies = Vec::new();
         let records = records.iter().filter_map(|r| match r {
             WalRecord::Learn(l) => Some(l),
             WalRecord::Unlearn(_) => None,
@@ -339,13 +345,22 @@ impl Learner {
             self.head_dirty = true;
             self.predictor_stale = true;
             let samples = self.head.class_stats(&r.label).map_or(0, |c| c.count());
+            replies.push((samples, self.head.version()));
+        }
+        // The end of a burst: predictions use what was just learned before it is confirmed,
+        // so a client that sees `learned` and then asks gets an answer that knows it. While
+        // more is queued, refreshes keep to the duty cycle of `housekeeping`.
+        if self.predictor_stale && self.ctx.queue.learner_depth() == 0 {
+            self.refresh_predictor();
+        }
+        for ((id, label), (samples, head_version)) in learned.iter().zip(replies) {
             self.ctx.outbox.reply(
                 &self.ctx.outbox.topics.learned,
                 &Learned {
-                    id: &id,
-                    label: &r.label,
+                    id,
+                    label,
                     samples,
-                    head_version: self.head.version(),
+                    head_version,
                 },
             );
         }
@@ -508,6 +523,20 @@ impl Learner {
             if stopping || self.last_refresh.elapsed() >= self.last_refresh_cost * 10 {
                 self.refresh_predictor();
             }
+        }
+        // `auto`'s candidates (8 d × d solves) score the labeled samples that follow; they are
+        // not needed to predict, so they wait until nothing is queued, and take ~10% of the
+        // wall clock at most, as snapshots do.
+        if !stopping
+            && !self.predictor_stale
+            && self.head.candidates_due()
+            && self.ctx.queue.learner_depth() == 0
+            && self.last_candidates.elapsed() >= self.last_candidates_cost * 10
+        {
+            let started = Instant::now();
+            self.head.refresh_candidates();
+            self.last_candidates_cost = started.elapsed();
+            self.last_candidates = Instant::now();
         }
         let due = self.last_publish.elapsed() >= publish.head_interval
             || self.unpublished >= publish.head_every_samples;
