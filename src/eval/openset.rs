@@ -185,9 +185,12 @@ fn one_split(
             .with_context(|| format!("learning a sample of {}", data.classes[*y]))?;
         learned += 1;
         since += 1;
-        // Snapshots as the daemon takes them (often while the head is small): the labeled
-        // samples that follow are scored with them.
+        // Snapshots (and `auto`'s candidates) as the daemon takes them, often while the head
+        // is small: the labeled samples that follow are scored with them.
         if since as f64 >= (0.05 * learned as f64).max(1.0) {
+            if head.candidates_due() {
+                head.refresh_candidates();
+            }
             head.snapshot();
             since = 0;
         }
