@@ -89,6 +89,10 @@ async fn learns_predicts_takes_feedback_publishes_and_rolls_back() {
     let p = cat.json();
     assert!(p["top"].as_array().is_some_and(|t| t.len() == 2));
     assert!(p["score"].as_f64().unwrap_or(0.0) > 0.5);
+    // Open set: a novelty for every prediction; `known` and its threshold wait for 20 scored
+    // samples of known classes (6 here).
+    assert!(p["novelty"].as_f64().is_some_and(|v| v >= 0.0), "{p}");
+    assert!(p["known"].is_null() && p["threshold"].is_null(), "{p}");
 
     // Feedback by id teaches a new class without resending the image.
     let astronaut = variants("astronaut.jpg", 2, 3);
