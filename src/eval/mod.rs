@@ -134,6 +134,15 @@ pub struct EvalArgs {
     /// `method` is ignored (every method runs). Default: the daemon's defaults.
     #[arg(long, value_name = "FILE.toml")]
     pub adapt_config: Option<PathBuf>,
+    /// With --shift: also score each method after only this many unlabeled frames (the
+    /// correction the daemon would apply at that point), to measure adaptation from few frames.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "N,…",
+        default_values_t = [4usize, 8, 16, 32, 64]
+    )]
+    pub frames: Vec<usize>,
 }
 
 /// A sample after embedding: embedding, class label and where it came from.
