@@ -4,7 +4,7 @@
 
 use nalgebra::DMatrix;
 
-use super::{HeadDomain, InputMap, TargetStats};
+use super::{HeadDomain, InputMap};
 
 /// `(1 − γ) Σ + γ · tr(Σ)/d · I`, in place.
 pub fn shrink(m: &mut DMatrix<f64>, gamma: f64) {
@@ -62,9 +62,14 @@ impl Colour {
     }
 }
 
-/// The CORAL map for the current target statistics, or `None` without a target covariance.
-pub fn map(colour: &Colour, target: &TargetStats, gamma: f64) -> Option<InputMap> {
-    let mut ct = target.cov()?;
+/// The CORAL map for the target mean and covariance `ct` (already shrunk toward the source's
+/// by the evidence weight, see `Adapter::shrunk_cov`), or `None` when it is not finite.
+pub fn map(
+    colour: &Colour,
+    target_mean: &[f64],
+    mut ct: DMatrix<f64>,
+    gamma: f64,
+) -> Option<InputMap> {
     shrink(&mut ct, gamma);
     let whiten = sym_fn(ct, |l| 1.0 / l.sqrt());
     let a = match &colour.full {
@@ -87,7 +92,7 @@ pub fn map(colour: &Colour, target: &TargetStats, gamma: f64) -> Option<InputMap
     }
     Some(InputMap::Full {
         a: rows,
-        mt: target.mean().iter().map(|&v| v as f32).collect(),
+        mt: target_mean.iter().map(|&v| v as f32).collect(),
         ms: colour.mean.iter().map(|&v| v as f32).collect(),
     })
 }

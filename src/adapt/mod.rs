@@ -81,6 +81,12 @@ fn d_true() -> bool {
 fn d_recompute_every() -> u64 {
     64
 }
+fn d_prior_samples() -> f64 {
+    16.0
+}
+fn d_recompute_change() -> f64 {
+    0.1
+}
 fn d_coral_shrinkage() -> f64 {
     0.1
 }
@@ -113,9 +119,20 @@ pub struct AdaptConfig {
     /// Memory of the target statistics, in samples (exponential forgetting; 0 = never forget).
     #[serde(default = "d_window")]
     pub window: u64,
-    /// No correction and no drift value before this many (effective) target samples.
+    /// No drift value (and so no drift alarm) before this many effective target samples.
+    /// Corrections do not wait for it: they start with the first sample, shrunk toward the
+    /// source statistics by `prior_samples`.
     #[serde(default = "d_min_samples")]
     pub min_samples: u64,
+    /// Strength of the head's (source) statistics as a prior, in samples: the correction uses
+    /// `w·target + (1 − w)·source` with `w = n / (n + prior_samples)`, n the effective target
+    /// sample count (0 = trust the target statistics from the first sample).
+    #[serde(default = "d_prior_samples")]
+    pub prior_samples: f64,
+    /// Recompute as soon as `w` grew by this fraction since the last recompute (besides every
+    /// `recompute_every` samples).
+    #[serde(default = "d_recompute_change")]
+    pub recompute_change: f64,
     /// mean: also re-scale each dimension (target std → source std); false: re-center only.
     #[serde(default = "d_true")]
     pub mean_rescale: bool,
@@ -131,7 +148,8 @@ pub struct AdaptConfig {
     /// t3a: support size per class (the lowest-entropy samples are kept).
     #[serde(default = "d_t3a_support")]
     pub t3a_support: usize,
-    /// t3a: softmax temperature of the prototype (cosine) scores.
+    /// t3a: no longer used (the adjusted classifier keeps the head's own scale); accepted so
+    /// that existing config files load.
     #[serde(default = "d_t3a_temperature")]
     pub t3a_temperature: f64,
     /// Drift alarm threshold (normalized Fréchet distance, see `docs/adaptation.md`).
@@ -151,6 +169,8 @@ impl Default for AdaptConfig {
             method: d_method(),
             window: d_window(),
             min_samples: d_min_samples(),
+            prior_samples: d_prior_samples(),
+            recompute_change: d_recompute_change(),
             mean_rescale: true,
             recompute_every: d_recompute_every(),
             coral_shrinkage: d_coral_shrinkage(),
@@ -184,6 +204,12 @@ impl AdaptConfig {
         }
         if self.t3a_support == 0 || self.t3a_support > 10_000 {
             return Err("t3a_support must be in 1..=10000".into());
+        }
+        if !(self.prior_samples.is_finite() && self.prior_samples >= 0.0) {
+            return Err("prior_samples must be ≥ 0".into());
+        }
+        if !(self.recompute_change.is_finite() && self.recompute_change > 0.0) {
+            return Err("recompute_change must be > 0".into());
         }
         if self.recompute_every == 0 {
             return Err("recompute_every must be ≥ 1".into());
@@ -330,12 +356,45 @@ impl Adapted {
     }
 }
 
+/// Target statistics shrunk toward the source's: `w·target + (1 − w)·source` for the mean,
+/// the per-dimension variance and (when both exist) the covariance.
+#[derive(Clone, Debug)]
+pub struct Shrunk {
+    /// The weight of the target statistics, `n / (n + prior_samples)`.
+    pub w: f64,
+    pub mean: Vec<f64>,
+    pub var: Vec<f64>,
+}
+
+/// `w` for `n` effective target samples and a prior of `k` samples.
+pub fn shrink_weight(n: f64, k: f64) -> f64 {
+    if n <= 0.0 {
+        0.0
+    } else if k <= 0.0 {
+        1.0
+    } else {
+        n / (n + k)
+    }
+}
+
+fn blend(w: f64, t: &[f64], s: &[f64]) -> Vec<f64> {
+    if w >= 1.0 {
+        return t.to_vec();
+    }
+    t.iter()
+        .zip(s)
+        .map(|(&t, &s)| w * t + (1.0 - w) * s)
+        .collect()
+}
+
 /// The adaptation state machine: target statistics, t3a supports, and the current snapshot.
 pub struct Adapter {
     config: AdaptConfig,
     target: TargetStats,
     t3a: t3a::T3a,
     since: u64,
+    /// The shrinkage weight at the last recompute.
+    w_last: f64,
     snapshot: Arc<Adapted>,
     /// `Σs^{1/2}` for coral, cached per source version.
     colour: Option<(u64, coral::Colour)>,
@@ -357,6 +416,7 @@ impl Adapter {
             target,
             t3a,
             since: 0,
+            w_last: 0.0,
             colour: None,
         }
     }
@@ -389,15 +449,36 @@ impl Adapter {
         self.since += 1;
     }
 
-    /// Whether enough new samples arrived for a recompute.
+    /// The current weight of the target statistics against the source's.
+    pub fn weight(&self) -> f64 {
+        shrink_weight(self.target.weight(), self.config.prior_samples)
+    }
+
+    /// Whether a recompute is due: `recompute_every` new samples, or the shrinkage weight grew
+    /// by `recompute_change` (often at first, when each frame changes the correction most).
     pub fn due(&self) -> bool {
+        if self.since == 0 {
+            return false;
+        }
         self.since >= self.config.recompute_every
+            || self.weight() >= self.w_last * (1.0 + self.config.recompute_change)
+    }
+
+    /// The target mean and variance shrunk toward `source`'s.
+    pub fn shrunk(&self, source: &HeadDomain) -> Shrunk {
+        let w = self.weight();
+        Shrunk {
+            w,
+            mean: blend(w, &self.target.mean(), &source.mean),
+            var: blend(w, &self.target.var(), &source.var),
+        }
     }
 
     /// Recomputes the snapshot from the current statistics.
     pub fn recompute(&mut self, source: &HeadDomain, head: &Predictor) -> Arc<Adapted> {
         self.since = 0;
-        let enough = self.target.weight() >= self.config.min_samples as f64 && source.count >= 2;
+        self.w_last = self.weight();
+        let enough = self.target.weight() > 0.0 && source.count >= 2;
         let mut a = Adapted::identity(self.config.method);
         a.target_weight = self.target.weight();
         if enough {
@@ -413,8 +494,11 @@ impl Adapter {
                         let c = coral::Colour::of(source, self.config.coral_shrinkage);
                         self.colour = Some((source.version, c));
                     }
+                    let mean = self.shrunk(source).mean;
+                    let cov = self.shrunk_cov(source);
                     if let Some((_, colour)) = &self.colour {
-                        a.map = coral::map(colour, &self.target, self.config.coral_shrinkage)
+                        a.map = cov
+                            .and_then(|c| coral::map(colour, &mean, c, self.config.coral_shrinkage))
                             .unwrap_or_else(|| self.mean_map(source));
                     }
                 }
@@ -425,8 +509,25 @@ impl Adapter {
         self.snapshot.clone()
     }
 
+    /// The target covariance shrunk toward the source's, `w·Σt + (1 − w)·Σs`.
+    pub fn shrunk_cov(&self, source: &HeadDomain) -> Option<DMatrix<f64>> {
+        let mut ct = self.target.cov()?;
+        let w = self.weight();
+        if w < 1.0 {
+            let cs = source.cov.as_ref()?;
+            if cs.shape() != ct.shape() {
+                return None;
+            }
+            ct *= w;
+            ct += cs * (1.0 - w);
+        }
+        Some(ct)
+    }
+
     fn mean_map(&self, source: &HeadDomain) -> InputMap {
-        let (mt, vt) = (self.target.mean(), self.target.var());
+        let Shrunk {
+            mean: mt, var: vt, ..
+        } = self.shrunk(source);
         // Variance floor relative to the typical variance: near-constant dimensions are not
         // blown up.
         let d = vt.len().max(1) as f64;
@@ -463,6 +564,7 @@ impl Adapter {
         self.target.clear();
         self.t3a.clear();
         self.since = 0;
+        self.w_last = 0.0;
         self.snapshot = Arc::new(Adapted::identity(self.config.method));
     }
 }

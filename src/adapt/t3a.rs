@@ -1,7 +1,8 @@
 //! T3A (Iwasawa & Matsuo, NeurIPS 2021), backprop-free test-time classifier adjustment: per
 //! class, a bounded support of confidently pseudo-labeled target embeddings (lowest entropy
-//! kept); the adjusted classifier scores the cosine to each class's prototype, the weighted
-//! mean of its normalized head weight row and its normalized supports.
+//! kept); once every class has a support, the adjusted classifier turns each class's head
+//! weight row toward the mean direction of its supports (the row counting as `t3a_support`
+//! samples), keeping the row's length and bias.
 
 use std::sync::Arc;
 
@@ -20,7 +21,6 @@ struct Entry {
 pub struct T3a {
     confidence: f32,
     support: usize,
-    temperature: f32,
     version: Option<u64>,
     labels: Vec<String>,
     classes: Vec<Vec<Entry>>,
@@ -40,7 +40,6 @@ impl T3a {
         T3a {
             confidence: config.t3a_confidence as f32,
             support: config.t3a_support,
-            temperature: config.t3a_temperature as f32,
             version: None,
             labels: Vec::new(),
             classes: Vec::new(),
@@ -129,38 +128,45 @@ impl T3a {
         true
     }
 
-    /// The adjusted classifier for `head`, or `None` while no class has supports.
+    /// The adjusted classifier for `head`, or `None` while some class has no support.
+    ///
+    /// Each class's weight row turns toward the mean direction of its supports, the row itself
+    /// counting as `t3a_support` samples, and keeps its length and its bias (not a bias-free
+    /// cosine classifier, which differs from a linear head before any support). Nothing moves
+    /// until every class has a support: moving only the classes that received the first
+    /// pseudo-labels pulls the shifted frames toward them, which then attract the next
+    /// pseudo-labels (the collapse `docs/adaptation.md` measures).
     pub fn classifier(&mut self, head: &Predictor) -> Option<Predictor> {
         self.sync(head);
-        if self.classes.iter().all(Vec::is_empty) || head.is_empty() {
+        if self.classes.iter().any(Vec::is_empty) || head.is_empty() {
             return None;
         }
         let parts = head.parts();
         let d = parts.dim();
         let mut weights = Vec::with_capacity(self.classes.len() * d);
         for (k, support) in self.classes.iter().enumerate() {
-            // The head's own prototype counts as `support` samples: pseudo-labels can move a
-            // class at most halfway, so a head learned from many labels is not overridden by
-            // a few confident guesses.
+            let row = parts.weights.get(k * d..(k + 1) * d)?;
+            let len = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+            if len <= 0.0 {
+                weights.extend_from_slice(row);
+                continue;
+            }
             let prior = self.support as f32;
-            let mut w: Vec<f32> = parts.weights.get(k * d..(k + 1) * d)?.to_vec();
-            normalize(&mut w);
-            w.iter_mut().for_each(|v| *v *= prior);
+            let mut w: Vec<f32> = row.iter().map(|v| v / len * prior).collect();
             for e in support {
                 let z = features(head, &e.x);
                 w.iter_mut().zip(&z).for_each(|(a, b)| *a += b);
             }
-            let n = support.len() as f32 + prior;
-            w.iter_mut().for_each(|v| *v /= n * self.temperature);
-            weights.extend(w);
+            normalize(&mut w);
+            weights.extend(w.iter().map(|v| v * len));
         }
         let adjusted = PredictorParts {
             labels: parts.labels.clone(),
             weights,
-            bias: vec![0.0; self.classes.len()],
+            bias: parts.bias.clone(),
             shift: parts.shift.clone(),
             scale: parts.scale.clone(),
-            l2_normalize: true,
+            l2_normalize: parts.l2_normalize,
             // The head's scorer judges novelty (`Adapted::predict`).
             open: None,
         };

@@ -146,6 +146,15 @@ pub struct EvalArgs {
     /// Seeded choices of the unknown classes for --open-set (results are averaged).
     #[arg(long, default_value_t = 3, requires = "open_set")]
     pub open_set_splits: usize,
+    /// With --shift: also score each method after only this many unlabeled frames (the
+    /// correction the daemon would apply at that point), to measure adaptation from few frames.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "N,…",
+        default_values_t = [4usize, 8, 16, 32, 64]
+    )]
+    pub frames: Vec<usize>,
 }
 
 /// A sample after embedding: embedding, class label and where it came from.

@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::io::Cursor;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -195,12 +196,22 @@ pub fn corrupt(img: &RgbImage, shift: Option<Shift>, seed: u64) -> Result<Vec<u8
     encode(&out, None)
 }
 
+/// Accuracy after the first `frames` unlabeled frames of the stream.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Point {
+    pub frames: usize,
+    pub accuracy: f64,
+}
+
 /// One method's result on one domain.
 #[derive(Debug, Clone, Serialize)]
 pub struct MethodResult {
     pub method: Method,
-    /// Test accuracy after the unlabeled stream.
+    /// Test accuracy after the whole unlabeled stream.
     pub accuracy: f64,
+    /// Test accuracy with the correction the daemon would apply after each of `--frames`
+    /// unlabeled frames (its recompute schedule, without its CPU bound).
+    pub curve: Vec<Point>,
     /// Median µs per unlabeled sample (statistics update, plus t3a's support update).
     pub observe_us: f64,
     /// Drift distance after the stream.
@@ -257,8 +268,31 @@ pub struct ShiftReport {
 
 type Set = Vec<(Vec<f32>, usize)>;
 
-/// Streams `stream` as unlabeled traffic through a fresh adapter for `method`, recomputing
-/// as the daemon does, then scores `test`.
+/// The frames (1-based) after which the daemon's schedule recomputes, over `n` frames. The
+/// schedule depends only on sample counts, so a `none` adapter fed zeros finds it cheaply.
+fn recompute_points(config: &AdaptConfig, dim: usize, n: usize, head: &Head) -> Vec<usize> {
+    let config = AdaptConfig {
+        method: Method::None,
+        ..config.clone()
+    };
+    let (source, predictor) = (HeadDomain::of(head, false), head.snapshot());
+    let mut a = Adapter::new(config, dim);
+    let zero = vec![0.0f32; dim];
+    let mut out = Vec::new();
+    for i in 1..=n {
+        a.observe(&zero, &predictor);
+        if a.due() {
+            a.recompute(&source, &predictor);
+            out.push(i);
+        }
+    }
+    out
+}
+
+/// Streams `test` as unlabeled traffic through a fresh adapter for `method`, recomputing
+/// as the daemon does, then scores `test`: after each of `frames` frames (with the latest
+/// correction of the daemon's schedule) and after the whole stream.
+#[allow(clippy::too_many_arguments)]
 fn adapt_and_score(
     config: &AdaptConfig,
     method: Method,
@@ -267,27 +301,58 @@ fn adapt_and_score(
     classes: &[String],
     test: &Set,
     seed: u64,
+    frames: &[usize],
 ) -> MethodResult {
     let config = AdaptConfig {
         method,
         ..config.clone()
     };
     let source = HeadDomain::of(head, method == Method::Coral);
+    let frames: Vec<usize> = frames
+        .iter()
+        .copied()
+        .filter(|&f| f >= 1 && f <= test.len())
+        .collect();
+    // Only the last recompute before each checkpoint is scored: skip the others (coral's
+    // eigendecompositions are the slow part of the benchmark).
+    let points = recompute_points(
+        &config,
+        head.dim(),
+        frames.iter().max().copied().unwrap_or(0),
+        head,
+    );
+    let needed: BTreeSet<usize> = frames
+        .iter()
+        .filter_map(|&f| points.iter().rev().find(|&&p| p <= f).copied())
+        .collect();
     let mut adapter = Adapter::new(config, head.dim());
     let order = data::stream_order(test.len(), seed ^ 0xada9);
     let mut times = Vec::with_capacity(test.len());
-    for &i in &order {
+    let mut curve = Vec::with_capacity(frames.len());
+    let mut current = Arc::new(Adapted::identity(method));
+    for (k, &i) in order.iter().enumerate() {
         let started = Instant::now();
         adapter.observe(&test[i].0, predictor);
         times.push(started.elapsed().as_secs_f64() * 1e6);
+        let seen = k + 1;
+        if needed.contains(&seen) {
+            current = adapter.recompute(&source, predictor);
+        }
+        if frames.contains(&seen) {
+            curve.push(Point {
+                frames: seen,
+                accuracy: score(&current, predictor, classes, test),
+            });
+        }
     }
-    // The daemon recomputes every `recompute_every` samples; only the last one matters for
-    // the score (t3a's pseudo-labels come from the head, not from the adjusted classifier).
+    // After the whole stream: the correction of the last recompute, made now (t3a's
+    // pseudo-labels come from the head, not from the adjusted classifier).
     let snapshot = adapter.recompute(&source, predictor);
     let accuracy = score(&snapshot, predictor, classes, test);
     MethodResult {
         method,
         accuracy,
+        curve,
         observe_us: super::prequential::Timing::of(times).median_us,
         drift: adapter.drift(&HeadDomain::of(head, false)),
     }
@@ -472,6 +537,7 @@ pub fn run(args: &EvalArgs, head_config: &HeadConfig) -> Result<ShiftReport> {
                     &classes,
                     &clean_test,
                     args.seed,
+                    &args.frames,
                 )
             })
             .collect();
@@ -495,7 +561,18 @@ pub fn run(args: &EvalArgs, head_config: &HeadConfig) -> Result<ShiftReport> {
             let oracle = accuracy(&oracle_head.snapshot(), &classes, &test);
             let shifted = methods
                 .iter()
-                .map(|&m| adapt_and_score(&adapt, m, head, predictor, &classes, &test, args.seed))
+                .map(|&m| {
+                    adapt_and_score(
+                        &adapt,
+                        m,
+                        head,
+                        predictor,
+                        &classes,
+                        &test,
+                        args.seed,
+                        &args.frames,
+                    )
+                })
                 .collect();
             let r = ShiftResult {
                 learner: config.algorithm,
@@ -622,6 +699,8 @@ impl ShiftReport {
                     let _ = write!(s, " {acc:.3} | {rec} |");
                 }
                 let _ = writeln!(s, " {:.3} | |", avg(&|r| r.oracle));
+                let _ = writeln!(s);
+                self.curve_table(&mut s, rows, &mine);
             }
             let _ = writeln!(s);
         }
@@ -639,6 +718,81 @@ impl ShiftReport {
                 .unwrap_or_default()
         );
         s
+    }
+}
+
+impl ShiftReport {
+    /// Per method, after each `--frames` count: the accuracy averaged over the corruptions with
+    /// the fraction of the loss it recovers, and the change on the unshifted domain.
+    fn curve_table(&self, s: &mut String, clean_rows: &[MethodResult], mine: &[&ShiftResult]) {
+        let frames: Vec<usize> = clean_rows
+            .first()
+            .map(|r| r.curve.iter().map(|p| p.frames).collect())
+            .unwrap_or_default();
+        if frames.is_empty() || mine.is_empty() {
+            return;
+        }
+        let n = mine.len() as f64;
+        let at = |r: &MethodResult, f: usize| {
+            r.curve
+                .iter()
+                .find(|p| p.frames == f)
+                .map_or(f64::NAN, |p| p.accuracy)
+        };
+        let shifted_at = |m: Method, f: Option<usize>| -> f64 {
+            mine.iter()
+                .map(|r| {
+                    r.shifted
+                        .iter()
+                        .find(|x| x.method == m)
+                        .map_or(f64::NAN, |x| f.map_or(x.accuracy, |f| at(x, f)))
+                })
+                .sum::<f64>()
+                / n
+        };
+        let clean = mine.iter().map(|r| r.clean).sum::<f64>() / n;
+        let none = shifted_at(Method::None, None);
+        let mut header = "| after … frames |".to_string();
+        let mut rule = "|---|".to_string();
+        for f in &frames {
+            let _ = write!(header, " {f} |");
+            rule.push_str("---|");
+        }
+        let _ = writeln!(
+            s,
+            "After few frames, shifted (mean over the corruptions; recovered = (acc − {none:.3}) / ({clean:.3} − {none:.3})):\n\n{header} all |\n{rule}---|"
+        );
+        for m in self.methods.iter().filter(|m| **m != Method::None) {
+            let _ = write!(s, "| {m} |");
+            for f in frames.iter().map(|&f| Some(f)).chain(std::iter::once(None)) {
+                let acc = shifted_at(*m, f);
+                if clean - none >= 0.01 {
+                    let _ = write!(
+                        s,
+                        " {acc:.3} ({:.0}%) |",
+                        (acc - none) / (clean - none) * 100.0
+                    );
+                } else {
+                    let _ = write!(s, " {acc:.3} |");
+                }
+            }
+            let _ = writeln!(s);
+        }
+        let base = clean_rows
+            .iter()
+            .find(|r| r.method == Method::None)
+            .map_or(f64::NAN, |r| r.accuracy);
+        let _ = writeln!(
+            s,
+            "\nAfter few frames, unshifted (accuracy − {base:.3}, points):\n\n{header} all |\n{rule}---|"
+        );
+        for r in clean_rows.iter().filter(|r| r.method != Method::None) {
+            let _ = write!(s, "| {} |", r.method);
+            for f in &frames {
+                let _ = write!(s, " {:+.1} |", (at(r, *f) - base) * 100.0);
+            }
+            let _ = writeln!(s, " {:+.1} |", (r.accuracy - base) * 100.0);
+        }
     }
 }
 
