@@ -551,12 +551,12 @@ pub(crate) fn from_file(file: HeadFile, expect: &Expect<'_>) -> Result<Head, Hea
     let source = SourceStats::from_parts(total, src_sum, src_sq);
     let mut calibration = Calibration::default();
     if let Some(scores) = file.open_set {
-        if scores.len() > openset::WINDOW || !scores.iter().all(|v| v.is_finite() && *v >= 0.0) {
-            return Err(bad(
-                "open_set: too many scores, or one is negative or not finite",
-            ));
+        if !scores.iter().all(|v| v.is_finite() && *v >= 0.0) {
+            return Err(bad("open_set: a score is negative or not finite"));
         }
-        calibration.scores = scores.into();
+        // A writer with a longer window: its most recent scores.
+        let skip = scores.len().saturating_sub(openset::WINDOW);
+        calibration.scores = scores.into_iter().skip(skip).collect();
     }
     let mut head = Head::from_parts(
         file.config,

@@ -17,9 +17,12 @@ use super::scatter::ScatterState;
 use super::stats::SourceStats;
 use super::Class;
 
-/// Scores kept for the calibration: enough for a 1% quantile to rest on a few samples,
-/// recent enough to follow the head as it learns.
-pub(crate) const WINDOW: usize = 512;
+/// Scores kept for the calibration: enough for a 5% quantile to rest on a few samples, and
+/// recent, because the novelty of known inputs falls as a head learns (while samples are
+/// fewer than dimensions the shrunk covariance overstates the distance in the directions no
+/// sample has spread into yet): with 512 the early scores held the threshold so high on the
+/// sound datasets that nothing was rejected (docs/learners.md, "Open set").
+pub(crate) const WINDOW: usize = 128;
 
 /// Scored samples needed before predictions say `known`: below this the quantile is noise.
 pub(crate) const MIN_SCORED: usize = 20;
