@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use super::AdaptConfig;
-use crate::head::predictor::normalize;
+use crate::head::linalg::normalize;
 use crate::head::{Predictor, PredictorParts};
 
 struct Entry {

@@ -200,6 +200,14 @@ fn reduce(mut acc: [f32; LANES]) -> f32 {
     acc[0]
 }
 
+/// Scales `v` to unit length (left as is when zero or not finite).
+pub(crate) fn normalize(v: &mut [f32]) {
+    let n = dot_f32(v, v).sqrt();
+    if n > 0.0 && n.is_finite() {
+        v.iter_mut().for_each(|x| *x /= n);
+    }
+}
+
 /// Dot product of two f32 slices of equal length (vectorizes; deterministic for a given
 /// length).
 #[inline]

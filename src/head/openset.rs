@@ -11,8 +11,9 @@ use std::collections::VecDeque;
 
 use nalgebra::DMatrix;
 
-use super::linalg::{cholesky_in_place, cholesky_solve_factored, dot_f32, unpack_scaled};
-use super::predictor::normalize;
+use super::linalg::{
+    cholesky_in_place, cholesky_solve_factored, dot_f32, normalize, unpack_scaled,
+};
 use super::scatter::ScatterState;
 use super::stats::SourceStats;
 use super::Class;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::linalg::dot_f32;
+use super::linalg::{dot_f32, normalize};
 use super::openset::{quantile_threshold, OpenSetParts};
 use super::HeadError;
 
@@ -288,14 +288,6 @@ impl Predictor {
 
     pub(crate) fn parts(&self) -> &PredictorParts {
         &self.inner
-    }
-}
-
-/// Scales `v` to unit length (left as is when zero or not finite).
-pub(crate) fn normalize(v: &mut [f32]) {
-    let n = dot_f32(v, v).sqrt();
-    if n > 0.0 && n.is_finite() {
-        v.iter_mut().for_each(|x| *x /= n);
     }
 }
 
