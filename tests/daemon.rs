@@ -780,3 +780,58 @@ async fn adapts_to_a_shifted_camera_raises_drift_and_keeps_its_statistics() {
     // One prediction right after the reset, five before the stop.
     assert_eq!(s["adapt"]["target_samples"], 6, "{s}");
 }
+
+/// The review queue: with every close call offered (margin 1) and no rate limit, a prediction
+/// comes on `{root}/review` with its top classes and a JPEG thumbnail; feedback on an offered id
+/// still works after the one-entry feedback ring has forgotten it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_offers_predictions_with_thumbnails_and_keeps_them_for_feedback() {
+    let Setup {
+        broker: _broker,
+        state: _state,
+        mut d,
+        c,
+        root,
+    } = setup(
+        "rev",
+        &[
+            ("ADAPTD_SERVICE_REVIEW_MARGIN", "1"),
+            ("ADAPTD_SERVICE_REVIEW_INTERVAL_SECS", "0"),
+            ("ADAPTD_SERVICE_FEEDBACK_RING", "1"),
+        ],
+    )
+    .await;
+    learn_all(&c, &root, "cat", &variants("chelsea.jpg", 2, 60)).await;
+    learn_all(&c, &root, "cup", &variants("coffee.jpg", 2, 61)).await;
+    c.wait_count(&format!("{root}/learned"), 4).await;
+    let odd = variants("astronaut.jpg", 1, 62);
+    predict(&c, &root, "r1", &odd[0]).await;
+    let offer = c
+        .wait_for(&format!("{root}/review"), |m| m.json()["id"] == "r1")
+        .await
+        .json();
+    assert!(
+        offer["reason"] == "low_margin" || offer["reason"] == "unknown",
+        "{offer}"
+    );
+    assert_eq!(offer["top"].as_array().map(Vec::len), Some(2), "{offer}");
+    assert!(offer["margin"].as_f64().is_some(), "{offer}");
+    let thumb = offer["thumbnail"].as_str().expect("a thumbnail");
+    let jpeg = common::base64_decode(thumb);
+    assert!(jpeg.starts_with(&[0xFF, 0xD8]), "not a JPEG");
+    let img = image::load_from_memory(&jpeg).expect("thumbnail decodes");
+    assert!(img.width().max(img.height()) <= 96);
+    // Another prediction pushes r1 out of the feedback ring; the review queue kept it.
+    predict(&c, &root, "r2", &variants("coffee.jpg", 1, 63)[0]).await;
+    c.publish(
+        &format!("{root}/feedback"),
+        r#"{"id": "r1", "label": "astronaut"}"#,
+    )
+    .await;
+    let learned = c
+        .wait_for(&format!("{root}/learned"), |m| m.json()["id"] == "r1")
+        .await
+        .json();
+    assert_eq!(learned["label"], "astronaut", "{learned}");
+    assert!(d.stop());
+}

@@ -114,6 +114,16 @@ pub struct ServiceSettings {
     pub infer_queue: usize,
     pub feedback_ring: usize,
     pub max_payload_bytes: usize,
+    /// The review queue (`{root}/review`, `daemon/review.rs`).
+    pub review: bool,
+    /// Offer a prediction whose top two scores are closer than this.
+    pub review_margin: f32,
+    /// At most one offer per interval.
+    pub review_interval: Duration,
+    /// Budget of the embeddings kept for feedback on offered predictions.
+    pub review_max_bytes: usize,
+    /// Thumbnail size (longest side, pixels); 0 = none.
+    pub review_thumbnail_px: u32,
 }
 
 /// An external topic filter mapped to inference.

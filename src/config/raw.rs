@@ -84,6 +84,11 @@ pub(super) struct RawService {
     pub infer_queue: usize,
     pub feedback_ring: usize,
     pub max_payload_bytes: usize,
+    pub review: bool,
+    pub review_margin: f32,
+    pub review_interval_secs: f64,
+    pub review_max_bytes: u64,
+    pub review_thumbnail_px: u32,
 }
 
 #[derive(Debug, Deserialize)]

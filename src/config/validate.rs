@@ -245,6 +245,23 @@ impl RawService {
         if self.max_payload_bytes == 0 {
             return Err(invalid("service.max_payload_bytes", "must be positive"));
         }
+        if !(0.0..=1.0).contains(&self.review_margin) {
+            return Err(invalid("service.review_margin", "must be in [0, 1]"));
+        }
+        if !(self.review_interval_secs.is_finite()
+            && (0.0..=86400.0).contains(&self.review_interval_secs))
+        {
+            return Err(invalid(
+                "service.review_interval_secs",
+                "must be in [0, 86400]",
+            ));
+        }
+        if self.review_thumbnail_px > 1024 {
+            return Err(invalid(
+                "service.review_thumbnail_px",
+                "must be at most 1024",
+            ));
+        }
         let workers = if self.workers == 0 {
             std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -257,6 +274,11 @@ impl RawService {
             infer_queue: self.infer_queue,
             feedback_ring: self.feedback_ring,
             max_payload_bytes: self.max_payload_bytes,
+            review: self.review,
+            review_margin: self.review_margin,
+            review_interval: Duration::from_secs_f64(self.review_interval_secs),
+            review_max_bytes: usize::try_from(self.review_max_bytes).unwrap_or(usize::MAX),
+            review_thumbnail_px: self.review_thumbnail_px,
         })
     }
 }

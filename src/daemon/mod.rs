@@ -18,6 +18,7 @@ pub(crate) mod outbox;
 pub(crate) mod queue;
 pub(crate) mod reply;
 pub mod request;
+pub(crate) mod review;
 pub(crate) mod serving;
 pub(crate) mod shutdown;
 pub(crate) mod stats;

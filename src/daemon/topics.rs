@@ -22,6 +22,8 @@ pub struct Topics {
     pub error: String,
     pub stats: String,
     pub drift: String,
+    /// Predictions worth a label (`daemon/review.rs`).
+    pub review: String,
     /// A class for the last prediction (feedback without its id: Home Assistant's select).
     pub correct: String,
     /// Any label, a new one too, for the last prediction (Home Assistant's text).
@@ -66,6 +68,7 @@ impl Topics {
             status: t("status"),
             error: t("error"),
             stats: t("stats"),
+            review: t("review"),
             drift: t("drift"),
             correct: t("correct"),
             teach: t("teach"),

@@ -20,6 +20,7 @@ use crate::daemon::outbox::Outbox;
 use crate::daemon::queue::{Job, Task, WorkQueue};
 use crate::daemon::reply::Prediction;
 use crate::daemon::request::{check_size, parse_request, sniff_id, Command, MAX_FEEDBACK_BYTES};
+use crate::daemon::review::{self, Review, ReviewDoc};
 use crate::daemon::serving::{FeedbackRing, PredictorSlot};
 use crate::daemon::stats::{bump, Stats};
 use crate::daemon::stream::Streams;
@@ -49,6 +50,8 @@ pub struct Workers {
     pub top_k: usize,
     /// `head.open_set`, `head.open_set_frr`, `head.unknown_label`: `None` when off.
     pub open_set: Option<(f64, String)>,
+    /// The review queue (`None` when `service.review` is off).
+    pub review: Option<Review>,
     next_id: AtomicU64,
 }
 
@@ -97,6 +100,7 @@ impl Workers {
             device_id: settings.device_id.clone(),
             max_payload_bytes: settings.service.max_payload_bytes,
             top_k: settings.publish.top_k,
+            review: Review::from_settings(&settings.service),
             open_set: settings.head.open_set.then(|| {
                 (
                     settings.head.open_set_frr,
@@ -199,8 +203,9 @@ impl Workers {
             }));
         }
         let adapted = self.adapt.snapshot();
-        let prediction = adapted
-            .predict(&predictor, &embedding, self.top_k)
+        // Two classes at least: the review queue needs the margin between the top two.
+        let mut prediction = adapted
+            .predict(&predictor, &embedding, self.top_k.max(2))
             .map_err(|e| fail(e.into()))?;
         // The raw embedding is what feedback learns from and what adaptation observes.
         let embedding = Arc::new(embedding);
@@ -210,6 +215,12 @@ impl Workers {
             .as_ref()
             .and_then(|(frr, _)| predictor.threshold(*frr));
         let known = prediction.known(threshold);
+        let review = self
+            .review
+            .as_ref()
+            .and_then(|r| Some((r, r.reason(&prediction, known)?)));
+        let margin = review::margin(&prediction);
+        prediction.top.truncate(self.top_k);
         let best = prediction.top.first();
         let label = match (&self.open_set, known) {
             (Some((_, unknown)), Some(false)) => Some(unknown.as_str()),
@@ -226,7 +237,7 @@ impl Workers {
             }
         }
         let id = id.unwrap_or_else(|| self.new_id());
-        self.ring.insert(id.clone(), embedding);
+        self.ring.insert(id.clone(), embedding.clone());
         let topic = &job.publish.topic;
         let origin = self
             .sources
@@ -253,6 +264,28 @@ impl Workers {
             let e = RequestError::BadRequest(format!("cannot encode the prediction: {e}"));
             (Some(id.clone()), e)
         })?;
+        if let Some((r, reason)) = review.filter(|(r, _)| r.admit(Instant::now())) {
+            r.keep(&id, embedding.clone());
+            let offer = ReviewDoc {
+                id: &id,
+                reason,
+                label,
+                top: &prediction.top,
+                margin,
+                known,
+                novelty: doc.novelty,
+                source: topic,
+                thumbnail: image_bytes(&input).and_then(|b| r.thumbnail(b)),
+            };
+            if let Ok(b) = serde_json::to_vec(&offer) {
+                self.outbox.publish(
+                    &self.outbox.topics.review,
+                    rumqttc::QoS::AtMostOnce,
+                    false,
+                    b,
+                );
+            }
+        }
         self.outbox.publish(
             &self.outbox.topics.prediction,
             rumqttc::QoS::AtMostOnce,
@@ -300,6 +333,15 @@ impl Workers {
                 Work::Lost
             }
         }
+    }
+
+    /// The embedding of a prediction by id: a recent one (the feedback ring), else one the
+    /// review queue offered and kept longer.
+    fn embedding_of(&self, id: &str) -> Result<Arc<Vec<f32>>, RequestError> {
+        self.ring
+            .get(id)
+            .or_else(|| self.review.as_ref()?.get(id))
+            .ok_or_else(|| RequestError::UnknownId(id.to_string()))
     }
 
     fn learn_sample(
@@ -350,10 +392,7 @@ impl Workers {
         let id = self.dashboard.as_ref().and_then(|d| d.last_id()).ok_or(
             RequestError::NothingToCorrect("nothing was predicted since the start"),
         )?;
-        let embedding = self
-            .ring
-            .get(&id)
-            .ok_or_else(|| RequestError::UnknownId(id.clone()))?;
+        let embedding = self.embedding_of(&id)?;
         // The same label for two different predictions is two different messages.
         let mut h = Sha256::new();
         h.update(message_key(publish));
@@ -388,10 +427,7 @@ impl Workers {
             .label
             .ok_or_else(|| RequestError::BadRequest("feedback needs a label".into()))?;
         validate_label(&label)?;
-        let embedding = self
-            .ring
-            .get(&id)
-            .ok_or_else(|| RequestError::UnknownId(id.clone()))?;
+        let embedding = self.embedding_of(&id)?;
         Ok(Sample {
             id,
             label,

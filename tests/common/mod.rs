@@ -629,6 +629,15 @@ pub fn base64_encode(b: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(b)
 }
 
+/// Decodes standard base64 (test data only: panics on bad input).
+#[allow(dead_code)]
+pub fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .expect("base64")
+}
+
 /// Sends `img` for inference with `id` and waits for its prediction.
 #[allow(dead_code)]
 pub async fn predict(c: &Client, root: &str, id: &str, img: &[u8]) -> serde_json::Value {
