@@ -83,7 +83,7 @@ impl Review {
         if known == Some(false) {
             return Some(Reason::Unknown);
         }
-        margin(p)
+        p.margin()
             .filter(|m| *m < self.margin)
             .map(|_| Reason::LowMargin)
     }
@@ -141,14 +141,6 @@ impl Review {
         let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 75);
         small.write_with_encoder(encoder).ok()?;
         Some(base64::engine::general_purpose::STANDARD.encode(out.into_inner()))
-    }
-}
-
-/// Top score minus the second's.
-pub fn margin(p: &Prediction) -> Option<f32> {
-    match p.top.as_slice() {
-        [a, b, ..] => Some(a.score - b.score),
-        _ => None,
     }
 }
 

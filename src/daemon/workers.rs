@@ -20,7 +20,7 @@ use crate::daemon::outbox::Outbox;
 use crate::daemon::queue::{Job, Task, WorkQueue};
 use crate::daemon::reply::Prediction;
 use crate::daemon::request::{check_size, parse_request, sniff_id, Command, MAX_FEEDBACK_BYTES};
-use crate::daemon::review::{self, Review, ReviewDoc};
+use crate::daemon::review::{Review, ReviewDoc};
 use crate::daemon::serving::{FeedbackRing, PredictorSlot};
 use crate::daemon::stats::{bump, Stats};
 use crate::daemon::stream::Streams;
@@ -219,7 +219,7 @@ impl Workers {
             .review
             .as_ref()
             .and_then(|r| Some((r, r.reason(&prediction, known)?)));
-        let margin = review::margin(&prediction);
+        let margin = prediction.margin();
         prediction.top.truncate(self.top_k);
         let best = prediction.top.first();
         let label = match (&self.open_set, known) {

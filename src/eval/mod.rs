@@ -13,6 +13,7 @@ pub mod npy;
 pub mod openset;
 pub mod prequential;
 pub mod report;
+pub mod review;
 pub mod shift;
 
 use std::collections::BTreeSet;
@@ -146,6 +147,17 @@ pub struct EvalArgs {
     /// Seeded choices of the unknown classes for --open-set (results are averaged).
     #[arg(long, default_value_t = 3, requires = "open_set")]
     pub open_set_splits: usize,
+    /// Review-queue benchmark: from 2 labeled samples per class, label K inputs of the
+    /// training stream chosen by the review rule, or K random ones, and compare test accuracy
+    /// (one K per comma).
+    #[arg(long, value_delimiter = ',', value_name = "K,…", conflicts_with_all = ["shift", "open_set"])]
+    pub review: Vec<usize>,
+    /// The review rule's margin (`service.review_margin`).
+    #[arg(long, default_value_t = 0.2)]
+    pub review_margin: f32,
+    /// Seeded stream orders of --review (results are averaged).
+    #[arg(long, default_value_t = 3)]
+    pub review_orders: usize,
     /// With --shift: also score each method after only this many unlabeled frames (the
     /// correction the daemon would apply at that point), to measure adaptation from few frames.
     #[arg(
@@ -517,6 +529,34 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         if let Some(p) = &args.plot {
             std::fs::write(p, shift::plot_svg(&report))
                 .with_context(|| format!("writing {}", p.display()))?;
+        }
+        return Ok(());
+    }
+    if !args.review.is_empty() {
+        let loaded = load(args)?;
+        let results = review::run(
+            &loaded.data,
+            &args.learners,
+            &head,
+            &loaded.backbone,
+            &review::ReviewPlan {
+                budgets: args.review.clone(),
+                margin: args.review_margin,
+                orders: args.review_orders,
+                seed: args.seed,
+            },
+        )?;
+        let report = review::ReviewReport {
+            dataset: loaded.name,
+            margin: args.review_margin,
+            open_set_frr: head.open_set_frr,
+            seed: args.seed,
+            results,
+        };
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", report.table());
         }
         return Ok(());
     }

@@ -130,6 +130,20 @@ impl Prediction {
     pub fn known(&self, threshold: Option<f32>) -> Option<bool> {
         Some(self.novelty? <= threshold?)
     }
+
+    /// The top score minus the second's (`None` with fewer than two classes in `top`).
+    pub fn margin(&self) -> Option<f32> {
+        match self.top.as_slice() {
+            [a, b, ..] => Some(a.score - b.score),
+            _ => None,
+        }
+    }
+
+    /// Whether the input is worth a label: unknown at `threshold`, or the top two scores
+    /// closer than `margin` (the review queue's rule).
+    pub fn worth_review(&self, threshold: Option<f32>, margin: f32) -> bool {
+        self.known(threshold) == Some(false) || self.margin().is_some_and(|m| m < margin)
+    }
 }
 
 impl Predictor {
