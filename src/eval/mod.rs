@@ -509,6 +509,16 @@ fn parse_head_config(text: &str) -> Result<HeadConfig> {
 }
 
 /// `adaptd eval`.
+/// Prints a benchmark's report: one JSON object with `--json`, else its table.
+fn print_report(json: bool, report: &impl serde::Serialize, table: String) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print!("{table}");
+    }
+    Ok(())
+}
+
 pub fn run(args: &EvalArgs) -> Result<()> {
     anyhow::ensure!(!args.learners.is_empty(), "--learners is empty");
     anyhow::ensure!(
@@ -521,11 +531,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     };
     if !args.shift.is_empty() {
         let report = shift::run(args, &head)?;
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
-        } else {
-            print!("{}", report.table());
-        }
+        print_report(args.json, &report, report.table())?;
         if let Some(p) = &args.plot {
             std::fs::write(p, shift::plot_svg(&report))
                 .with_context(|| format!("writing {}", p.display()))?;
@@ -553,11 +559,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             seed: args.seed,
             results,
         };
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
-        } else {
-            print!("{}", report.table());
-        }
+        print_report(args.json, &report, report.table())?;
         return Ok(());
     }
     if args.open_set {
@@ -584,11 +586,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             seed: args.seed,
             results,
         };
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
-        } else {
-            print!("{}", report.table());
-        }
+        print_report(args.json, &report, report.table())?;
         return Ok(());
     }
     let baseline = args.baseline.as_deref().map(Baseline::read).transpose()?;

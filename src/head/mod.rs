@@ -359,22 +359,16 @@ pub struct Head {
     pub(crate) classes: Vec<Class>,
     pub(crate) source: SourceStats,
     pub(crate) learner: Learner,
-    cache: OnceLock<Computed>,
+    cache: OnceLock<Arc<PredictorParts>>,
     /// The last snapshot, kept across mutations (unlike `cache`): it scores the labeled
     /// samples learned since, before each is learned (`auto`'s candidates, the open-set
     /// calibration).
-    last: Option<Computed>,
+    last: Option<Arc<PredictorParts>>,
     /// `auto`: every candidate's snapshot, which scores the labeled samples learned since, and
     /// the sample count it was taken at ([`Head::refresh_candidates`]).
     scoring: Option<(Arc<Candidates>, u64)>,
     /// The open-set novelty of recent labeled samples, each scored before it was learned.
     pub(crate) calibration: Calibration,
-}
-
-/// What a snapshot computed.
-#[derive(Clone)]
-struct Computed {
-    parts: Arc<PredictorParts>,
 }
 
 impl fmt::Debug for Head {
@@ -522,11 +516,7 @@ impl Head {
     /// the learners that keep the within-class scatter (`auto`, `slda`, `ridge`); `None` for the
     /// others or with fewer than two samples. O(C·d²).
     pub fn covariance(&self) -> Option<nalgebra::DMatrix<f64>> {
-        let s = match &self.learner {
-            Learner::Slda(s) | Learner::Ridge(s) => s,
-            Learner::Auto(a) => &a.scatter,
-            Learner::Ncm(_) | Learner::Sgd(_) => return None,
-        };
+        let s = self.scatter()?;
         let n = self.source.count();
         if n < 2 {
             return None;
@@ -543,6 +533,15 @@ impl Head {
         }
         m /= n as f64;
         Some(m)
+    }
+
+    /// The within-class scatter, for the learners that keep it (`auto`, `slda`, `ridge`).
+    fn scatter(&self) -> Option<&ScatterState> {
+        match &self.learner {
+            Learner::Slda(s) | Learner::Ridge(s) => Some(s),
+            Learner::Auto(a) => Some(&a.scatter),
+            Learner::Ncm(_) | Learner::Sgd(_) => None,
+        }
     }
 
     /// Statistics of the embeddings of one class.
@@ -613,8 +612,8 @@ impl Head {
         }
         // Test, then train: scored by the last snapshot, if it knew the label.
         let last = self.cache.get().or(self.last.as_ref());
-        if let Some(last) = last.filter(|l| l.parts.labels.iter().any(|n| n == label)) {
-            if let Some(open) = &last.parts.open {
+        if let Some(last) = last.filter(|l| l.labels.iter().any(|n| n == label)) {
+            if let Some(open) = &last.open {
                 self.calibration.push(open.score(x));
             }
         }
@@ -778,15 +777,13 @@ impl Head {
     /// An immutable prediction snapshot. Does the expensive work (for `slda` and `ridge` a
     /// Cholesky solve, O(d³)); cached until the next mutation.
     pub fn snapshot(&self) -> Predictor {
-        let parts = self.cache.get_or_init(|| self.compute()).parts.clone();
+        let parts = self.cache.get_or_init(|| self.compute()).clone();
         Predictor::new(parts, self.version)
     }
 
-    fn compute(&self) -> Computed {
+    fn compute(&self) -> Arc<PredictorParts> {
         if self.classes.is_empty() {
-            return Computed {
-                parts: Arc::new(PredictorParts::empty(self.dim)),
-            };
+            return Arc::new(PredictorParts::empty(self.dim));
         }
         let ctx = self.ctx();
         let mut parts = match &self.learner {
@@ -796,21 +793,15 @@ impl Head {
             Learner::Ridge(s) => ridge::snapshot(s, &ctx),
             Learner::Sgd(s) => s.snapshot(&ctx),
         };
-        let scatter = match &self.learner {
-            Learner::Auto(a) => Some(&a.scatter),
-            Learner::Slda(s) | Learner::Ridge(s) => Some(s),
-            Learner::Ncm(_) | Learner::Sgd(_) => None,
-        };
-        let scorer = scatter
+        let scorer = self
+            .scatter()
             .and_then(|s| OpenSetParts::mahalanobis(s, &self.classes, &self.source, self.dim))
             .or_else(|| OpenSetParts::cosine(&self.classes, self.dim));
         parts.open = scorer.map(|scorer| OpenSetParts {
             scorer,
             calibration: self.calibration.sorted(),
         });
-        Computed {
-            parts: Arc::new(parts),
-        }
+        Arc::new(parts)
     }
 
     /// Whether `auto`'s candidates are worth refreshing: never taken, or the samples learned

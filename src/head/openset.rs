@@ -11,9 +11,7 @@ use std::collections::VecDeque;
 
 use nalgebra::DMatrix;
 
-use super::linalg::{
-    cholesky_in_place, cholesky_solve_factored, dot_f32, normalize, unpack_scaled,
-};
+use super::linalg::{cholesky_in_place, cholesky_solve_factored, dot_f32, unpack_scaled};
 use super::scatter::ScatterState;
 use super::stats::SourceStats;
 use super::Class;
@@ -185,11 +183,16 @@ impl OpenSetParts {
         let d = x.len().max(1);
         match &self.scorer {
             Scorer::Cosine { means } => {
-                let mut u = x.to_vec();
-                normalize(&mut u);
+                // The means are unit vectors: cos = m · x / |x|, without a normalized copy.
+                let n = dot_f32(x, x).sqrt();
+                let inv = if n > 0.0 && n.is_finite() {
+                    1.0 / n
+                } else {
+                    0.0
+                };
                 let best = means
                     .chunks_exact(d)
-                    .map(|m| dot_f32(m, &u))
+                    .map(|m| dot_f32(m, x) * inv)
                     .fold(f32::NEG_INFINITY, f32::max);
                 1.0 - best
             }

@@ -125,14 +125,39 @@ pub struct Learner {
     head_dirty: bool,
     predictor_stale: bool,
     last_publish: Instant,
-    last_refresh: Instant,
-    last_refresh_cost: Duration,
-    /// `auto`'s candidates: when they were last refreshed and what it cost.
-    last_candidates: Instant,
-    last_candidates_cost: Duration,
+    /// Predictor refreshes (possibly O(d³)).
+    refresh: DutyCycle,
+    /// `auto`'s candidates (8 d × d solves).
+    candidates: DutyCycle,
     last_stats: Instant,
     /// Incremented on every loop turn and step: the watchdog checks it moves.
     pub heartbeat: Arc<AtomicU64>,
+}
+
+/// An expensive step kept to about 10% of the wall clock: due once ten times its last cost
+/// has passed since it last ran.
+struct DutyCycle {
+    last: Instant,
+    cost: Duration,
+}
+
+impl DutyCycle {
+    fn new(now: Instant) -> DutyCycle {
+        DutyCycle {
+            last: now,
+            cost: Duration::ZERO,
+        }
+    }
+
+    fn due(&self) -> bool {
+        self.last.elapsed() >= self.cost * 10
+    }
+
+    /// Records a run that began at `started` and has just ended.
+    fn ran(&mut self, started: Instant) {
+        self.cost = started.elapsed();
+        self.last = Instant::now();
+    }
 }
 
 impl Learner {
@@ -154,10 +179,8 @@ impl Learner {
             head_dirty: true,
             predictor_stale: true,
             last_publish: now - Duration::from_secs(3600),
-            last_refresh: now,
-            last_refresh_cost: Duration::ZERO,
-            last_candidates: now,
-            last_candidates_cost: Duration::ZERO,
+            refresh: DutyCycle::new(now),
+            candidates: DutyCycle::new(now),
             last_stats: now,
             heartbeat: Arc::new(AtomicU64::new(0)),
         }
@@ -302,6 +325,8 @@ impl Learner {
             return;
         }
         let predictor = self.ctx.predictor.get();
+        // The input transform's buffer, reused across the batch.
+        let mut z = Vec::new();
         let mut learned = Vec::new();
         let mut replies = Vec::new();
         let records = records.iter().filter_map(|r| match r {
@@ -312,9 +337,10 @@ impl Learner {
             self.ctx.outbox.ack(&publish);
             let x = &r.embedding.0;
             if !predictor.is_empty() {
-                if let Ok(pred) = predictor.predict(x, 1) {
+                // The top class only: no softmax, no open-set score (the record needs neither).
+                if let Some(best) = predictor.top1(x, &mut z) {
                     bump(&self.ctx.stats.prequential_total);
-                    let right = pred.top.first().is_some_and(|s| s.label == r.label);
+                    let right = predictor.labels().get(best) == Some(&r.label);
                     if right {
                         bump(&self.ctx.stats.prequential_correct);
                     }
@@ -429,8 +455,7 @@ impl Learner {
                 .adapt
                 .set_head_domain(crate::adapt::HeadDomain::of(&fleet, full));
         }
-        self.last_refresh_cost = started.elapsed();
-        self.last_refresh = Instant::now();
+        self.refresh.ran(started);
         self.predictor_stale = false;
     }
 
@@ -520,7 +545,7 @@ impl Learner {
         let publish = self.ctx.settings.publish.clone();
         if self.predictor_stale {
             // Bound the time spent on (possibly O(d³)) snapshots to ~10% of the wall clock.
-            if stopping || self.last_refresh.elapsed() >= self.last_refresh_cost * 10 {
+            if stopping || self.refresh.due() {
                 self.refresh_predictor();
             }
         }
@@ -531,12 +556,11 @@ impl Learner {
             && !self.predictor_stale
             && self.head.candidates_due()
             && self.ctx.queue.learner_depth() == 0
-            && self.last_candidates.elapsed() >= self.last_candidates_cost * 10
+            && self.candidates.due()
         {
             let started = Instant::now();
             self.head.refresh_candidates();
-            self.last_candidates_cost = started.elapsed();
-            self.last_candidates = Instant::now();
+            self.candidates.ran(started);
         }
         let due = self.last_publish.elapsed() >= publish.head_interval
             || self.unpublished >= publish.head_every_samples;
