@@ -423,13 +423,15 @@ async fn an_interrupted_run_resumes_without_teaching_a_file_twice() {
         assert!(stdout.contains("unanswered 0"), "{stdout}");
     }
     // The run waited for the replies in flight: the journal holds every file the board learned.
-    let first = c.on(&format!("{root}/learned")).len();
+    // The test's own subscriber may not have received the last replies yet: wait for as many as
+    // the journal holds before counting.
     let journaled: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&journal).expect("journal")).expect("json");
-    assert_eq!(
-        journaled["taught"].as_object().map(|o| o.len()),
-        Some(first)
-    );
+    let taught = journaled["taught"].as_object().map(|o| o.len());
+    c.wait_count(&format!("{root}/learned"), taught.unwrap_or(0))
+        .await;
+    let first = c.on(&format!("{root}/learned")).len();
+    assert_eq!(taught, Some(first));
 
     let r = adaptd(args.to_vec(), Vec::new()).await;
     assert!(r.ok, "the resumed run failed");
