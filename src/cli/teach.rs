@@ -559,59 +559,49 @@ pub(crate) fn request_id(label: &str, bytes: &[u8]) -> String {
     format!("teach-{}", &hex[..16])
 }
 
-/// The JSON learn request of a file.
-fn learn_request(id: &str, label: &str, kind: InputKind, bytes: &[u8]) -> String {
-    let field = match kind {
-        InputKind::Image => "image",
-        InputKind::Sound => "audio",
+/// The JSON learn request of a file: images and clips base64, a text as itself.
+fn learn_request(id: &str, label: &str, kind: InputKind, bytes: &[u8]) -> Result<String> {
+    let b64 = || base64::engine::general_purpose::STANDARD.encode(bytes);
+    let (field, value) = match kind {
+        InputKind::Image => ("image", b64()),
+        InputKind::Sound => ("audio", b64()),
+        InputKind::Text => (
+            "text",
+            String::from_utf8(bytes.to_vec()).context("a .txt file must be UTF-8")?,
+        ),
     };
-    let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
-    serde_json::json!({"id": id, "label": label, field: b64}).to_string()
+    Ok(serde_json::json!({"id": id, "label": label, field: value}).to_string())
 }
 
-/// The one kind of input in the dataset (images or sound clips, not both).
+/// The one kind of input in the dataset (images, sound clips or texts).
 fn dataset_kind(work: &[Work]) -> Result<InputKind> {
-    let count = |k: InputKind| {
-        work.iter()
-            .filter(|w| InputKind::of(&w.path) == Some(k))
-            .count()
-    };
-    match (count(InputKind::Image), count(InputKind::Sound)) {
-        (0, 0) => bail!("the dataset has no images (.jpg, .jpeg, .png) nor sound clips (.wav)"),
-        (_, 0) => Ok(InputKind::Image),
-        (0, _) => Ok(InputKind::Sound),
-        (i, s) => bail!(
-            "the dataset mixes {i} image(s) and {s} sound clip(s) (.wav); a board runs one \
-             model: keep images and sound clips in separate datasets"
-        ),
-    }
+    InputKind::of_all(work.iter().map(|w| w.path.as_path()))?.with_context(|| {
+        "the dataset has no images (.jpg, .jpeg, .png), sound clips (.wav) nor texts (.txt)"
+            .to_string()
+    })
 }
 
 /// Refuses a dataset the board's model cannot take, from its info's `backbone`.
 fn check_modality(kind: InputKind, root: &str, info: &serde_json::Value) -> Result<()> {
+    use crate::model::Modality;
     let backbone = &info["backbone"];
     let name = backbone["name"].as_str().unwrap_or("(unnamed)");
-    match (kind, backbone["modality"].as_str()) {
-        (InputKind::Image, Some("image")) | (InputKind::Sound, Some("audio")) => Ok(()),
-        (InputKind::Sound, Some("image")) => bail!(
-            "the dataset has sound clips (.wav) but the board {root} runs the image model \
-             {name}: teach sound to a board running a sound model (e.g. models/yamnet-l10)"
-        ),
-        (InputKind::Image, Some("audio")) => bail!(
-            "the dataset has images but the board {root} runs the sound model {name}: teach \
-             images to a board running an image model"
-        ),
-        (kind, Some("tensor")) => bail!(
-            "the board {root} runs the model {name}, which takes tensors only, not {}",
-            kind.plural()
-        ),
-        (_, other) => {
+    let modality = match backbone["modality"].as_str() {
+        Some("image") => Modality::Image,
+        Some("audio") => Modality::Audio,
+        Some("text") => Modality::Text,
+        Some("tensor") => Modality::Tensor,
+        other => {
             eprintln!(
                 "adaptd teach: warning: the board {root} does not say which inputs its model \
                  takes (backbone.modality {other:?}); sending anyway"
             );
-            Ok(())
+            return Ok(());
         }
+    };
+    match kind.refused_by(modality, &format!("{name} of the board {root}")) {
+        Some(why) => bail!("{why}"),
+        None => Ok(()),
     }
 }
 
@@ -927,7 +917,15 @@ async fn teach_async(args: &TeachArgs) -> Result<()> {
                 tally.duplicates += 1;
                 continue;
             }
-            let body = learn_request(&id, &w.label, kind, &bytes);
+            let body = match learn_request(&id, &w.label, kind, &bytes) {
+                Ok(body) => body,
+                Err(e) => {
+                    tally
+                        .refused
+                        .push((w.name, "invalid_text".into(), format!("not sent: {e:#}")));
+                    continue;
+                }
+            };
             if body.len() > args.max_payload {
                 tally.refused.push((
                     w.name,
@@ -1150,7 +1148,7 @@ mod tests {
 
     #[test]
     fn learn_requests_are_what_the_daemon_accepts() {
-        let body = learn_request("teach-1", "cat", InputKind::Image, b"\xff\xd8\xff");
+        let body = learn_request("teach-1", "cat", InputKind::Image, b"\xff\xd8\xff").expect("ok");
         let req =
             crate::daemon::request::parse_request(&bytes::Bytes::from(body)).expect("accepted");
         assert_eq!(req.id.as_deref(), Some("teach-1"));
@@ -1158,10 +1156,21 @@ mod tests {
         assert!(
             matches!(req.input, Some(crate::model::Input::Image(ref b)) if b == b"\xff\xd8\xff")
         );
-        let body = learn_request("teach-2", "bell", InputKind::Sound, b"RIFF");
+        let body = learn_request("teach-2", "bell", InputKind::Sound, b"RIFF").expect("ok");
         let req =
             crate::daemon::request::parse_request(&bytes::Bytes::from(body)).expect("accepted");
         assert!(matches!(req.input, Some(crate::model::Input::Audio(_))));
+        let body = learn_request(
+            "teach-3",
+            "lights_off",
+            InputKind::Text,
+            "Licht aus\n".as_bytes(),
+        )
+        .expect("ok");
+        let req =
+            crate::daemon::request::parse_request(&bytes::Bytes::from(body)).expect("accepted");
+        assert!(matches!(req.input, Some(crate::model::Input::Text(ref t)) if t == "Licht aus\n"));
+        assert!(learn_request("teach-4", "x", InputKind::Text, b"\xff").is_err());
     }
 
     #[test]
@@ -1188,7 +1197,9 @@ mod tests {
         assert!(check_modality(InputKind::Image, "r", &info("image")).is_ok());
         assert!(check_modality(InputKind::Sound, "r", &info("audio")).is_ok());
         let e = check_modality(InputKind::Image, "r", &info("audio")).expect_err("refused");
-        assert!(e.to_string().contains("sound model"), "{e}");
+        assert!(e.to_string().contains("takes sound"), "{e}");
+        assert!(check_modality(InputKind::Text, "r", &info("text")).is_ok());
+        assert!(check_modality(InputKind::Text, "r", &info("image")).is_err());
         assert!(check_modality(InputKind::Sound, "r", &info("image")).is_err());
         assert!(check_modality(InputKind::Image, "r", &info("tensor")).is_err());
     }

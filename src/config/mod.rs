@@ -137,6 +137,10 @@ pub struct SourceTopic {
     /// `kind = "frigate"`: `topic` is `{prefix}/+/+/snapshot`; the camera and object come from
     /// the topic.
     pub frigate: Option<FrigateSource>,
+    /// `text_field = "…"`: a JSON message's text is this field (a voice assistant's transcript,
+    /// e.g. Rhasspy's `hermes/asr/textCaptured` `{"text": …, "siteId": …}`); a payload that is
+    /// not a JSON object is the text itself.
+    pub text_field: Option<String>,
 }
 
 /// Frigate's per-camera object snapshots (`[[sources]] kind = "frigate"`).

@@ -122,4 +122,7 @@ pub(super) struct RawSource {
     pub cameras: Option<Vec<String>>,
     #[serde(default)]
     pub objects: Option<Vec<String>>,
+    /// `kind = "frames"` on a text model: the JSON field holding the text.
+    #[serde(default)]
+    pub text_field: Option<String>,
 }

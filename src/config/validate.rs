@@ -328,6 +328,12 @@ impl RawSource {
         let stream_keys =
             self.window_seconds.is_some() || self.hop_seconds.is_some() || self.threshold.is_some();
         let kind = self.kind.as_deref().unwrap_or("frames");
+        if kind != "frames" && self.text_field.is_some() {
+            return Err(bad("text_field is for kind = \"frames\""));
+        }
+        if self.text_field.as_deref() == Some("") {
+            return Err(bad("text_field must name a JSON field"));
+        }
         if kind != "frigate" && (self.cameras.is_some() || self.objects.is_some()) {
             return Err(bad("cameras and objects are for kind = \"frigate\""));
         }
@@ -362,6 +368,7 @@ impl RawSource {
                 qos: self.qos,
                 stream: None,
                 frigate: Some(frigate),
+                text_field: None,
             });
         }
         let stream = match kind {
@@ -405,6 +412,7 @@ impl RawSource {
             qos: self.qos,
             stream,
             frigate: None,
+            text_field: self.text_field,
         })
     }
 }

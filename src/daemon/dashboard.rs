@@ -346,6 +346,7 @@ mod tests {
                 std: [1.0; 3],
             },
             audio: None,
+            text: None,
             embedding_dim: 4,
         }
     }

@@ -105,13 +105,28 @@ pub struct BackboneSummary {
     /// The model's identity (heads are tied to it): the ONNX file's SHA-256, hashed with the
     /// front-end recipe for a sound model.
     pub sha256: String,
-    /// `image`, `audio` or `tensor`: what payloads the board takes.
+    /// `image`, `audio`, `text` or `tensor`: what payloads the board takes.
     pub modality: Modality,
     pub input: InputSummary,
     /// A sound model's front-end: rate, STFT, mel bands, windows, duration limit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audio: Option<AudioSpec>,
+    /// A text model's tokenizer: casing, token and byte limits, vocabulary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<TextSummary>,
     pub embedding_dim: usize,
+}
+
+/// The text part of a text model's backbone summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct TextSummary {
+    pub lowercase: bool,
+    /// Longer texts are cut to this many tokens (`[CLS]` and `[SEP]` included).
+    pub max_tokens: usize,
+    /// Longer payloads are refused (`too_long`).
+    pub max_bytes: usize,
+    pub vocab_size: usize,
+    pub vocab_sha256: String,
 }
 
 /// The input a backbone expects.
@@ -134,6 +149,13 @@ impl BackboneSummary {
             sha256: b.sha256.clone(),
             modality: embedder.modality(),
             audio: embedder.model.spec.audio.clone(),
+            text: embedder.tokenizer.as_ref().map(|t| TextSummary {
+                lowercase: t.spec().lowercase,
+                max_tokens: t.spec().max_tokens,
+                max_bytes: t.spec().max_bytes,
+                vocab_size: t.vocab_len(),
+                vocab_sha256: t.vocab_sha256().to_string(),
+            }),
             input: InputSummary {
                 shape: spec.shape.clone(),
                 layout: format!("{:?}", spec.layout).to_lowercase(),

@@ -47,6 +47,9 @@ struct JsonRequest {
     pcm: Option<String>,
     #[serde(default)]
     rate: Option<u32>,
+    /// A text, for a text model.
+    #[serde(default)]
+    text: Option<String>,
 }
 
 fn base64_field(name: &str, b64: &str) -> Result<Vec<u8>, RequestError> {
@@ -93,7 +96,8 @@ fn id_string(v: &serde_json::Value) -> Result<String, RequestError> {
     Ok(s)
 }
 
-/// Decodes a request: a JSON object (`id`, `label`, `image` base64 or `tensor`), or any other
+/// Decodes a request: a JSON object (`id`, `label`, and one of `image` base64, `tensor`, `audio`,
+/// `pcm` + `rate`, `text`), or any other
 /// payload taken as the input itself.
 pub fn parse_request(payload: &bytes::Bytes) -> Result<Request, RequestError> {
     let first = payload.iter().find(|b| !b.is_ascii_whitespace());
@@ -111,10 +115,11 @@ pub fn parse_request(payload: &bytes::Bytes) -> Result<Request, RequestError> {
         req.tensor.is_some(),
         req.audio.is_some(),
         req.pcm.is_some(),
+        req.text.is_some(),
     ];
     if given.iter().filter(|g| **g).count() > 1 {
         return Err(RequestError::BadRequest(
-            "give one of image, tensor, audio or pcm".into(),
+            "give one of image, tensor, audio, pcm or text".into(),
         ));
     }
     if req.rate.is_some() != req.pcm.is_some() {
@@ -133,12 +138,38 @@ pub fn parse_request(payload: &bytes::Bytes) -> Result<Request, RequestError> {
             .map_err(|e| RequestError::BadRequest(e.to_string()))?;
         Some(Input::Pcm(clip))
     } else {
-        None
+        req.text.map(Input::Text)
     };
     Ok(Request {
         id,
         label: req.label,
         input,
+    })
+}
+
+/// A message of a `[[sources]]` topic with `text_field`: a JSON object's `field` (a string) is
+/// the text, and its `id` the request id when there is one; any other payload is the text
+/// itself.
+pub fn parse_text_source(payload: &bytes::Bytes, field: &str) -> Result<Request, RequestError> {
+    let first = payload.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return parse_request(payload);
+    }
+    let doc: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(payload).map_err(|e| RequestError::BadJson(e.to_string()))?;
+    let text = match doc.get(field) {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        _ => {
+            return Err(RequestError::BadRequest(format!(
+                "no string field {field:?} (the source's text_field)"
+            )))
+        }
+    };
+    let id = doc.get("id").map(id_string).transpose()?;
+    Ok(Request {
+        id,
+        label: None,
+        input: Some(Input::Text(text)),
     })
 }
 
@@ -357,6 +388,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn text_sources_take_their_field() {
+        let b = |s: &str| bytes::Bytes::from(s.to_string());
+        let hermes = "{\"text\": \"lights off\", \"siteId\": \"kitchen\", \"likelihood\": 1}";
+        let r = parse_text_source(&b(hermes), "text").expect("hermes");
+        assert!(matches!(r.input, Some(Input::Text(ref t)) if t == "lights off"));
+        assert_eq!(r.id, None);
+        let r = parse_text_source(&b("{\"transcript\": \"hi\", \"id\": 4}"), "transcript")
+            .expect("field");
+        assert_eq!(r.id.as_deref(), Some("4"));
+        let r = parse_text_source(&b("plain words"), "text").expect("raw");
+        assert!(matches!(r.input, Some(Input::Payload(_))));
+        for bad in ["{\"text\": 1}", "{\"other\": \"x\"}", "{\"text\": "] {
+            assert!(parse_text_source(&b(bad), "text").is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn requests_parse_or_fail_clearly() {
         let b = |s: &str| bytes::Bytes::from(s.to_string());
         let r =
@@ -374,7 +422,11 @@ mod tests {
             parse_request(&b("[1,2,3]")).expect("bare").input,
             Some(Input::Payload(_))
         ));
+        let r = parse_request(&b("{\"id\": \"t\", \"text\": \"lights off\"}")).expect("text");
+        assert!(matches!(r.input, Some(Input::Text(ref t)) if t == "lights off"));
         for (bad, code) in [
+            ("{\"text\": \"a\", \"image\": \"aGk=\"}", "bad_request"),
+            ("{\"text\": 3}", "bad_json"),
             ("{\"tensor\": [1,", "bad_json"),
             ("{\"tensr\": [1]}", "bad_json"),
             ("{\"image\": \"***\"}", "bad_request"),

@@ -213,11 +213,13 @@ mod tests {
                 qos: 0,
                 stream: None,
                 frigate: None,
+                text_field: None,
             },
             SourceTopic {
                 topic: "fr/+/+/snapshot".into(),
                 qos: 0,
                 stream: None,
+                text_field: None,
                 frigate: Some(crate::config::FrigateSource {
                     prefix: "fr".into(),
                     cameras: vec!["door".into()],
@@ -233,6 +235,7 @@ mod tests {
                     threshold: 0.5,
                 }),
                 frigate: None,
+                text_field: None,
             },
         ];
         assert_eq!(t.route("fr/door/cat/snapshot", &src), Route::Infer);

@@ -19,7 +19,9 @@ use crate::daemon::learner::{Sample, Step, Work};
 use crate::daemon::outbox::Outbox;
 use crate::daemon::queue::{Job, Task, WorkQueue};
 use crate::daemon::reply::Prediction;
-use crate::daemon::request::{check_size, parse_request, sniff_id, Command, MAX_FEEDBACK_BYTES};
+use crate::daemon::request::{
+    check_size, parse_request, parse_text_source, sniff_id, Command, MAX_FEEDBACK_BYTES,
+};
 use crate::daemon::review::{Review, ReviewDoc};
 use crate::daemon::serving::{FeedbackRing, PredictorSlot};
 use crate::daemon::stats::{bump, Stats};
@@ -183,9 +185,19 @@ impl Workers {
             None => {
                 let payload = &job.publish.payload;
                 check_size(payload, self.max_payload_bytes).map_err(|e| (None, e))?;
-                let req = parse_request(payload).map_err(|e| (sniff_id(payload), e))?;
+                let topic = &job.publish.topic;
+                let text_field = self
+                    .sources
+                    .iter()
+                    .filter(|s| rumqttc::matches(topic, &s.topic))
+                    .find_map(|s| s.text_field.as_deref());
+                let req = match text_field {
+                    Some(field) => parse_text_source(payload, field),
+                    None => parse_request(payload),
+                }
+                .map_err(|e| (sniff_id(payload), e))?;
                 let input = req.input.ok_or_else(|| {
-                    let e = RequestError::BadRequest("no image, tensor, audio or pcm".into());
+                    let e = RequestError::BadRequest("no image, tensor, audio, pcm or text".into());
                     (req.id.clone(), e)
                 })?;
                 (req.id, input)

@@ -14,9 +14,12 @@ pub const IMAGE_EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
 /// Sound file extensions (case-insensitive): WAV clips, for a sound model.
 pub const SOUND_EXTENSIONS: [&str; 1] = ["wav"];
 
-/// Input file extensions embedded through the backbone (case-insensitive): the images and
-/// the sound clips.
-pub const INPUT_EXTENSIONS: [&str; 4] = ["jpg", "jpeg", "png", "wav"];
+/// Text file extensions (case-insensitive): one UTF-8 text per file, for a text model.
+pub const TEXT_EXTENSIONS: [&str; 1] = ["txt"];
+
+/// Input file extensions embedded through the backbone (case-insensitive): the images, the
+/// sound clips and the texts.
+pub const INPUT_EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "wav", "txt"];
 
 /// Embedding file extensions read as vectors (case-insensitive).
 pub const VECTOR_EXTENSIONS: [&str; 2] = ["npy", "csv"];
@@ -28,6 +31,8 @@ pub enum InputKind {
     Image,
     /// A sound clip (`.wav`), for a sound model.
     Sound,
+    /// A text (`.txt`, UTF-8, the whole file is one sample), for a text model.
+    Text,
 }
 
 impl InputKind {
@@ -38,6 +43,8 @@ impl InputKind {
             Some(InputKind::Image)
         } else if SOUND_EXTENSIONS.contains(&ext.as_str()) {
             Some(InputKind::Sound)
+        } else if TEXT_EXTENSIONS.contains(&ext.as_str()) {
+            Some(InputKind::Text)
         } else {
             None
         }
@@ -48,7 +55,62 @@ impl InputKind {
         match self {
             InputKind::Image => "images",
             InputKind::Sound => "sound clips",
+            InputKind::Text => "texts",
         }
+    }
+
+    /// The model kind that takes these inputs.
+    pub fn modality(self) -> crate::model::Modality {
+        use crate::model::Modality;
+        match self {
+            InputKind::Image => Modality::Image,
+            InputKind::Sound => Modality::Audio,
+            InputKind::Text => Modality::Text,
+        }
+    }
+
+    /// The one kind among `paths`: `None` when none is an input, an error when kinds are mixed
+    /// (a model embeds one kind).
+    pub fn of_all<'a>(paths: impl Iterator<Item = &'a Path>) -> Result<Option<InputKind>> {
+        let mut counts = BTreeMap::new();
+        for kind in paths.filter_map(InputKind::of) {
+            counts.entry(kind.plural()).or_insert((kind, 0usize)).1 += 1;
+        }
+        match counts.len() {
+            0 => Ok(None),
+            1 => Ok(counts.values().next().map(|(k, _)| *k)),
+            _ => anyhow::bail!(
+                "the dataset mixes {}; a model embeds one kind: keep them in separate datasets",
+                counts
+                    .iter()
+                    .map(|(name, (_, n))| format!("{n} {name}"))
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            ),
+        }
+    }
+
+    /// Why a model of `modality` named `model` cannot take these inputs, if it cannot.
+    pub fn refused_by(self, modality: crate::model::Modality, model: &str) -> Option<String> {
+        use crate::model::Modality;
+        if self.modality() == modality {
+            return None;
+        }
+        let wants = match self {
+            InputKind::Image => "an image model (the shipped one is models/efficientnet-lite0)",
+            InputKind::Sound => "a sound model (e.g. models/yamnet-l10)",
+            InputKind::Text => "a text model (e.g. models/paraphrase-minilm-l3)",
+        };
+        let takes = match modality {
+            Modality::Image => "images",
+            Modality::Audio => "sound",
+            Modality::Text => "text",
+            Modality::Tensor => "tensors only",
+        };
+        Some(format!(
+            "the dataset has {} but the model {model} takes {takes}: use {wants}",
+            self.plural()
+        ))
     }
 }
 

@@ -176,49 +176,19 @@ struct Embedded {
     id: String,
 }
 
-/// The one kind of input among `inputs`: `None` when there are none, an error when images
-/// and sound clips are mixed (a model takes one kind).
+/// The one kind of input among `inputs`: `None` when there are none, an error when kinds
+/// are mixed (a model takes one kind).
 fn input_kind(inputs: &[PathBuf]) -> Result<Option<InputKind>> {
-    let count = |k: InputKind| {
-        inputs
-            .iter()
-            .filter(|p| InputKind::of(p) == Some(k))
-            .count()
-    };
-    let (images, sounds) = (count(InputKind::Image), count(InputKind::Sound));
-    anyhow::ensure!(
-        images == 0 || sounds == 0,
-        "the dataset mixes {images} image(s) and {sounds} sound clip(s) (.wav); a model embeds \
-         one kind: keep images and sound clips in separate datasets"
-    );
-    Ok(match (images, sounds) {
-        (0, 0) => None,
-        (_, 0) => Some(InputKind::Image),
-        _ => Some(InputKind::Sound),
-    })
+    InputKind::of_all(inputs.iter().map(PathBuf::as_path))
 }
 
 /// Refuses, before anything is embedded, a model that does not take the dataset's inputs
 /// (each input would otherwise fail with `wrong_modality`).
 fn check_modality(kind: InputKind, model: &crate::model::ModelDir) -> Result<()> {
-    use crate::model::Modality;
-    let name = &model.spec.name;
-    let dir = model.dir.display();
-    match (kind, model.spec.modality()) {
-        (InputKind::Image, Modality::Image) | (InputKind::Sound, Modality::Audio) => Ok(()),
-        (InputKind::Sound, Modality::Image) => anyhow::bail!(
-            "the dataset has sound clips (.wav) but the model {name} ({dir}) takes images: \
-             pass --model DIR with a sound model (the shipped one is models/yamnet-l10)"
-        ),
-        (InputKind::Image, Modality::Audio) => anyhow::bail!(
-            "the dataset has images but the model {name} ({dir}) is a sound model: pass \
-             --model DIR with an image model, or leave --model out for the shipped one"
-        ),
-        (kind, Modality::Tensor) => anyhow::bail!(
-            "the model {name} ({dir}) takes tensors only, not {}: give precomputed \
-             embeddings (.npy, .csv) or a model with an image or [audio] front-end",
-            kind.plural()
-        ),
+    let name = format!("{} ({})", model.spec.name, model.dir.display());
+    match kind.refused_by(model.spec.modality(), &name) {
+        Some(why) => anyhow::bail!("{why}: pass --model DIR"),
+        None => Ok(()),
     }
 }
 
@@ -312,10 +282,11 @@ fn scan_items(dir: &Path) -> Result<Vec<Item>> {
     }
     anyhow::ensure!(
         !s.items.is_empty(),
-        "{} has no inputs (images {}, sound clips {}) or embeddings ({})",
+        "{} has no inputs (images {}, sound clips {}, texts {}) or embeddings ({})",
         dir.display(),
         extensions(&data::IMAGE_EXTENSIONS),
         extensions(&data::SOUND_EXTENSIONS),
+        extensions(&data::TEXT_EXTENSIONS),
         extensions(&data::VECTOR_EXTENSIONS)
     );
     Ok(s.items)
@@ -824,10 +795,7 @@ mod tests {
             "{:#}",
             input_kind(&paths(&["a/x.wav", "b/y.png"])).unwrap_err()
         );
-        assert!(
-            err.contains("mixes 1 image(s) and 1 sound clip(s)"),
-            "{err}"
-        );
+        assert!(err.contains("mixes 1 images and 1 sound clips"), "{err}");
         check_modality(InputKind::Sound, &sound_model).unwrap();
         check_modality(InputKind::Image, &image_model).unwrap();
         let err = format!(
@@ -842,7 +810,7 @@ mod tests {
             "{:#}",
             check_modality(InputKind::Image, &sound_model).unwrap_err()
         );
-        assert!(err.contains("is a sound model"), "{err}");
+        assert!(err.contains("takes sound"), "{err}");
     }
 
     #[test]

@@ -6,6 +6,7 @@ use crate::model::audio::{self, AudioError, Clip, FrontEnd};
 use crate::model::backbone::{Backbone, BackboneError, Outputs};
 use crate::model::input::{sniff, InputError, PayloadKind, Preprocessor};
 use crate::model::spec::{Modality, ModelDir, ModelError};
+use crate::model::text::{TextError, Tokenizer};
 
 /// Any failure between a payload and an embedding.
 #[derive(Debug, thiserror::Error)]
@@ -16,6 +17,8 @@ pub enum EmbedError {
     Input(#[from] InputError),
     #[error(transparent)]
     Audio(#[from] AudioError),
+    #[error(transparent)]
+    Text(#[from] TextError),
     #[error(transparent)]
     Backbone(#[from] BackboneError),
     #[error("this board runs {model}, which takes {takes}; the payload is {got}")]
@@ -33,6 +36,7 @@ impl EmbedError {
             EmbedError::Model(_) => "model",
             EmbedError::Input(e) => e.code(),
             EmbedError::Audio(e) => e.code(),
+            EmbedError::Text(e) => e.code(),
             EmbedError::Backbone(e) => e.code(),
             EmbedError::WrongModality { .. } => "wrong_modality",
         }
@@ -52,6 +56,8 @@ pub enum Input {
     Audio(Vec<u8>),
     /// Mono samples in [-1, 1], e.g. from a JSON request's `pcm` (base64 s16le) and `rate`.
     Pcm(Clip),
+    /// A text, e.g. from a JSON request's `text`.
+    Text(String),
 }
 
 /// The model directory's preprocessing plus its backbone.
@@ -63,6 +69,8 @@ pub struct Embedder {
     pub preprocessor: Preprocessor,
     /// Sound → backbone inputs, for a model with an `[audio]` section.
     pub front_end: Option<FrontEnd>,
+    /// Text → token ids, for a model with a `[text]` section.
+    pub tokenizer: Option<Tokenizer>,
     /// Tensor → embedding.
     pub backbone: Backbone,
 }
@@ -83,10 +91,15 @@ impl Embedder {
         let backbone = Backbone::load_cached(&model, with_logits, cache_dir)?;
         let preprocessor = Preprocessor::new(model.spec.input.clone());
         let front_end = model.spec.audio.clone().map(FrontEnd::new);
+        let tokenizer = match &model.spec.text {
+            Some(text) => Some(Tokenizer::load(&model.dir, text)?),
+            None => None,
+        };
         Ok(Embedder {
             model,
             preprocessor,
             front_end,
+            tokenizer,
             backbone,
         })
     }
@@ -103,6 +116,7 @@ impl Embedder {
                 Modality::Image => "images (JPEG, PNG) or tensors",
                 Modality::Audio => "sound (WAV, PCM) or log-mel tensors",
                 Modality::Tensor => "tensors",
+                Modality::Text => "text (UTF-8, or JSON with \"text\")",
             },
             got,
         }
@@ -143,10 +157,52 @@ impl Embedder {
         Ok(vec![self.preprocessor.decode(bytes)?])
     }
 
+    /// The text of a request's input, for a text model: a raw payload is UTF-8 text unless it
+    /// is an image or a WAV file (refused: wrong modality).
+    fn text_of<'a>(&self, tokenizer: &Tokenizer, input: &'a Input) -> Result<&'a str, EmbedError> {
+        match input {
+            Input::Payload(bytes) => self.payload_text(tokenizer, bytes),
+            Input::Text(text) => {
+                tokenizer.check(text)?;
+                Ok(text)
+            }
+            Input::Image(_) => Err(self.wrong("an image")),
+            Input::Tensor(_) => Err(self.wrong("a tensor")),
+            Input::Audio(_) | Input::Pcm(_) => Err(self.wrong("sound")),
+        }
+    }
+
+    fn payload_text<'a>(
+        &self,
+        tokenizer: &Tokenizer,
+        bytes: &'a [u8],
+    ) -> Result<&'a str, EmbedError> {
+        if audio::is_wav(bytes) {
+            return Err(self.wrong("sound (WAV)"));
+        }
+        if matches!(sniff(bytes, 0), Some(PayloadKind::Jpeg | PayloadKind::Png)) {
+            return Err(self.wrong("an image"));
+        }
+        Ok(tokenizer.text(bytes)?)
+    }
+
+    /// A text's embedding: tokens, then the encoder once.
+    fn text_embedding(&self, tokenizer: &Tokenizer, text: &str) -> Result<Outputs, EmbedError> {
+        let tokens = tokenizer.encode(text);
+        Ok(Outputs {
+            embedding: self.backbone.run_tokens(&tokens.ids)?,
+            logits: None,
+        })
+    }
+
     /// The backbone inputs of a request's input: one for an image or a tensor, one per window
     /// of a clip.
     fn inputs(&self, input: &Input) -> Result<Vec<Vec<f32>>, EmbedError> {
+        if self.tokenizer.is_some() {
+            return Err(self.wrong("a tensor input"));
+        }
         match input {
+            Input::Text(_) => Err(self.wrong("text")),
             Input::Payload(bytes) => self.payload_inputs(bytes),
             Input::Image(_) if self.front_end.is_some() => Err(self.wrong("an image")),
             Input::Image(bytes) => Ok(vec![self.preprocessor.from_image_bytes(bytes)?]),
@@ -193,29 +249,46 @@ impl Embedder {
 
     /// Decodes and preprocesses an input and embeds it.
     pub fn embed(&self, input: &Input) -> Result<Vec<f32>, EmbedError> {
-        Ok(self.pooled(&self.inputs(input)?, false)?.embedding)
+        Ok(self.run_with(input, false)?.embedding)
     }
 
     /// Like [`embed`](Self::embed), returning the logits too (a model loaded `with_logits`).
     pub fn run(&self, input: &Input) -> Result<Outputs, EmbedError> {
-        self.pooled(&self.inputs(input)?, true)
+        self.run_with(input, true)
     }
 
-    /// [`embed`](Self::embed) of a raw payload (the CLI's files, `eval`'s images and clips),
-    /// decoded where it lies: no copy into an [`Input`].
+    fn run_with(&self, input: &Input, logits: bool) -> Result<Outputs, EmbedError> {
+        match &self.tokenizer {
+            Some(t) => self.text_embedding(t, self.text_of(t, input)?),
+            None => self.pooled(&self.inputs(input)?, logits),
+        }
+    }
+
+    /// [`embed`](Self::embed) of a raw payload (the CLI's files, `eval`'s images, clips and
+    /// texts), decoded where it lies: no copy into an [`Input`].
     pub fn embed_payload(&self, bytes: &[u8]) -> Result<Vec<f32>, EmbedError> {
-        Ok(self.pooled(&self.payload_inputs(bytes)?, false)?.embedding)
+        Ok(self.run_payload(bytes)?.embedding)
     }
 
     /// [`run`](Self::run) of a raw payload, without a copy.
     pub fn run_payload(&self, bytes: &[u8]) -> Result<Outputs, EmbedError> {
-        self.pooled(&self.payload_inputs(bytes)?, true)
+        match &self.tokenizer {
+            Some(t) => self.text_embedding(t, self.payload_text(t, bytes)?),
+            None => self.pooled(&self.payload_inputs(bytes)?, true),
+        }
     }
 
     /// The backbone inputs of a raw payload, without running the backbone (`adaptd inspect`
     /// and the front-end's tests).
     pub fn preprocess_payload(&self, bytes: &[u8]) -> Result<Vec<Vec<f32>>, EmbedError> {
-        self.payload_inputs(bytes)
+        match &self.tokenizer {
+            // A text's backbone input is its token ids.
+            Some(t) => {
+                let ids = t.encode(self.payload_text(t, bytes)?).ids;
+                Ok(vec![ids.into_iter().map(|id| id as f32).collect()])
+            }
+            None => self.payload_inputs(bytes),
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! The model: its description (`model.toml`), payload decoding (images, sound), the frozen backbone (the only
+//! The model: its description (`model.toml`), payload decoding (images, sound, text), the frozen backbone (the only
 //! tract code) and the one payload → embedding path that the daemon, the CLI and `eval` share.
 
 pub mod audio;
@@ -7,6 +7,7 @@ pub mod embedder;
 pub mod input;
 pub mod latency;
 pub mod spec;
+pub mod text;
 
 pub use embedder::{EmbedError, Embedder, Input};
 pub use spec::{Modality, ModelDir, ModelError, ModelSpec, MODEL_TOML, SHIPPED_MODEL};

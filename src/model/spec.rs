@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 
 use crate::model::audio::AudioSpec;
 use crate::model::input::InputSpec;
+use crate::model::text::TextSpec;
 
 /// The name of the description file inside a model directory.
 pub const MODEL_TOML: &str = "model.toml";
@@ -41,6 +42,14 @@ pub struct ModelSpec {
     /// its windows); the clip embedding is the mean of the windows' embeddings.
     #[serde(default)]
     pub audio: Option<AudioSpec>,
+    /// Present for a text model: the tokenizer (vocabulary, casing, length limits) and the
+    /// graph's extra token inputs.
+    #[serde(default)]
+    pub text: Option<TextSpec>,
+    /// The command that fetches `file` when it is not shipped (a model over ~25 MB): named in
+    /// the error when the file is missing.
+    #[serde(default)]
+    pub fetch: Option<String>,
 }
 
 /// What kind of payload a model takes.
@@ -53,15 +62,18 @@ pub enum Modality {
     Audio,
     /// Tensors only (raw f32, JSON): a model whose input is not an image.
     Tensor,
+    /// UTF-8 text, through the `[text]` tokenizer.
+    Text,
 }
 
 impl ModelSpec {
     /// The kind of payload this model takes.
     pub fn modality(&self) -> Modality {
-        match (&self.audio, self.input.image_size()) {
-            (Some(_), _) => Modality::Audio,
-            (None, Some(_)) => Modality::Image,
-            (None, None) => Modality::Tensor,
+        match (&self.audio, &self.text, self.input.image_size()) {
+            (Some(_), _, _) => Modality::Audio,
+            (None, Some(_), _) => Modality::Text,
+            (None, None, Some(_)) => Modality::Image,
+            (None, None, None) => Modality::Tensor,
         }
     }
 
@@ -72,6 +84,28 @@ impl ModelSpec {
             self.file.display(),
             self.embedding_output
         );
+        if let Some(t) = &self.text {
+            return vec![
+                format!(
+                    "UTF-8 text (at most {} bytes); BERT normalizer: drop control characters, \
+                     space out CJK ideographs{}",
+                    t.max_bytes,
+                    if t.lowercase {
+                        ", strip accents (NFD), lowercase"
+                    } else {
+                        ""
+                    }
+                ),
+                format!(
+                    "WordPiece over {} (split on whitespace and punctuation, ## continuations, \
+                     {} for unknown words); [CLS] … [SEP], cut to {} tokens",
+                    t.vocab.display(),
+                    t.unknown_token,
+                    t.max_tokens
+                ),
+                format!("{backbone}: one sentence embedding"),
+            ];
+        }
         match &self.audio {
             None => {
                 let input = &self.input;
@@ -117,17 +151,17 @@ impl ModelSpec {
     /// heads have always carried); a sound model's embedding also depends on the front-end, so
     /// its identity hashes the file's hash together with the recipe.
     pub fn identity(&self, onnx_sha256: &str) -> String {
-        match &self.audio {
-            None => onnx_sha256.to_string(),
-            Some(audio) => {
-                let mut h = Sha256::new();
-                h.update(b"adaptd model identity v1\0");
-                h.update(onnx_sha256.as_bytes());
-                h.update(b"\0");
-                h.update(audio.recipe().as_bytes());
-                hex::encode(h.finalize())
-            }
-        }
+        let recipe = match (&self.audio, &self.text) {
+            (Some(audio), _) => audio.recipe(),
+            (None, Some(text)) => text.recipe(&text.vocab_sha256),
+            (None, None) => return onnx_sha256.to_string(),
+        };
+        let mut h = Sha256::new();
+        h.update(b"adaptd model identity v1\0");
+        h.update(onnx_sha256.as_bytes());
+        h.update(b"\0");
+        h.update(recipe.as_bytes());
+        hex::encode(h.finalize())
     }
 }
 
@@ -176,9 +210,11 @@ impl ModelDir {
         })?;
         spec.input
             .validate()
-            .and_then(|()| match &spec.audio {
-                Some(audio) => audio.validate(spec.input.element_count()),
-                None => Ok(()),
+            .and_then(|()| match (&spec.audio, &spec.text) {
+                (Some(_), Some(_)) => Err("a model has [audio] or [text], not both".into()),
+                (Some(audio), None) => audio.validate(spec.input.element_count()),
+                (None, Some(text)) => text.validate(&spec.input.shape),
+                (None, None) => Ok(()),
             })
             .map_err(|message| ModelError::Invalid {
                 path: toml_path.clone(),

@@ -54,6 +54,7 @@ fn backbone() -> BackboneSummary {
         sha256: SHA.into(),
         modality: crate::model::Modality::Tensor,
         audio: None,
+        text: None,
         input: InputSummary {
             shape: vec![1, DIM],
             layout: "nchw".into(),

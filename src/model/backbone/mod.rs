@@ -18,6 +18,7 @@ use tract_onnx::WithOnnx;
 use crate::model::ModelDir;
 
 mod depthwise;
+mod tokens;
 
 /// The tract version adaptd is built with (pinned in Cargo.toml).
 pub const TRACT_VERSION: &str = "0.23.9";
@@ -41,6 +42,8 @@ pub enum BackboneError {
         path: String,
         source: std::io::Error,
     },
+    #[error("model file {path} is missing: fetch it with `{fetch}` (model.toml's fetch)")]
+    Missing { path: String, fetch: String },
     #[error("{path} is not a loadable ONNX model: {message}")]
     NotOnnx { path: String, message: String },
     #[error("model {path} has SHA-256 {actual}, its model.toml expects {expected}")]
@@ -135,6 +138,8 @@ pub struct Backbone {
     plan: Arc<TypedRunnableModel>,
     info: BackboneInfo,
     logits_plan_ix: Option<usize>,
+    /// For a text encoder, what each graph input takes; `None` for a tensor backbone.
+    tokens: Option<Vec<tokens::TokenInput>>,
 }
 
 impl std::fmt::Debug for Backbone {
@@ -142,6 +147,36 @@ impl std::fmt::Debug for Backbone {
         f.debug_struct("Backbone")
             .field("info", &self.info)
             .finish()
+    }
+}
+
+/// Refuses a file whose SHA-256 is not the one its `model.toml` names.
+fn check_sha256(expected: Option<&str>, path: &Path, actual: &str) -> Result<(), BackboneError> {
+    match expected {
+        Some(want) if !want.eq_ignore_ascii_case(actual) => Err(BackboneError::Checksum {
+            path: path.display().to_string(),
+            expected: want.to_string(),
+            actual: actual.to_string(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Reads the model's ONNX file and returns its bytes with their SHA-256 (hex); a missing file
+/// of a model that says how to fetch it names that command.
+fn read_model(model: &ModelDir) -> Result<(PathBuf, Vec<u8>, String), BackboneError> {
+    let path = model.onnx_path();
+    match (read_hashed(&path), &model.spec.fetch) {
+        (Err(BackboneError::Read { source, .. }), Some(fetch))
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            Err(BackboneError::Missing {
+                path: path.display().to_string(),
+                fetch: fetch.clone(),
+            })
+        }
+        (Ok((bytes, sha)), _) => Ok((path, bytes, sha)),
+        (Err(e), _) => Err(e),
     }
 }
 
@@ -346,20 +381,14 @@ impl Backbone {
         cache_dir: Option<&Path>,
         layout: DepthwiseLayout,
     ) -> Result<Backbone, BackboneError> {
+        if let Some(text) = &model.spec.text {
+            return tokens::load(model, text);
+        }
         let started = Instant::now();
         let spec = &model.spec;
-        let path = model.onnx_path();
         // 1. Read and identify: the SHA-256 names this backbone everywhere, cached or not.
-        let (bytes, sha256) = read_hashed(&path)?;
-        if let Some(expected) = &spec.sha256 {
-            if !expected.eq_ignore_ascii_case(&sha256) {
-                return Err(BackboneError::Checksum {
-                    path: path.display().to_string(),
-                    expected: expected.clone(),
-                    actual: sha256,
-                });
-            }
-        }
+        let (path, bytes, sha256) = read_model(model)?;
+        check_sha256(spec.sha256.as_deref(), &path, &sha256)?;
         let shape = spec.input.shape.clone();
         let prepare = |e: TractError| BackboneError::Prepare {
             shape: shape.clone(),
@@ -474,6 +503,7 @@ impl Backbone {
             plan,
             info,
             logits_plan_ix,
+            tokens: None,
         })
     }
 
@@ -502,6 +532,11 @@ impl Backbone {
 
     /// Runs one input (batch 1) and returns the embedding and, when loaded, the logits.
     pub fn run(&self, input: &[f32]) -> Result<Outputs, BackboneError> {
+        if self.tokens.is_some() {
+            return Err(BackboneError::Run(
+                "this backbone takes tokens, not tensors".into(),
+            ));
+        }
         self.check_len(input)?;
         let tensor = Tensor::from_shape(&self.info.input_shape, input)
             .map_err(|e| BackboneError::Run(format!("{e:#}")))?;
