@@ -279,6 +279,22 @@ pub fn entities(board: &Board<'_>) -> Vec<Entity> {
             }),
         ));
     }
+    // A text board: type a sentence on the dashboard, see its prediction, teach or correct it.
+    if board.modality == Modality::Text {
+        out.push(entity(
+            "text",
+            "classify",
+            "Classify a sentence",
+            json!({
+                "command_topic": format!("{root}/infer"),
+                "qos": 1,
+                "mode": "text",
+                "min": 1,
+                "max": 255,
+                "icon": "mdi:text-search",
+            }),
+        ));
+    }
     if board.image && board.modality == Modality::Image {
         out.push(entity(
             "image",

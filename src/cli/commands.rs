@@ -32,6 +32,8 @@ pub struct BenchArgs<'a> {
     pub profile: bool,
     /// A WAV file: time the sound path on it instead.
     pub clip: Option<&'a Path>,
+    /// A UTF-8 text file: time the text path on it instead.
+    pub text: Option<&'a Path>,
     pub json: bool,
 }
 
@@ -39,6 +41,33 @@ pub struct BenchArgs<'a> {
 pub fn bench(a: BenchArgs<'_>) -> Result<()> {
     let model = ModelDir::find(a.model)?;
     let o = a.run;
+    if let Some(text) = a.text {
+        let r = crate::model::latency::text(&model, &o, text)?;
+        if a.json {
+            println!("{}", serde_json::to_string(&r)?);
+            return Ok(());
+        }
+        println!("{}, load {:.0} ms", r.setup, r.load_ms);
+        println!(
+            "{}: {} bytes, {} tokens{}; medians over {} runs",
+            r.text,
+            r.bytes,
+            r.tokens,
+            if r.truncated { " (cut)" } else { "" },
+            r.setup.runs
+        );
+        for (stage, t) in [
+            ("tokenizer", &r.tokenizer),
+            ("encoder", &r.encoder),
+            ("end to end", &r.end_to_end),
+        ] {
+            println!(
+                "  {stage:<12} median {:>9.3} ms, p90 {:>9.3} ms, min {:>9.3} ms",
+                t.median_ms, t.p90_ms, t.min_ms
+            );
+        }
+        return Ok(());
+    }
     if let Some(clip) = a.clip {
         let r = crate::model::latency::clip(&model, &o, clip, a.cache_dir)?;
         if a.json {
@@ -160,7 +189,7 @@ pub fn inspect(model: Option<&Path>, json: bool) -> Result<()> {
     println!("bytes   {}", report.bytes);
     println!("sha256  {}", report.sha256);
     if let Some(id) = identity.filter(|id| *id != report.sha256) {
-        println!("identity {id} (the file's hash with the front-end recipe)");
+        println!("identity {id} (the file's hash with the front-end or tokenizer recipe)");
     }
     for (name, fact) in &report.inputs {
         println!("input   {name}: {fact}");

@@ -90,6 +90,11 @@ pub enum Command {
         /// Rust side of scripts/bench_sound.py). Needs --model of a model with [audio].
         #[arg(long, value_name = "FILE.wav", conflicts_with_all = ["input", "profile", "batch"])]
         clip: Option<PathBuf>,
+        /// Time a text model's path on the UTF-8 text in this file instead, on one thread: the
+        /// tokenizer alone, the encoder on its ids, and end to end (the Rust side of
+        /// scripts/bench_text.py). Needs --model of a model with [text].
+        #[arg(long, value_name = "FILE.txt", conflicts_with_all = ["input", "profile", "batch", "clip"])]
+        text: Option<PathBuf>,
         /// Print one JSON line.
         #[arg(long)]
         json: bool,
@@ -147,6 +152,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             cache_dir,
             profile,
             clip,
+            text,
             json,
         } => bench(BenchArgs {
             model: model.as_deref(),
@@ -161,6 +167,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             cache_dir: cache_dir.as_deref(),
             profile,
             clip: clip.as_deref(),
+            text: text.as_deref(),
             json,
         }),
         Command::Eval(a) => eval(&a),

@@ -268,6 +268,14 @@ fn entities_follow_the_board() {
     let sound = entities(&board(&classes, &[], Modality::Audio));
     assert!(sound.iter().all(|e| e.component != "image"));
     assert!(sound.iter().any(|e| e.object == "correct"));
+    assert!(sound.iter().all(|e| e.object != "classify"));
+    // A text board has a text field that sends a sentence to classify, and no image.
+    let text = entities(&board(&classes, &[], Modality::Text));
+    let classify = text.iter().find(|e| e.object == "classify").unwrap();
+    assert_eq!(classify.component, "text");
+    assert_eq!(classify.config["command_topic"], "adaptd/cam-1/infer");
+    assert!(check(classify).is_empty(), "{:?}", check(classify));
+    assert!(text.iter().all(|e| e.component != "image"));
     // Nor does an image board with the image turned off.
     let mut b = board(&classes, &[], Modality::Image);
     b.image = false;

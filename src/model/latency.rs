@@ -1,6 +1,7 @@
 //! `adaptd bench`: backbone latency (median of many runs after warm-up) and load-to-ready time,
 //! the Rust side of `scripts/bench_backbone.py`, which runs onnxruntime beside it; with `--clip`,
-//! a sound model's path stage by stage (the Rust side of `scripts/bench_sound.py`).
+//! a sound model's path stage by stage (the Rust side of `scripts/bench_sound.py`); with `--text`,
+//! a text model's (the Rust side of `scripts/bench_text.py`).
 
 use std::path::Path;
 use std::time::Instant;
@@ -342,6 +343,76 @@ pub fn clip(
         backbone_per_window,
         end_to_end,
         real_time_factor: clip_seconds / (end_to_end.median_ms / 1e3),
+    })
+}
+
+/// `adaptd bench --text`: the text path of one text, stage by stage and end to end, on one
+/// thread (the Rust side of `scripts/bench_text.py`, which runs `tokenizers` and onnxruntime).
+#[derive(Debug, Serialize)]
+pub struct TextReport {
+    #[serde(flatten)]
+    pub setup: Setup,
+    /// The text file, as given.
+    pub text: String,
+    pub bytes: usize,
+    /// Token ids the encoder runs (`[CLS]` and `[SEP]` included) and whether the text was cut.
+    pub tokens: usize,
+    pub truncated: bool,
+    /// The ids, so the reference runs exactly the same input.
+    pub ids: Vec<i64>,
+    /// Load of the embedder (vocabulary and encoder), ms.
+    pub load_ms: f64,
+    /// (a) text → ids.
+    pub tokenizer: Timing,
+    /// (b) ids → embedding.
+    pub encoder: Timing,
+    /// (c) payload bytes → embedding ([`Embedder::embed_payload`]).
+    pub end_to_end: Timing,
+}
+
+/// Times the text path of the UTF-8 file `text` with the daemon's embedder, each stage `o.runs`
+/// times after `o.warmup`. One thread; `o.threads`, `o.batch`, `o.input` are refused.
+pub fn text(model: &ModelDir, o: &Options<'_>, text: &Path) -> anyhow::Result<TextReport> {
+    anyhow::ensure!(
+        model.spec.text.is_some(),
+        "--text needs a text model (one with a [text] section), e.g. --model \
+         models/paraphrase-minilm-l3; {} has none",
+        model.dir.display()
+    );
+    anyhow::ensure!(
+        o.threads == 1 && o.batch <= 1 && o.input.is_none(),
+        "--text measures the daemon's path on one thread: no --threads, --batch or --input with it"
+    );
+    backbone::set_threads(1);
+    let bytes = std::fs::read(text).with_context(|| format!("reading {}", text.display()))?;
+    let started = Instant::now();
+    let embedder = Embedder::load(model.clone(), false)?;
+    let load_ms = started.elapsed().as_secs_f64() * 1e3;
+    let tokenizer = embedder.tokenizer.as_ref().context("no tokenizer")?;
+    let s = tokenizer
+        .text(&bytes)
+        .with_context(|| format!("{} is not a text the model takes", text.display()))?;
+    let tokens = tokenizer.encode(s);
+    let (runs, warmup) = (o.runs, o.warmup);
+    let tokenizer_t = Timing::of(warmup, runs, || {
+        std::hint::black_box(tokenizer.encode(s));
+        Ok::<(), std::convert::Infallible>(())
+    })?;
+    let encoder = Timing::of(warmup, runs, || {
+        embedder.backbone.run_tokens(&tokens.ids).map(drop)
+    })?;
+    let end_to_end = Timing::of(warmup, runs, || embedder.embed_payload(&bytes).map(drop))?;
+    Ok(TextReport {
+        setup: Setup::of(&embedder.backbone, 1, 1, end_to_end.runs),
+        text: text.display().to_string(),
+        bytes: bytes.len(),
+        tokens: tokens.ids.len(),
+        truncated: tokens.truncated,
+        ids: tokens.ids,
+        load_ms,
+        tokenizer: tokenizer_t,
+        encoder,
+        end_to_end,
     })
 }
 

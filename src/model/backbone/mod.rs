@@ -88,7 +88,7 @@ pub struct BackboneInfo {
     /// Human name from `model.toml`.
     pub name: String,
     /// The model's identity ([`crate::model::ModelSpec::identity`]): the ONNX file's SHA-256
-    /// (hex), hashed with the front-end recipe for a sound model. A head is only valid for the
+    /// (hex), hashed with the front-end recipe for a sound model or the tokenizer recipe for a text model. A head is only valid for the
     /// model it was trained on.
     pub sha256: String,
     /// SHA-256 (hex) of the ONNX file itself.
