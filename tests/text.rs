@@ -316,3 +316,60 @@ async fn the_daemon_learns_intents_from_a_few_sentences() {
     assert_eq!(class_counts(&i).get("weather"), Some(&4), "{i}");
     d.stop().await.expect("clean stop");
 }
+
+/// `adaptd eval` on a folder of `.txt` files (one sample per file) with the text model: the
+/// texts are tokenized and embedded, the learners are scored on held-out sentences, the report
+/// names the model's identity; with the image model the same folder is refused before anything
+/// is embedded, naming the text model to use.
+#[test]
+fn eval_learns_a_folder_of_texts() {
+    let data = tempfile::tempdir().expect("tempdir");
+    for (label, sentences) in INTENTS {
+        let dir = data.path().join(label);
+        std::fs::create_dir_all(&dir).expect("class dir");
+        for (i, s) in sentences.iter().enumerate() {
+            std::fs::write(dir.join(format!("{i}.txt")), s).expect("write text");
+        }
+    }
+    let cache = tempfile::tempdir().expect("cache");
+    let eval = |model: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_adaptd"))
+            .arg("eval")
+            .arg("--data")
+            .arg(data.path())
+            .arg("--model")
+            .arg(model)
+            .arg("--cache")
+            .arg(cache.path())
+            .args(["--test-fraction", "0.4", "--learners", "auto,ncm", "--json"])
+            .output()
+            .expect("adaptd eval")
+    };
+    let out = eval(&model_dir());
+    assert!(
+        out.status.success(),
+        "eval failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(report["dim"], 384);
+    assert_eq!(report["classes"], 3);
+    assert_eq!(
+        report["backbone_sha256"],
+        embedder().backbone.info().sha256.as_str(),
+        "{report}"
+    );
+    let results = report["results"].as_array().expect("results");
+    assert_eq!(results.len(), 2);
+    for r in results {
+        // Three plainly different intents from three sentences each: at most one of the six
+        // held-out sentences is missed.
+        let accuracy = r["accuracy"].as_f64().expect("accuracy");
+        assert!(accuracy >= 5.0 / 6.0 - 1e-9, "{r}");
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = eval(&root.join("models/efficientnet-lite0"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("models/paraphrase-minilm-l3"), "{err}");
+}

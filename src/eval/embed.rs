@@ -162,7 +162,7 @@ impl Progress {
         let (rate, eta) = if embedded > 0 {
             let per = elapsed / embedded as f64;
             let left = (self.total - done) as f64 * per;
-            (format!("{:.0} ms/image", per * 1e3), format_secs(left))
+            (format!("{:.0} ms/input", per * 1e3), format_secs(left))
         } else {
             ("-".to_string(), "-".to_string())
         };
