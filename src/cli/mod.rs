@@ -109,7 +109,7 @@ pub enum Command {
         #[arg(long, env = "ADAPTD_CONFIG")]
         config: Option<PathBuf>,
     },
-    /// Print the embedding of each image.
+    /// Print the embedding of each input (image, sound clip or text, as the model takes).
     Embed(ImageArgs),
     /// Print the top-5 labels of each image through the model's logits.
     Classify(ImageArgs),
@@ -130,7 +130,8 @@ pub struct ImageArgs {
     /// One JSON object per input on its own line, with the file name.
     #[arg(long)]
     pub json: bool,
-    /// Input files: JPEG, PNG, raw little-endian f32 or JSON tensors.
+    /// Input files: JPEG, PNG, WAV (a sound model), UTF-8 text (a text model: the whole file is
+    /// one text), raw little-endian f32 or JSON tensors.
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
 }

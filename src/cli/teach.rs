@@ -813,7 +813,7 @@ async fn teach_async(args: &TeachArgs) -> Result<()> {
     if not_inputs > 0 {
         eprintln!(
             "adaptd teach: ignoring {not_inputs} embedding(s) from .npy/.csv files: a board \
-             learns from inputs (images, sound clips)"
+             learns from inputs (images, sound clips, texts)"
         );
     }
     if scan.skipped > 0 {

@@ -414,10 +414,12 @@ mod tests {
         assert_eq!(kind("a/x.npy"), None);
         assert_eq!(kind("a/x.ogg"), None);
         assert_eq!(kind("a/wav"), None);
-        // The inputs are exactly the images and the sound clips.
+        assert_eq!(kind("a/x.TXT"), Some(InputKind::Text));
+        // The inputs are exactly the images, the sound clips and the texts.
         let mut all: Vec<&str> = IMAGE_EXTENSIONS
             .iter()
             .chain(&SOUND_EXTENSIONS)
+            .chain(&TEXT_EXTENSIONS)
             .copied()
             .collect();
         all.sort_unstable();
@@ -440,7 +442,7 @@ mod tests {
         std::fs::write(root.join("b/z.PNG"), b"not really a png").unwrap();
         std::fs::write(root.join("b/clip.Wav"), b"RIFF....WAVE").unwrap();
         std::fs::write(root.join("b/clip.ogg"), b"OggS").unwrap();
-        std::fs::write(root.join("b/notes.txt"), "ignored").unwrap();
+        std::fs::write(root.join("b/notes.md"), "ignored").unwrap();
         std::fs::write(root.join("README"), "ignored").unwrap();
         let s = scan(root).unwrap();
         assert_eq!(s.skipped, 3);

@@ -916,7 +916,10 @@ mod tests {
             "--no-cache",
         ]);
         let err = format!("{:#}", load(&a).err().unwrap());
-        assert!(err.contains("sound clips (.wav)"), "{err}");
+        assert!(
+            err.contains("sound clips") && err.contains("takes images"),
+            "{err}"
+        );
         // A folder of nothing usable names every accepted extension.
         let empty = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(empty.path().join("a")).unwrap();

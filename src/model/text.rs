@@ -465,6 +465,34 @@ mod tests {
         assert_eq!(t.encode("light[SEP]off").ids, [2, 7, 3, 8, 3]);
     }
 
+    /// Any string: [CLS] first, [SEP] last, within max_tokens, every id in the vocabulary.
+    #[test]
+    fn random_text_never_breaks_the_bounds() {
+        use rand::{Rng, SeedableRng};
+        let t = tok(12);
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+        let pool = [
+            'a', 'é', '\u{301}', '中', '!', ' ', '\n', '\0', '\u{200b}', '😀', 'İ', '[',
+        ];
+        for _ in 0..2000 {
+            let len = rng.gen_range(0..40);
+            let s: String = (0..len)
+                .map(|_| match rng.gen_range(0..3) {
+                    0 => pool[rng.gen_range(0..pool.len())],
+                    1 => char::from_u32(rng.gen_range(0..0x11_0000)).unwrap_or('x'),
+                    _ => ['t', 'u', 'r', 'n', 'S', 'E', 'P', ']'][rng.gen_range(0..8)],
+                })
+                .collect();
+            let ids = t.encode(&s).ids;
+            assert!(ids.len() >= 2 && ids.len() <= 12, "{s:?}: {ids:?}");
+            assert_eq!((ids[0], ids[ids.len() - 1]), (2, 3), "{s:?}");
+            assert!(
+                ids.iter().all(|&id| (0..17).contains(&id)),
+                "{s:?}: {ids:?}"
+            );
+        }
+    }
+
     #[test]
     fn truncates_to_max_tokens_and_refuses_bad_payloads() {
         let t = tok(4);
