@@ -121,7 +121,7 @@ async fn teaches_every_file_once_and_resumes_with_new_files() {
     write(&data, "cat", "more/copy-of-cat0.jpg", &cats[0]);
     // Hidden files and other extensions are not sent (this one would be refused).
     write(&data, "cat", ".hidden.jpg", b"not an image");
-    write(&data, "cat", "notes.txt", b"not an image");
+    write(&data, "cat", "notes.md", b"not an image");
 
     let r = teach(&broker.url(), &journal, &["--root", &root], &data).await;
     assert!(r.ok, "first run failed");
@@ -239,8 +239,9 @@ async fn a_corrupt_file_is_refused_the_others_learned_and_sound_is_refused_early
     let r = teach(&broker.url(), &journal, &["--root", &root], &sounds).await;
     assert!(!r.ok);
     assert!(
-        r.stderr.contains("sound clips (.wav) but the board")
-            && r.stderr.contains("runs the image model"),
+        r.stderr
+            .contains("the dataset has sound clips but the model")
+            && r.stderr.contains("takes images"),
         "{}",
         r.stderr
     );
@@ -354,8 +355,8 @@ async fn a_silent_board_leaves_files_unanswered_and_a_sound_board_refuses_images
     let r = teach(&broker.url(), &journal, &["--root", "adaptd/ears"], &data).await;
     assert!(!r.ok);
     assert!(
-        r.stderr
-            .contains("the dataset has images but the board adaptd/ears runs the sound model"),
+        r.stderr.contains("the dataset has images but the model")
+            && r.stderr.contains("adaptd/ears takes sound"),
         "{}",
         r.stderr
     );
