@@ -487,7 +487,8 @@ mod tests {
             assert!(ids.len() >= 2 && ids.len() <= 12, "{s:?}: {ids:?}");
             assert_eq!((ids[0], ids[ids.len() - 1]), (2, 3), "{s:?}");
             assert!(
-                ids.iter().all(|&id| (0..17).contains(&id)),
+                ids.iter()
+                    .all(|&id| id >= 0 && (id as usize) < t.vocab_len()),
                 "{s:?}: {ids:?}"
             );
         }
