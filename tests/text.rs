@@ -2,7 +2,7 @@
 //! `tests/data/text/`, made by `tests/data/text/make_refs.py`): token ids on a corpus of hard
 //! cases, tract's sentence embeddings; refusals of payloads a text board does not take; and the
 //! daemon learning intents from a few sentences over MQTT, from its own topics and from a voice
-//! assistant's transcript topic.
+//! assistant's transcript topic; two text boards sharing what they learn through the fleet.
 //!
 //! Needs the model file: `models/paraphrase-minilm-l3/fetch` (`.ci/run` runs it).
 
@@ -315,6 +315,84 @@ async fn the_daemon_learns_intents_from_a_few_sentences() {
     let i = info(&c, root, |i| i["head"]["samples"] == 10).await;
     assert_eq!(class_counts(&i).get("weather"), Some(&4), "{i}");
     d.stop().await.expect("clean stop");
+}
+
+/// Two text boards in a fleet: each learns its own intents, and through the merged fleet head
+/// each recognises the other's; a correction (`feedback` on a prediction's id) starts a new
+/// class on one board, and the other board learns it from the fleet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_boards_share_what_they_learn_and_a_correction_starts_a_class() {
+    let broker = Mosquitto::start();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (sa, sb) = (tmp.path().join("a"), tmp.path().join("b"));
+    let key = |dir: &Path| {
+        adaptd::fleet::Identity::load_or_create(dir)
+            .expect("key")
+            .public_hex()
+    };
+    let trusted = format!("[\"{}\", \"{}\"]", key(&sa), key(&sb));
+    let model = model_dir().display().to_string();
+    let env = [
+        ("ADAPTD_MODEL_DIR", model.as_str()),
+        ("ADAPTD_FLEET_GROUP", "house"),
+        ("ADAPTD_FLEET_TRUSTED_KEYS", trusted.as_str()),
+    ];
+    let (ra, rb) = ("adaptd/text-a", "adaptd/text-b");
+    let c = common::Client::connect(broker.port, &[&format!("{ra}/#"), &format!("{rb}/#")]).await;
+    let a = InProcess::start(InProcess::settings("", &broker.url(), &sa, "text-a", &env));
+    let b = InProcess::start(InProcess::settings("", &broker.url(), &sb, "text-b", &env));
+    for root in [ra, rb] {
+        c.wait_for(&format!("{root}/status"), |m| m.payload == b"online")
+            .await;
+    }
+    // A learns lights and timers, B the weather.
+    for (root, (label, sentences)) in [(ra, INTENTS[0]), (ra, INTENTS[2]), (rb, INTENTS[1])] {
+        for s in &sentences[..3] {
+            c.publish(&format!("{root}/learn/{label}"), s.as_bytes().to_vec())
+                .await;
+        }
+    }
+    info(&c, ra, |i| {
+        i["head"]["samples"] == 6 && i["fleet"]["peers"][0]["samples"] == 3
+    })
+    .await;
+    info(&c, rb, |i| {
+        i["head"]["samples"] == 3 && i["fleet"]["peers"][0]["samples"] == 6
+    })
+    .await;
+    let predict = |root: &'static str, id: String, text: &'static str| {
+        let c = &c;
+        async move {
+            let req = serde_json::json!({"id": id, "text": text}).to_string();
+            c.publish(&format!("{root}/infer"), req).await;
+            c.wait_for(&format!("{root}/prediction"), |m: &Msg| {
+                m.json()["id"] == id
+            })
+            .await
+            .json()
+        }
+    };
+    // Each board recognises every intent, its own and its peer's.
+    for root in [ra, rb] {
+        for (label, sentences) in INTENTS {
+            for (n, s) in sentences[3..].iter().enumerate() {
+                let p = predict(root, format!("{label}-{n}"), s).await;
+                assert_eq!(p["label"], label, "{root}: {s:?}: {p}");
+            }
+        }
+    }
+    // A sentence of none of the intents, corrected on A: a new class there, then on B.
+    let p = predict(ra, "m-1".into(), "play some jazz in the living room").await;
+    assert_ne!(p["label"], "music", "{p}");
+    let fb = serde_json::json!({"id": "m-1", "label": "music"}).to_string();
+    c.publish(&format!("{ra}/feedback"), fb).await;
+    let i = info(&c, ra, |i| i["head"]["samples"] == 7).await;
+    assert_eq!(class_counts(&i).get("music"), Some(&1), "{i}");
+    info(&c, rb, |i| i["fleet"]["peers"][0]["samples"] == 7).await;
+    let p = predict(rb, "m-2".into(), "play some rock music").await;
+    assert_eq!(p["label"], "music", "{p}");
+    a.stop().await.expect("clean stop");
+    b.stop().await.expect("clean stop");
 }
 
 /// `adaptd eval` on a folder of `.txt` files (one sample per file) with the text model: the
