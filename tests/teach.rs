@@ -122,9 +122,17 @@ async fn teaches_every_file_once_and_resumes_with_new_files() {
     // Hidden files and other extensions are not sent (this one would be refused).
     write(&data, "cat", ".hidden.jpg", b"not an image");
     write(&data, "cat", "notes.md", b"not an image");
+    // A text among photos: the image board's model picks the photos, the text is left out.
+    write(&data, "cat", "notes.txt", b"a stray note");
 
     let r = teach(&broker.url(), &journal, &["--root", &root], &data).await;
     assert!(r.ok, "first run failed");
+    assert!(
+        r.stderr
+            .contains("leaving out 1 file(s) that are not images"),
+        "{}",
+        r.stderr
+    );
     assert!(
         r.stdout.contains(&format!(
             "{root}: learned 4, skipped 1 (already taught, 1 of them copies within the \

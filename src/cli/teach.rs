@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::eval::data::{self, InputKind, Origin};
+use crate::model::Modality;
 
 /// How long `teach`/`watch` collect the retained `adaptd/+/info` messages to find the board.
 const DISCOVERY_WAIT: Duration = Duration::from_secs(2);
@@ -573,31 +574,44 @@ fn learn_request(id: &str, label: &str, kind: InputKind, bytes: &[u8]) -> Result
     Ok(serde_json::json!({"id": id, "label": label, field: value}).to_string())
 }
 
-/// The one kind of input in the dataset (images, sound clips or texts).
-fn dataset_kind(work: &[Work]) -> Result<InputKind> {
-    InputKind::of_all(work.iter().map(|w| w.path.as_path()))?.with_context(|| {
+/// The kind of input of the dataset the board's model takes (images, sound clips or texts),
+/// and how many inputs of other kinds are left out (see [`InputKind::for_model`]).
+fn dataset_kind(work: &[Work], modality: Option<Modality>) -> Result<(InputKind, usize)> {
+    InputKind::for_model(work.iter().map(|w| w.path.as_path()), modality)?.with_context(|| {
         "the dataset has no images (.jpg, .jpeg, .png), sound clips (.wav) nor texts (.txt)"
             .to_string()
     })
 }
 
-/// Refuses a dataset the board's model cannot take, from its info's `backbone`.
-fn check_modality(kind: InputKind, root: &str, info: &serde_json::Value) -> Result<()> {
-    use crate::model::Modality;
-    let backbone = &info["backbone"];
-    let name = backbone["name"].as_str().unwrap_or("(unnamed)");
-    let modality = match backbone["modality"].as_str() {
-        Some("image") => Modality::Image,
-        Some("audio") => Modality::Audio,
-        Some("text") => Modality::Text,
-        Some("tensor") => Modality::Tensor,
+/// The inputs the board's model takes, from its info's `backbone.modality`; `None` (with a
+/// warning) when the info does not say.
+fn board_modality(root: &str, info: &serde_json::Value) -> Option<Modality> {
+    match info["backbone"]["modality"].as_str() {
+        Some("image") => Some(Modality::Image),
+        Some("audio") => Some(Modality::Audio),
+        Some("text") => Some(Modality::Text),
+        Some("sensor") => Some(Modality::Sensor),
+        Some("tensor") => Some(Modality::Tensor),
         other => {
             eprintln!(
                 "adaptd teach: warning: the board {root} does not say which inputs its model \
                  takes (backbone.modality {other:?}); sending anyway"
             );
-            return Ok(());
+            None
         }
+    }
+}
+
+/// Refuses a dataset the board's model (named in its info's `backbone`) cannot take.
+fn check_modality(
+    kind: InputKind,
+    root: &str,
+    info: &serde_json::Value,
+    modality: Option<Modality>,
+) -> Result<()> {
+    let name = info["backbone"]["name"].as_str().unwrap_or("(unnamed)");
+    let Some(modality) = modality else {
+        return Ok(());
     };
     match kind.refused_by(modality, &format!("{name} of the board {root}")) {
         Some(why) => bail!("{why}"),
@@ -818,11 +832,14 @@ async fn teach_async(args: &TeachArgs) -> Result<()> {
     }
     if scan.skipped > 0 {
         eprintln!(
-            "adaptd teach: ignoring {} file(s) that are not .jpg .jpeg .png .wav",
+            "adaptd teach: ignoring {} file(s) that are not .jpg .jpeg .png .wav .txt",
             scan.skipped
         );
     }
-    let kind = dataset_kind(&work)?;
+    // Fail before connecting when there is nothing to send; the kind is the board's to pick.
+    if work.is_empty() {
+        dataset_kind(&work, None)?;
+    }
 
     let mut conn = Conn::connect(&args.board, "teach").await?;
     let board = find_board(&mut conn, &args.board).await?;
@@ -838,7 +855,18 @@ async fn teach_async(args: &TeachArgs) -> Result<()> {
     if board.status.as_deref() == Some("offline") {
         bail!("the board {root} is offline (retained {root}/status): start it, then teach");
     }
-    check_modality(kind, &root, &info)?;
+    let modality = board_modality(&root, &info);
+    let (kind, left_out) = dataset_kind(&work, modality)?;
+    if left_out > 0 {
+        eprintln!(
+            "adaptd teach: leaving out {left_out} file(s) that are not {}: the board's model \
+             takes {}",
+            kind.plural(),
+            kind.plural()
+        );
+        work.retain(|w| InputKind::of(&w.path) == Some(kind));
+    }
+    check_modality(kind, &root, &info, modality)?;
 
     let journal_path = match &args.journal {
         Some(p) => p.clone(),
@@ -1194,14 +1222,21 @@ mod tests {
     #[test]
     fn modality_checks() {
         let info = |m: &str| serde_json::json!({"backbone": {"name": "m", "modality": m}});
-        assert!(check_modality(InputKind::Image, "r", &info("image")).is_ok());
-        assert!(check_modality(InputKind::Sound, "r", &info("audio")).is_ok());
-        let e = check_modality(InputKind::Image, "r", &info("audio")).expect_err("refused");
+        let check = |kind, m: &str| {
+            let info = info(m);
+            check_modality(kind, "r", &info, board_modality("r", &info))
+        };
+        assert!(check(InputKind::Image, "image").is_ok());
+        assert!(check(InputKind::Sound, "audio").is_ok());
+        let e = check(InputKind::Image, "audio").expect_err("refused");
         assert!(e.to_string().contains("takes sound"), "{e}");
-        assert!(check_modality(InputKind::Text, "r", &info("text")).is_ok());
-        assert!(check_modality(InputKind::Text, "r", &info("image")).is_err());
-        assert!(check_modality(InputKind::Sound, "r", &info("image")).is_err());
-        assert!(check_modality(InputKind::Image, "r", &info("tensor")).is_err());
+        assert!(check(InputKind::Text, "text").is_ok());
+        assert!(check(InputKind::Text, "image").is_err());
+        assert!(check(InputKind::Sound, "image").is_err());
+        assert!(check(InputKind::Image, "tensor").is_err());
+        // A board that does not say: sent anyway.
+        assert!(check(InputKind::Image, "unknown").is_ok());
+        assert_eq!(board_modality("r", &info("text")), Some(Modality::Text));
     }
 
     #[test]

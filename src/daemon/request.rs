@@ -50,6 +50,9 @@ struct JsonRequest {
     /// A text, for a text model.
     #[serde(default)]
     text: Option<String>,
+    /// A sensor window, one array of numbers per channel (`null`: missing), for a sensor model.
+    #[serde(default)]
+    window: Option<serde_json::Value>,
 }
 
 fn base64_field(name: &str, b64: &str) -> Result<Vec<u8>, RequestError> {
@@ -97,11 +100,13 @@ fn id_string(v: &serde_json::Value) -> Result<String, RequestError> {
 }
 
 /// Decodes a request: a JSON object (`id`, `label`, and one of `image` base64, `tensor`, `audio`,
-/// `pcm` + `rate`, `text`), or any other
+/// `pcm` + `rate`, `text`, `window`), or any other
 /// payload taken as the input itself.
 pub fn parse_request(payload: &bytes::Bytes) -> Result<Request, RequestError> {
     let first = payload.iter().find(|b| !b.is_ascii_whitespace());
-    if first != Some(&b'{') {
+    // JSON is UTF-8: a binary payload (raw f32 of a tensor or a sensor window) that happens to
+    // start with the byte of `{` is still the input itself.
+    if first != Some(&b'{') || std::str::from_utf8(payload).is_err() {
         return Ok(Request {
             input: Some(Input::Payload(payload.clone())),
             ..Request::default()
@@ -116,10 +121,11 @@ pub fn parse_request(payload: &bytes::Bytes) -> Result<Request, RequestError> {
         req.audio.is_some(),
         req.pcm.is_some(),
         req.text.is_some(),
+        req.window.is_some(),
     ];
     if given.iter().filter(|g| **g).count() > 1 {
         return Err(RequestError::BadRequest(
-            "give one of image, tensor, audio, pcm or text".into(),
+            "give one of image, tensor, audio, pcm, text or window".into(),
         ));
     }
     if req.rate.is_some() != req.pcm.is_some() {
@@ -137,6 +143,10 @@ pub fn parse_request(payload: &bytes::Bytes) -> Result<Request, RequestError> {
         let clip = crate::model::audio::pcm_s16le(&base64_field("pcm", &b64)?, rate)
             .map_err(|e| RequestError::BadRequest(e.to_string()))?;
         Some(Input::Pcm(clip))
+    } else if let Some(w) = req.window {
+        let channels =
+            crate::model::sensor::parse_json_window(&w).map_err(RequestError::BadRequest)?;
+        Some(Input::Window(channels))
     } else {
         req.text.map(Input::Text)
     };
@@ -386,6 +396,17 @@ fn json_or_text(payload: &[u8], field: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_binary_payload_starting_with_a_brace_is_the_input() {
+        let mut raw = vec![b'{'];
+        raw.extend(0.5f32.to_le_bytes());
+        raw.extend([0xff, 0xfe, 0x80]);
+        let r = parse_request(&bytes::Bytes::from(raw.clone())).expect("raw");
+        assert_eq!(r.input, Some(Input::Payload(bytes::Bytes::from(raw))));
+        // Text that starts with a brace is JSON, and bad JSON is an error.
+        assert!(parse_request(&bytes::Bytes::from_static(b"{ not json")).is_err());
+    }
 
     #[test]
     fn text_sources_take_their_field() {

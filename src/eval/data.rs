@@ -72,13 +72,31 @@ impl InputKind {
     /// The one kind among `paths`: `None` when none is an input, an error when kinds are mixed
     /// (a model embeds one kind).
     pub fn of_all<'a>(paths: impl Iterator<Item = &'a Path>) -> Result<Option<InputKind>> {
+        Ok(InputKind::for_model(paths, None)?.map(|(kind, _)| kind))
+    }
+
+    /// The kind of input to embed among `paths` for a model that takes `modality`, and how many
+    /// inputs of other kinds to leave out. With one kind, that kind (whether the model takes it
+    /// is [`InputKind::refused_by`]'s question). With several, the model's kind and the others
+    /// left out — a stray `notes.txt` in a folder of photos is not a reason to refuse the
+    /// photos — or an error when the model takes none of them or is not known.
+    pub fn for_model<'a>(
+        paths: impl Iterator<Item = &'a Path>,
+        modality: Option<crate::model::Modality>,
+    ) -> Result<Option<(InputKind, usize)>> {
         let mut counts = BTreeMap::new();
         for kind in paths.filter_map(InputKind::of) {
             counts.entry(kind.plural()).or_insert((kind, 0usize)).1 += 1;
         }
-        match counts.len() {
-            0 => Ok(None),
-            1 => Ok(counts.values().next().map(|(k, _)| *k)),
+        let total: usize = counts.values().map(|(_, n)| n).sum();
+        let taken = counts
+            .values()
+            .find(|(k, _)| Some(k.modality()) == modality)
+            .copied();
+        match (counts.len(), taken) {
+            (0, _) => Ok(None),
+            (1, _) => Ok(counts.values().next().map(|(k, _)| (*k, 0))),
+            (_, Some((kind, n))) => Ok(Some((kind, total - n))),
             _ => anyhow::bail!(
                 "the dataset mixes {}; a model embeds one kind: keep them in separate datasets",
                 counts
@@ -105,6 +123,7 @@ impl InputKind {
             Modality::Image => "images",
             Modality::Audio => "sound",
             Modality::Text => "text",
+            Modality::Sensor => "sensor windows",
             Modality::Tensor => "tensors only",
         };
         Some(format!(
@@ -428,6 +447,36 @@ mod tests {
         assert_eq!(all, inputs);
         assert!(VECTOR_EXTENSIONS.iter().all(|e| !inputs.contains(e)));
         assert_eq!(InputKind::Sound.plural(), "sound clips");
+    }
+
+    #[test]
+    fn the_model_picks_the_kind_of_a_mixed_dataset() {
+        use crate::model::Modality;
+        let paths = ["a/1.jpg", "a/2.png", "b/3.jpg", "b/notes.txt", "x.npy"].map(Path::new);
+        let pick = |m| InputKind::for_model(paths.iter().copied(), m);
+        // The image model takes the photos and leaves the one text out.
+        assert_eq!(
+            pick(Some(Modality::Image)).unwrap(),
+            Some((InputKind::Image, 1))
+        );
+        assert_eq!(
+            pick(Some(Modality::Text)).unwrap(),
+            Some((InputKind::Text, 3))
+        );
+        // A model that takes none of them, or no model known: refused, with the counts.
+        let e = pick(Some(Modality::Audio)).unwrap_err().to_string();
+        assert!(e.contains("3 images and 1 texts"), "{e}");
+        assert!(pick(None).is_err());
+        // One kind: that kind, whatever the model (refused_by says whether it takes it).
+        let photos = ["a/1.jpg", "b/2.jpg"].map(Path::new);
+        assert_eq!(
+            InputKind::for_model(photos.iter().copied(), Some(Modality::Audio)).unwrap(),
+            Some((InputKind::Image, 0))
+        );
+        assert_eq!(
+            InputKind::for_model([Path::new("x.csv")].into_iter(), None).unwrap(),
+            None
+        );
     }
 
     #[test]

@@ -128,6 +128,27 @@ pub struct EmbedStats {
     pub ms_per_image: Option<f64>,
 }
 
+impl EmbedStats {
+    /// The stats of two embedding runs together (a train and a test file): counts added, the
+    /// mean time weighted by what each run embedded.
+    pub fn combined(&self, other: &EmbedStats) -> EmbedStats {
+        let embedded = self.embedded + other.embedded;
+        let total_ms = |s: &EmbedStats| s.ms_per_image.map(|m| m * s.embedded as f64);
+        let ms_per_image = match (total_ms(self), total_ms(other)) {
+            (None, None) => None,
+            (a, b) if embedded > 0 => Some((a.unwrap_or(0.0) + b.unwrap_or(0.0)) / embedded as f64),
+            _ => None,
+        };
+        EmbedStats {
+            images: self.images + other.images,
+            cache_hits: self.cache_hits + other.cache_hits,
+            embedded,
+            failed: self.failed + other.failed,
+            ms_per_image,
+        }
+    }
+}
+
 /// Progress on stderr: a rewritten line on a terminal, a log line every 10 s otherwise.
 struct Progress {
     tty: bool,

@@ -15,6 +15,7 @@ pub mod prequential;
 pub mod report;
 pub mod review;
 pub mod shift;
+pub mod ts;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -64,11 +65,12 @@ pub struct EvalArgs {
     /// --model), or .npy/.csv embeddings.
     #[arg(long, value_name = "DIR", required_unless_present = "train", conflicts_with_all = ["train", "test"])]
     pub data: Option<PathBuf>,
-    /// Training set (folder-per-class), with --test: your own split.
-    #[arg(long, value_name = "DIR", requires = "test")]
+    /// Training set (folder-per-class, or a UCR/UEA `.ts` file of sensor windows for a
+    /// sensor model), with --test: your own split.
+    #[arg(long, value_name = "DIR|FILE.ts", requires = "test")]
     pub train: Option<PathBuf>,
-    /// Test set (folder-per-class), with --train.
-    #[arg(long, value_name = "DIR", requires = "train")]
+    /// Test set (folder-per-class, or a `.ts` file), with --train.
+    #[arg(long, value_name = "DIR|FILE.ts", requires = "train")]
     pub test: Option<PathBuf>,
     /// Fraction of each class held out for testing (with --data).
     #[arg(long, default_value_t = 0.3)]
@@ -176,12 +178,6 @@ struct Embedded {
     id: String,
 }
 
-/// The one kind of input among `inputs`: `None` when there are none, an error when kinds
-/// are mixed (a model takes one kind).
-fn input_kind(inputs: &[PathBuf]) -> Result<Option<InputKind>> {
-    InputKind::of_all(inputs.iter().map(PathBuf::as_path))
-}
-
 /// Refuses, before anything is embedded, a model that does not take the dataset's inputs
 /// (each input would otherwise fail with `wrong_modality`).
 fn check_modality(kind: InputKind, model: &crate::model::ModelDir) -> Result<()> {
@@ -209,6 +205,43 @@ fn embed_all(
     scans: Vec<Vec<Item>>,
     args: &EvalArgs,
 ) -> Result<(Vec<Vec<Embedded>>, Option<EmbedStats>, String)> {
+    let has_inputs = scans
+        .iter()
+        .flatten()
+        .any(|i| matches!(i.origin, Origin::Input(_)));
+    let model = match has_inputs {
+        true => Some(crate::model::ModelDir::find(args.model.as_deref())?),
+        false => None,
+    };
+    let picked = InputKind::for_model(
+        scans.iter().flatten().filter_map(|i| match &i.origin {
+            Origin::Input(p) => Some(p.as_path()),
+            Origin::Vector(_) => None,
+        }),
+        model.as_ref().map(|m| m.spec.modality()),
+    )?;
+    // Inputs of another kind than the model's are left out, like files that are not inputs.
+    let scans: Vec<Vec<Item>> = match picked {
+        Some((kind, skipped)) if skipped > 0 => {
+            tracing::warn!(
+                "left out {skipped} input(s) that are not {}: the model takes {}",
+                kind.plural(),
+                kind.plural()
+            );
+            scans
+                .into_iter()
+                .map(|scan| {
+                    scan.into_iter()
+                        .filter(|i| match &i.origin {
+                            Origin::Input(p) => InputKind::of(p) == Some(kind),
+                            Origin::Vector(_) => true,
+                        })
+                        .collect()
+                })
+                .collect()
+        }
+        _ => scans,
+    };
     let inputs: Vec<PathBuf> = scans
         .iter()
         .flatten()
@@ -217,24 +250,11 @@ fn embed_all(
             Origin::Vector(_) => None,
         })
         .collect();
-    let kind = input_kind(&inputs)?;
-    let (mut vectors, stats, backbone) = if let Some(kind) = kind {
-        let model = crate::model::ModelDir::find(args.model.as_deref())?;
+    let (mut vectors, stats, backbone) = if let (Some((kind, _)), Some(model)) = (picked, model) {
         check_modality(kind, &model)?;
         let id = model_id(&model)?;
-        let root = if args.no_cache {
-            None
-        } else {
-            args.cache.clone().or_else(embed::default_cache_dir)
-        };
-        let cache = root.as_deref().map(|r| Cache::new(r, &id));
-        if cache.is_none() && !args.no_cache {
-            tracing::warn!("no cache directory (set --cache or HOME): embeddings are not cached");
-        }
-        let jobs = args
-            .jobs
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        let (v, stats) = embed::embed_images(&inputs, &model, &id, cache.as_ref(), jobs)?;
+        let cache = cache_for(args, &id);
+        let (v, stats) = embed::embed_images(&inputs, &model, &id, cache.as_ref(), jobs(args))?;
         if stats.failed > 0 {
             tracing::warn!(
                 "{} of {} {} failed and are left out",
@@ -267,6 +287,120 @@ fn embed_all(
         out.push(samples);
     }
     Ok((out, stats, backbone))
+}
+
+/// The embedding cache of the model `id`, unless --no-cache.
+fn cache_for(args: &EvalArgs, id: &ModelId) -> Option<Cache> {
+    let root = if args.no_cache {
+        None
+    } else {
+        args.cache.clone().or_else(embed::default_cache_dir)
+    };
+    let cache = root.as_deref().map(|r| Cache::new(r, id));
+    if cache.is_none() && !args.no_cache {
+        tracing::warn!("no cache directory (set --cache or HOME): embeddings are not cached");
+    }
+    cache
+}
+
+/// Embedding worker threads: --jobs, else the number of CPUs.
+fn jobs(args: &EvalArgs) -> usize {
+    args.jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// A `.ts` train/test pair embedded: the dataset name (`@problemName`), the embedded train and
+/// test samples, the stats and the model identity.
+type EmbeddedTs = (String, Vec<Vec<Embedded>>, Option<EmbedStats>, String);
+
+/// Embeds a `.ts` train/test pair (the UCR/UEA archive's files) through a sensor model: each
+/// series is one window.
+fn embed_ts(train: &Path, test: &Path, args: &EvalArgs) -> Result<EmbeddedTs> {
+    let files = [ts::TsFile::read(train)?, ts::TsFile::read(test)?];
+    let shape = files[0]
+        .shape()
+        .with_context(|| format!("{}", train.display()))?;
+    let test_shape = files[1]
+        .shape()
+        .with_context(|| format!("{}", test.display()))?;
+    anyhow::ensure!(
+        shape == test_shape,
+        "the training series are {}×{} (channels × samples) but the test series {}×{}",
+        shape.0,
+        shape.1,
+        test_shape.0,
+        test_shape.1
+    );
+    let model = crate::model::ModelDir::find(args.model.as_deref())?;
+    let name = format!("{} ({})", model.spec.name, model.dir.display());
+    anyhow::ensure!(
+        model.spec.modality() == crate::model::Modality::Sensor,
+        "the .ts series need a sensor model (a [sensor] model.toml, e.g. one made by \
+         models/minirocket/build.py): the model {name} is not one; pass --model DIR"
+    );
+    let want = crate::model::spec::sensor_shape(&model.spec.input.shape).unwrap_or((0, 0));
+    anyhow::ensure!(
+        want == shape,
+        "the series are {}×{} (channels × samples) but the model {name} takes windows of {}×{}",
+        shape.0,
+        shape.1,
+        want.0,
+        want.1
+    );
+    let id = model_id(&model)?;
+    let cache = cache_for(args, &id);
+    let mut sets = Vec::with_capacity(2);
+    let mut total: Option<EmbedStats> = None;
+    for (file, path) in files.iter().zip([train, test]) {
+        // A window as the daemon takes it: JSON, one array per channel, null for missing.
+        let load = |i: usize| -> Result<Vec<u8>> {
+            Ok(serde_json::json!({"window": file.series[i].0})
+                .to_string()
+                .into_bytes())
+        };
+        let label = |i: usize| format!("{}#{}", path.display(), i + 1);
+        let (vectors, stats) = embed::embed_with(
+            file.series.len(),
+            &load,
+            &label,
+            &model,
+            &id,
+            cache.as_ref(),
+            jobs(args),
+        )?;
+        if stats.failed > 0 {
+            tracing::warn!(
+                "{} of {} series of {} failed and are left out",
+                stats.failed,
+                file.series.len(),
+                path.display()
+            );
+        }
+        total = Some(match total {
+            None => stats,
+            Some(t) => t.combined(&stats),
+        });
+        let samples = vectors
+            .into_iter()
+            .zip(&file.series)
+            .enumerate()
+            .filter_map(|(i, (x, (_, class)))| {
+                Some(Embedded {
+                    x: x?,
+                    label: class.clone(),
+                    id: label(i),
+                })
+            })
+            .collect();
+        sets.push(samples);
+    }
+    let dataset = files[0].name.clone().unwrap_or_else(|| {
+        train
+            .file_stem()
+            .map(|s| s.to_string_lossy().trim_end_matches("_TRAIN").to_string())
+            .unwrap_or_else(|| "dataset".into())
+    });
+    Ok((dataset, sets, total, id.backbone_sha256))
 }
 
 fn scan_items(dir: &Path) -> Result<Vec<Item>> {
@@ -355,15 +489,22 @@ fn load(args: &EvalArgs) -> Result<Loaded> {
             (Some(a), Some(b)) => (a, b),
             _ => anyhow::bail!("give --data DIR, or --train DIR and --test DIR"),
         };
-        let (mut sets, stats, backbone) =
-            embed_all(vec![scan_items(train_dir)?, scan_items(test_dir)?], args)?;
-        let test = sets.pop().unwrap_or_default();
-        let train = sets.pop().unwrap_or_default();
-        let name = match train_dir.parent() {
-            Some(p) if !p.as_os_str().is_empty() => dir_name(p),
-            _ => dir_name(train_dir),
-        };
-        (name, train, test, stats, backbone)
+        if ts::is_ts(train_dir) || ts::is_ts(test_dir) {
+            let (name, mut sets, stats, backbone) = embed_ts(train_dir, test_dir, args)?;
+            let test = sets.pop().unwrap_or_default();
+            let train = sets.pop().unwrap_or_default();
+            (name, train, test, stats, backbone)
+        } else {
+            let (mut sets, stats, backbone) =
+                embed_all(vec![scan_items(train_dir)?, scan_items(test_dir)?], args)?;
+            let test = sets.pop().unwrap_or_default();
+            let train = sets.pop().unwrap_or_default();
+            let name = match train_dir.parent() {
+                Some(p) if !p.as_os_str().is_empty() => dir_name(p),
+                _ => dir_name(train_dir),
+            };
+            (name, train, test, stats, backbone)
+        }
     };
     anyhow::ensure!(!train.is_empty(), "the training split is empty");
     anyhow::ensure!(!test.is_empty(), "the test split is empty");
@@ -781,19 +922,26 @@ mod tests {
             crate::model::ModelDir::load(&manifest.join("models/efficientnet-lite0")).unwrap();
         let sound_model =
             crate::model::ModelDir::load(&manifest.join("models/yamnet-l10")).unwrap();
-        let paths = |names: &[&str]| names.iter().map(PathBuf::from).collect::<Vec<_>>();
-        assert_eq!(input_kind(&[]).unwrap(), None);
+        let kind = |names: &[&str], model: &crate::model::ModelDir| {
+            InputKind::for_model(names.iter().map(Path::new), Some(model.spec.modality()))
+        };
+        assert_eq!(kind(&[], &sound_model).unwrap(), None);
         assert_eq!(
-            input_kind(&paths(&["a/x.wav", "b/y.WAV"])).unwrap(),
-            Some(InputKind::Sound)
+            kind(&["a/x.wav", "b/y.WAV"], &sound_model).unwrap(),
+            Some((InputKind::Sound, 0))
         );
         assert_eq!(
-            input_kind(&paths(&["a/x.jpg", "b/y.png"])).unwrap(),
-            Some(InputKind::Image)
+            kind(&["a/x.jpg", "b/y.png"], &image_model).unwrap(),
+            Some((InputKind::Image, 0))
+        );
+        // Mixed: the model's kind, the other left out; with no model, refused.
+        assert_eq!(
+            kind(&["a/x.wav", "b/y.png"], &sound_model).unwrap(),
+            Some((InputKind::Sound, 1))
         );
         let err = format!(
             "{:#}",
-            input_kind(&paths(&["a/x.wav", "b/y.png"])).unwrap_err()
+            InputKind::of_all(["a/x.wav", "b/y.png"].iter().map(Path::new)).unwrap_err()
         );
         assert!(err.contains("mixes 1 images and 1 sound clips"), "{err}");
         check_modality(InputKind::Sound, &sound_model).unwrap();

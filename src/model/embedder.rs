@@ -5,7 +5,8 @@
 use crate::model::audio::{self, AudioError, Clip, FrontEnd};
 use crate::model::backbone::{Backbone, BackboneError, Outputs};
 use crate::model::input::{sniff, InputError, PayloadKind, Preprocessor};
-use crate::model::spec::{Modality, ModelDir, ModelError};
+use crate::model::sensor::{self, WindowError, Windows};
+use crate::model::spec::{sensor_shape, Modality, ModelDir, ModelError};
 use crate::model::text::{TextError, Tokenizer};
 
 /// Any failure between a payload and an embedding.
@@ -19,6 +20,8 @@ pub enum EmbedError {
     Audio(#[from] AudioError),
     #[error(transparent)]
     Text(#[from] TextError),
+    #[error(transparent)]
+    Window(#[from] WindowError),
     #[error(transparent)]
     Backbone(#[from] BackboneError),
     #[error("this board runs {model}, which takes {takes}; the payload is {got}")]
@@ -37,6 +40,7 @@ impl EmbedError {
             EmbedError::Input(e) => e.code(),
             EmbedError::Audio(e) => e.code(),
             EmbedError::Text(e) => e.code(),
+            EmbedError::Window(e) => e.code(),
             EmbedError::Backbone(e) => e.code(),
             EmbedError::WrongModality { .. } => "wrong_modality",
         }
@@ -58,6 +62,9 @@ pub enum Input {
     Pcm(Clip),
     /// A text, e.g. from a JSON request's `text`.
     Text(String),
+    /// A sensor window, one vector per channel (`None`: a missing value), e.g. from a JSON
+    /// request's `window`.
+    Window(Vec<Vec<Option<f64>>>),
 }
 
 /// The model directory's preprocessing plus its backbone.
@@ -71,6 +78,8 @@ pub struct Embedder {
     pub front_end: Option<FrontEnd>,
     /// Text → token ids, for a model with a `[text]` section.
     pub tokenizer: Option<Tokenizer>,
+    /// Sensor windows → backbone input, for a model with a `[sensor]` section.
+    pub windows: Option<Windows>,
     /// Tensor → embedding.
     pub backbone: Backbone,
 }
@@ -95,11 +104,16 @@ impl Embedder {
             Some(text) => Some(Tokenizer::load(&model.dir, text)?),
             None => None,
         };
+        let windows = model.spec.sensor.clone().map(|spec| {
+            let (_, length) = sensor_shape(&model.spec.input.shape).unwrap_or((0, 0));
+            Windows::new(spec, length)
+        });
         Ok(Embedder {
             model,
             preprocessor,
             front_end,
             tokenizer,
+            windows,
             backbone,
         })
     }
@@ -117,6 +131,7 @@ impl Embedder {
                 Modality::Audio => "sound (WAV, PCM) or log-mel tensors",
                 Modality::Tensor => "tensors",
                 Modality::Text => "text (UTF-8, or JSON with \"text\")",
+                Modality::Sensor => "sensor windows (JSON, CSV or raw f32)",
             },
             got,
         }
@@ -144,6 +159,9 @@ impl Embedder {
     /// A raw payload's backbone inputs: sound is recognised by its RIFF/WAVE header, images by
     /// their magic bytes, anything else goes to the tensor decoders.
     fn payload_inputs(&self, bytes: &[u8]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        if let Some(windows) = &self.windows {
+            return Ok(vec![self.payload_window(windows, bytes)?]);
+        }
         if audio::is_wav(bytes) {
             return self.wav_inputs(bytes);
         }
@@ -169,6 +187,7 @@ impl Embedder {
             Input::Image(_) => Err(self.wrong("an image")),
             Input::Tensor(_) => Err(self.wrong("a tensor")),
             Input::Audio(_) | Input::Pcm(_) => Err(self.wrong("sound")),
+            Input::Window(_) => Err(self.wrong("a sensor window")),
         }
     }
 
@@ -195,13 +214,91 @@ impl Embedder {
         })
     }
 
+    /// A sensor window's backbone input: JSON windows and tensors, CSV and raw f32 payloads;
+    /// everything else is refused.
+    fn window_input(&self, windows: &Windows, input: &Input) -> Result<Vec<f32>, EmbedError> {
+        match input {
+            Input::Window(channels) => Ok(windows.from_channels(channels)?),
+            Input::Tensor(values) => {
+                let values: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+                Ok(windows.from_flat(&values)?)
+            }
+            Input::Payload(bytes) => self.payload_window(windows, bytes),
+            Input::Image(_) => Err(self.wrong("an image")),
+            Input::Audio(_) | Input::Pcm(_) => Err(self.wrong("sound")),
+            Input::Text(_) => Err(self.wrong("text")),
+        }
+    }
+
+    /// A raw payload as a window: text (printable ASCII) is a JSON array (one array per
+    /// channel, or the flat values) or else CSV; binary is raw little-endian f32 of exactly
+    /// the window's size. Text first: a CSV window can have the raw window's byte count.
+    fn payload_window(&self, windows: &Windows, bytes: &[u8]) -> Result<Vec<f32>, EmbedError> {
+        if audio::is_wav(bytes) {
+            return Err(self.wrong("sound (WAV)"));
+        }
+        if bytes.is_empty() {
+            return Err(InputError::Empty.into());
+        }
+        let text = bytes
+            .iter()
+            .all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace());
+        if !text {
+            return match sniff(bytes, self.preprocessor.spec().element_count()) {
+                Some(PayloadKind::Jpeg | PayloadKind::Png) => Err(self.wrong("an image")),
+                Some(PayloadKind::RawF32) => {
+                    let values: Vec<f32> = bytes
+                        .chunks_exact(4)
+                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                        .collect();
+                    Ok(windows.from_flat(&values)?)
+                }
+                _ => Err(InputError::Unrecognised(bytes.len()).into()),
+            };
+        }
+        // Printable ASCII is valid UTF-8.
+        let text = String::from_utf8_lossy(bytes);
+        if !matches!(text.trim_start().chars().next(), Some('[' | '{')) {
+            return Ok(windows.from_csv(&text)?);
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| InputError::Json(e.to_string()))?;
+        let v = match v {
+            serde_json::Value::Object(mut o) => o
+                .remove("window")
+                .or_else(|| o.remove("tensor"))
+                .unwrap_or(serde_json::Value::Null),
+            v => v,
+        };
+        let flat = v
+            .as_array()
+            .is_some_and(|a| !a.is_empty() && a.iter().all(|x| !x.is_array()));
+        if flat {
+            // The flat values, channel after channel (a tensor).
+            let one = sensor::parse_json_window(&serde_json::Value::Array(vec![v]))
+                .map_err(InputError::Json)?;
+            let values: Vec<f32> = one
+                .into_iter()
+                .flatten()
+                .map(|x| x.map_or(f32::NAN, |x| x as f32))
+                .collect();
+            return Ok(windows.from_flat(&values)?);
+        }
+        let channels = sensor::parse_json_window(&v).map_err(InputError::Json)?;
+        Ok(windows.from_channels(&channels)?)
+    }
+
     /// The backbone inputs of a request's input: one for an image or a tensor, one per window
     /// of a clip.
     fn inputs(&self, input: &Input) -> Result<Vec<Vec<f32>>, EmbedError> {
         if self.tokenizer.is_some() {
             return Err(self.wrong("a tensor input"));
         }
+        if let Some(windows) = &self.windows {
+            return Ok(vec![self.window_input(windows, input)?]);
+        }
         match input {
+            Input::Window(_) => Err(self.wrong("a sensor window")),
             Input::Text(_) => Err(self.wrong("text")),
             Input::Payload(bytes) => self.payload_inputs(bytes),
             Input::Image(_) if self.front_end.is_some() => Err(self.wrong("an image")),

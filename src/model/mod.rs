@@ -1,4 +1,4 @@
-//! The model: its description (`model.toml`), payload decoding (images, sound, text), the frozen backbone (the only
+//! The model: its description (`model.toml`), payload decoding (images, sound, text, sensor windows), the frozen backbone (the only
 //! tract code) and the one payload → embedding path that the daemon, the CLI and `eval` share.
 
 pub mod audio;
@@ -6,6 +6,7 @@ pub mod backbone;
 pub mod embedder;
 pub mod input;
 pub mod latency;
+pub mod sensor;
 pub mod spec;
 pub mod text;
 

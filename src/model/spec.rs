@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 
 use crate::model::audio::AudioSpec;
 use crate::model::input::InputSpec;
+use crate::model::sensor::SensorSpec;
 use crate::model::text::TextSpec;
 
 /// The name of the description file inside a model directory.
@@ -46,6 +47,10 @@ pub struct ModelSpec {
     /// graph's extra token inputs.
     #[serde(default)]
     pub text: Option<TextSpec>,
+    /// Present for a sensor model: the window's channels (the input shape is
+    /// `[1, channels, samples]`) and its normalisation.
+    #[serde(default)]
+    pub sensor: Option<SensorSpec>,
     /// The command that fetches `file` when it is not shipped (a model over ~25 MB): named in
     /// the error when the file is missing.
     #[serde(default)]
@@ -64,11 +69,16 @@ pub enum Modality {
     Tensor,
     /// UTF-8 text, through the `[text]` tokenizer.
     Text,
+    /// Sensor windows (channels × samples: JSON, CSV, raw f32), through `[sensor]`.
+    Sensor,
 }
 
 impl ModelSpec {
     /// The kind of payload this model takes.
     pub fn modality(&self) -> Modality {
+        if self.sensor.is_some() {
+            return Modality::Sensor;
+        }
         match (&self.audio, &self.text, self.input.image_size()) {
             (Some(_), _, _) => Modality::Audio,
             (None, Some(_), _) => Modality::Text,
@@ -84,6 +94,18 @@ impl ModelSpec {
             self.file.display(),
             self.embedding_output
         );
+        if let Some(sensor) = &self.sensor {
+            let (c, t) = sensor_shape(&self.input.shape).unwrap_or((0, 0));
+            return vec![
+                format!(
+                    "a window of {c} channels ({}) × {t} samples: JSON (one array per channel), \
+                     CSV (one reading per line) or raw f32; no missing or non-finite values",
+                    sensor.channels.join(", ")
+                ),
+                format!("normalise: {:?}", sensor.normalise).to_lowercase(),
+                format!("{backbone}: one window embedding"),
+            ];
+        }
         if let Some(t) = &self.text {
             return vec![
                 format!(
@@ -151,10 +173,15 @@ impl ModelSpec {
     /// heads have always carried); a sound model's embedding also depends on the front-end, so
     /// its identity hashes the file's hash together with the recipe.
     pub fn identity(&self, onnx_sha256: &str) -> String {
-        let recipe = match (&self.audio, &self.text) {
-            (Some(audio), _) => audio.recipe(),
-            (None, Some(text)) => text.recipe(&text.vocab_sha256),
-            (None, None) => return onnx_sha256.to_string(),
+        let recipe = match (&self.audio, &self.text, &self.sensor) {
+            (Some(audio), _, _) => audio.recipe(),
+            (None, Some(text), _) => text.recipe(&text.vocab_sha256),
+            // Raw windows are the image case: the file is the identity. A normalisation
+            // changes every embedding, so it is part of the identity.
+            (None, None, Some(sensor)) if sensor.normalise != Default::default() => {
+                format!("sensor normalise={:?}", sensor.normalise)
+            }
+            (None, None, _) => return onnx_sha256.to_string(),
         };
         let mut h = Sha256::new();
         h.update(b"adaptd model identity v1\0");
@@ -210,11 +237,22 @@ impl ModelDir {
         })?;
         spec.input
             .validate()
-            .and_then(|()| match (&spec.audio, &spec.text) {
-                (Some(_), Some(_)) => Err("a model has [audio] or [text], not both".into()),
-                (Some(audio), None) => audio.validate(spec.input.element_count()),
-                (None, Some(text)) => text.validate(&spec.input.shape),
-                (None, None) => Ok(()),
+            .and_then(|()| match (&spec.audio, &spec.text, &spec.sensor) {
+                (Some(_), Some(_), _) | (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => {
+                    Err("a model has one of [audio], [text] and [sensor]".into())
+                }
+                (Some(audio), None, None) => audio.validate(spec.input.element_count()),
+                (None, Some(text), None) => text.validate(&spec.input.shape),
+                (None, None, Some(sensor)) => match sensor_shape(&spec.input.shape) {
+                    Some((c, _)) if c == sensor.channels.len() => Ok(()),
+                    _ => Err(format!(
+                        "a [sensor] model's input shape is [1, channels, samples] with one \
+                         channel per name in sensor.channels ({}); it is {:?}",
+                        sensor.channels.len(),
+                        spec.input.shape
+                    )),
+                },
+                (None, None, None) => Ok(()),
             })
             .map_err(|message| ModelError::Invalid {
                 path: toml_path.clone(),
@@ -275,6 +313,14 @@ impl ModelDir {
         let text =
             std::fs::read_to_string(&path).map_err(|source| ModelError::Read { path, source })?;
         Ok(Some(text.lines().map(|l| l.trim().to_string()).collect()))
+    }
+}
+
+/// `(channels, samples)` of a sensor model's input shape `[1, channels, samples]`.
+pub fn sensor_shape(shape: &[usize]) -> Option<(usize, usize)> {
+    match shape {
+        [1, c, t] if *c > 0 && *t > 0 => Some((*c, *t)),
+        _ => None,
     }
 }
 
