@@ -313,3 +313,145 @@ async fn a_sensor_board_learns_windows_over_mqtt() {
     info(&c, root_topic, |i| i["head"]["samples"] == train.len() + 1).await;
     d.stop().await.expect("clean stop");
 }
+
+/// A 3-axis stream published reading by reading (`[[sources]] kind = "readings"`, JSON
+/// `{"x", "y", "z", "t"}` per message) and in batches (`[[x, y, z], …]`) is cut into the model's
+/// windows and predicted exactly as the same windows sent whole; bad readings are refused with
+/// their codes and change no stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readings_streamed_one_by_one_predict_like_whole_windows() {
+    let broker = Mosquitto::start();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let root_topic = "adaptd/motion-2";
+    let c = common::Client::connect(
+        broker.port,
+        &[
+            &format!("{root_topic}/status"),
+            &format!("{root_topic}/info"),
+            &format!("{root_topic}/prediction"),
+            &format!("{root_topic}/error"),
+        ],
+    )
+    .await;
+    let model = model_dir("minirocket-basicmotions-acc")
+        .display()
+        .to_string();
+    let config = "[[sources]]\ntopic = \"sensors/+/imu\"\nkind = \"readings\"\n";
+    let d = InProcess::start(InProcess::settings(
+        config,
+        &broker.url(),
+        &tmp.path().join("state"),
+        "motion-2",
+        &[
+            ("ADAPTD_MODEL_DIR", model.as_str()),
+            // Predictions must not move between the two ways of sending.
+            ("ADAPTD_ADAPT_METHOD", "none"),
+        ],
+    ));
+    c.wait_for(&format!("{root_topic}/status"), |m| m.payload == b"online")
+        .await;
+    let train = basic_motions("TRAIN");
+    for (w, label) in &train.series {
+        let req = serde_json::json!({"label": label, "window": &w[..3]});
+        c.publish(&format!("{root_topic}/learn"), req.to_string())
+            .await;
+    }
+    info(&c, root_topic, |i| {
+        i["head"]["samples"] == train.series.len()
+    })
+    .await;
+
+    // Three test windows of different activities, whole and as one stream of 300 readings.
+    let test = basic_motions("TEST");
+    let picks: Vec<&Vec<Vec<Option<f64>>>> = [0usize, 15, 30]
+        .iter()
+        .map(|&i| &test.series[i].0)
+        .collect();
+    let mut whole = Vec::new();
+    for (n, w) in picks.iter().enumerate() {
+        let id = format!("whole-{n}");
+        let req = serde_json::json!({"id": id, "window": &w[..3]}).to_string();
+        c.publish(&format!("{root_topic}/infer"), req).await;
+        whole.push(
+            c.wait_for(&format!("{root_topic}/prediction"), |m: &Msg| {
+                m.json()["id"] == id
+            })
+            .await
+            .json(),
+        );
+    }
+    let readings: Vec<[f64; 3]> = picks
+        .iter()
+        .flat_map(|w| (0..100).map(move |s| [0, 1, 2].map(|c| w[c][s].expect("value"))))
+        .collect();
+    for (i, r) in readings.iter().enumerate() {
+        let msg = serde_json::json!({"x": r[0], "y": r[1], "z": r[2], "t": i as f64 * 0.1});
+        c.publish("sensors/wrist/imu", msg.to_string()).await;
+    }
+    for batch in readings.chunks(25) {
+        c.publish(
+            "sensors/ankle/imu",
+            serde_json::to_string(batch).expect("json"),
+        )
+        .await;
+    }
+    for topic in ["sensors/wrist/imu", "sensors/ankle/imu"] {
+        for (n, want) in whole.iter().enumerate() {
+            let span = serde_json::json!([n * 100, n * 100 + 99]);
+            let p = c
+                .wait_for(&format!("{root_topic}/prediction"), |m: &Msg| {
+                    m.json()["source"] == topic && m.json()["readings"] == span
+                })
+                .await
+                .json();
+            assert_eq!(
+                p["top"][0]["label"], want["top"][0]["label"],
+                "{topic}: {p}"
+            );
+            let (a, b) = (
+                p["top"][0]["score"].as_f64().expect("score"),
+                want["top"][0]["score"].as_f64().expect("score"),
+            );
+            assert!((a - b).abs() < 1e-5, "{topic} window {n}: {a} vs {b}");
+        }
+    }
+
+    // Bad readings, each on its own stream: refused whole, with their codes.
+    let bad = [
+        (
+            "sensors/gap/imu",
+            vec![r#"{"x": 1, "y": 2}"#],
+            "missing_value",
+        ),
+        ("sensors/two/imu", vec!["[1, 2]"], "wrong_channels"),
+        ("sensors/csv/imu", vec!["1,two,3"], "bad_csv"),
+        (
+            "sensors/late/imu",
+            vec![
+                r#"{"x": 1, "y": 2, "z": 3, "t": 5}"#,
+                r#"{"x": 1, "y": 2, "z": 3, "t": 4}"#,
+            ],
+            "out_of_order",
+        ),
+    ];
+    for (topic, messages, want) in &bad {
+        for m in messages {
+            c.publish(topic, m.as_bytes().to_vec()).await;
+        }
+        let e = c
+            .wait_for(&format!("{root_topic}/error"), |m: &Msg| {
+                m.json()["topic"] == *topic
+            })
+            .await
+            .json();
+        assert_eq!(e["code"], *want, "{e}");
+    }
+    // No window was cut from them: the only stream predictions are the six above.
+    let streamed = c
+        .on(&format!("{root_topic}/prediction"))
+        .iter()
+        .filter(|m| m.json()["readings"].is_array())
+        .count();
+    assert_eq!(streamed, 6);
+    d.stop().await.expect("clean stop");
+}

@@ -141,6 +141,17 @@ pub struct SourceTopic {
     /// e.g. Rhasspy's `hermes/asr/textCaptured` `{"text": …, "siteId": …}`); a payload that is
     /// not a JSON object is the text itself.
     pub text_field: Option<String>,
+    /// `kind = "readings"`: a sensor's readings gathered into the model's windows.
+    pub readings: Option<ReadingsSource>,
+}
+
+/// A live sensor source (`[[sources]] kind = "readings"`): each message one reading or a few,
+/// gathered per topic into the sensor model's window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadingsSource {
+    /// Readings between two windows; `None` = the model's window length (each reading in one
+    /// window).
+    pub hop: Option<usize>,
 }
 
 /// Frigate's per-camera object snapshots (`[[sources]] kind = "frigate"`).

@@ -108,7 +108,7 @@ pub(super) struct RawSource {
     pub topic: String,
     #[serde(default)]
     pub qos: u8,
-    /// `frames` (default), `stream` or `frigate`.
+    /// `frames` (default), `stream`, `frigate` or `readings`.
     #[serde(default)]
     pub kind: Option<String>,
     #[serde(default)]
@@ -125,4 +125,7 @@ pub(super) struct RawSource {
     /// `kind = "frames"` on a text model: the JSON field holding the text.
     #[serde(default)]
     pub text_field: Option<String>,
+    /// `kind = "readings"`: readings between two windows (default: the model's window length).
+    #[serde(default)]
+    pub hop_readings: Option<usize>,
 }

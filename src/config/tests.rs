@@ -143,6 +143,34 @@ fn stream_sources_are_validated() {
 }
 
 #[test]
+fn readings_sources_are_validated() {
+    let parse =
+        |text: &str| Settings::from_parts(Some(text), "f", env(&[("ADAPTD_STATE_DIR", "/tmp")]));
+    let s =
+        parse("[[sources]]\ntopic = \"sensors/+/imu\"\nkind = \"readings\"\n").expect("readings");
+    let src = &s.sources[0];
+    assert_eq!(src.readings.as_ref().map(|r| r.hop), Some(None));
+    assert!(src.stream.is_none() && src.frigate.is_none());
+    let s = parse("[[sources]]\ntopic = \"t\"\nkind = \"readings\"\nhop_readings = 25\n")
+        .expect("readings");
+    assert_eq!(s.sources[0].readings.as_ref().and_then(|r| r.hop), Some(25));
+    for bad in [
+        "hop_readings = 10",
+        "kind = \"stream\"\nhop_readings = 10",
+        "kind = \"readings\"\nhop_readings = 0",
+        "kind = \"readings\"\nhop_seconds = 1.0",
+        "kind = \"readings\"\ntext_field = \"x\"",
+        "kind = \"readings\"\nhop_readings = -1",
+    ] {
+        let e = parse(&format!("[[sources]]\ntopic = \"t\"\n{bad}\n")).expect_err(bad);
+        assert!(
+            e.to_string().contains("sources") || e.to_string().contains("hop_readings"),
+            "{bad}: {e}"
+        );
+    }
+}
+
+#[test]
 fn frigate_sources_and_homeassistant_are_validated() {
     let parse =
         |text: &str| Settings::from_parts(Some(text), "f", env(&[("ADAPTD_STATE_DIR", "/tmp")]));

@@ -13,8 +13,8 @@ use super::raw::{
 };
 use super::{
     BrokerSettings, BrokerTarget, ConfigError, FrigateSource, HomeAssistantSettings,
-    PublishSettings, ServiceSettings, Settings, SourceTopic, StateSettings, StreamSource,
-    TlsSettings,
+    PublishSettings, ReadingsSource, ServiceSettings, Settings, SourceTopic, StateSettings,
+    StreamSource, TlsSettings,
 };
 use crate::adapt::AdaptConfig;
 use crate::fleet::FleetConfig;
@@ -328,6 +328,35 @@ impl RawSource {
         let stream_keys =
             self.window_seconds.is_some() || self.hop_seconds.is_some() || self.threshold.is_some();
         let kind = self.kind.as_deref().unwrap_or("frames");
+        if kind != "readings" && self.hop_readings.is_some() {
+            return Err(bad("hop_readings is for kind = \"readings\""));
+        }
+        if kind == "readings" {
+            if stream_keys {
+                return Err(bad(
+                    "window_seconds, hop_seconds and threshold are for kind = \"stream\"; \
+                     readings use hop_readings",
+                ));
+            }
+            if self.hop_readings == Some(0) {
+                return Err(bad("hop_readings must be at least 1"));
+            }
+            if self.text_field.is_some() || self.cameras.is_some() || self.objects.is_some() {
+                return Err(bad(
+                    "text_field, cameras and objects are not for kind = \"readings\"",
+                ));
+            }
+            return Ok(SourceTopic {
+                topic: self.topic,
+                qos: self.qos,
+                stream: None,
+                frigate: None,
+                text_field: None,
+                readings: Some(ReadingsSource {
+                    hop: self.hop_readings,
+                }),
+            });
+        }
         if kind != "frames" && self.text_field.is_some() {
             return Err(bad("text_field is for kind = \"frames\""));
         }
@@ -369,6 +398,7 @@ impl RawSource {
                 stream: None,
                 frigate: Some(frigate),
                 text_field: None,
+                readings: None,
             });
         }
         let stream = match kind {
@@ -403,7 +433,7 @@ impl RawSource {
             }
             other => {
                 return Err(bad(&format!(
-                    "kind {other:?} is not frames, stream or frigate"
+                    "kind {other:?} is not frames, stream, frigate or readings"
                 )))
             }
         };
@@ -413,6 +443,7 @@ impl RawSource {
             stream,
             frigate: None,
             text_field: self.text_field,
+            readings: None,
         })
     }
 }

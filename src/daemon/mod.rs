@@ -4,8 +4,9 @@
 //! An inference request: [`mqtt`] (driver) → [`intake`] (route, ack, queue) → [`workers`]
 //! (decode, embed, adapt, predict) → [`outbox`] (publish). A learn message: [`mqtt`] →
 //! [`intake`] → [`workers`] (decode, embed) → [`learner`] (in order: WAL fsync, ack, update) →
-//! [`outbox`]. A live audio stream's chunk: [`intake`] → [`stream`] (sliding window) → every
-//! hop a window to [`workers`] → published when what is heard changes.
+//! [`outbox`]. A live audio stream's chunk or a sensor's readings: [`intake`] → [`stream`]
+//! (sliding window; readings parsed by [`readings`]) → every hop a window to [`workers`] →
+//! published (audio: when what is heard changes).
 
 pub(crate) mod adaptation;
 pub(crate) mod broker;
@@ -16,6 +17,7 @@ pub(crate) mod learner;
 pub(crate) mod mqtt;
 pub(crate) mod outbox;
 pub(crate) mod queue;
+pub(crate) mod readings;
 pub(crate) mod reply;
 pub mod request;
 pub(crate) mod review;

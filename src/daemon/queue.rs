@@ -29,7 +29,7 @@ pub struct Job {
     pub received: Instant,
     /// A live stream's window, cut by the intake ([`crate::daemon::stream`]): the input, in
     /// place of the payload.
-    pub window: Option<Box<crate::model::audio::Clip>>,
+    pub window: Option<Box<crate::daemon::stream::StreamWindow>>,
 }
 
 /// What a worker takes from the queue.

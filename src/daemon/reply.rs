@@ -36,6 +36,10 @@ pub struct Prediction<'a> {
     pub camera: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub object: Option<&'a str>,
+    /// A sensor stream's window (`[[sources]] kind = "readings"`): the first and last reading
+    /// it holds, counted from 0 since adaptd began following the topic.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub readings: Option<(u64, u64)>,
 }
 
 /// `{root}/learned`.

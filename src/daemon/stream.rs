@@ -1,7 +1,9 @@
-//! Live audio streams (`[[sources]] kind = "stream"`): each message a small WAV chunk (Rhasspy's
-//! Hermes `audioFrame`), gathered per topic into a sliding window; every hop the intake cuts a
-//! window for the workers, and a window's prediction is published only when what is heard
-//! changes. Holds no backbone: decoding a chunk is cheap and runs on the intake.
+//! Live streams: audio (`[[sources]] kind = "stream"`), each message a small WAV chunk (Rhasspy's
+//! Hermes `audioFrame`), and sensor readings (`kind = "readings"`, parsed by
+//! [`crate::daemon::readings`]), gathered per topic into a sliding window; every hop the intake
+//! cuts a window for the workers. An audio window's prediction is published only when what is
+//! heard changes; a sensor window's every time. Holds no backbone: decoding a chunk is cheap and
+//! runs on the intake.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -9,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use crate::config::SourceTopic;
 use crate::daemon::error::RequestError;
+use crate::daemon::readings;
 use crate::model::audio::{self, AudioError, Clip};
-use crate::model::{EmbedError, Embedder, Modality};
+use crate::model::{EmbedError, Embedder, Input, Modality};
 
 /// Most streams (distinct topics) followed at once; a chunk on a new topic beyond it is refused.
 pub const MAX_STREAMS: usize = 64;
@@ -20,12 +23,31 @@ const MAX_CHUNK_SECONDS: f64 = 5.0;
 /// a second).
 const ERROR_EVERY: Duration = Duration::from_secs(10);
 
-/// One stream source's window, in seconds.
-#[derive(Debug, Clone, Copy)]
-struct Plan {
-    window: f64,
-    hop: f64,
-    threshold: f32,
+/// One stream source's window.
+#[derive(Debug, Clone)]
+enum Plan {
+    /// Audio, in seconds.
+    Audio {
+        window: f64,
+        hop: f64,
+        threshold: f32,
+    },
+    /// Sensor readings: the model's channels, its window length and the hop, in readings.
+    Readings {
+        channels: Vec<String>,
+        length: usize,
+        hop: usize,
+    },
+}
+
+/// A window cut from a stream, for the workers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamWindow {
+    /// The window as an input: a clip, or a sensor window.
+    pub input: Input,
+    /// For a sensor window, which readings of its topic it holds (first, last; counted from 0
+    /// since adaptd began following the topic).
+    pub readings: Option<(u64, u64)>,
 }
 
 /// One stream's recent samples, at the rate its chunks come in.
@@ -38,6 +60,8 @@ struct Buffer {
     /// What was last published: the label heard (score ≥ threshold), `None` for nothing; the
     /// outer `None` before the first prediction.
     heard: Option<Option<String>>,
+    /// A sensor stream's readings.
+    readings: readings::Buffer,
     last_error: Option<Instant>,
 }
 
@@ -64,6 +88,31 @@ impl Streams {
         let audio = embedder.model.spec.audio.as_ref();
         let mut plans = Vec::with_capacity(sources.len());
         for source in sources {
+            if let Some(r) = &source.readings {
+                let Some(windows) = &embedder.windows else {
+                    anyhow::bail!(
+                        "source {:?} is a sensor's readings, but the model {} does not take \
+                         sensor windows (set [model] dir to a sensor model, e.g. \
+                         models/minirocket-basicmotions-acc)",
+                        source.topic,
+                        embedder.model.spec.name
+                    );
+                };
+                let length = windows.length();
+                let hop = r.hop.unwrap_or(length);
+                anyhow::ensure!(
+                    (1..=length).contains(&hop),
+                    "source {:?}: hop_readings {hop} must be at most the model's window \
+                     ({length} readings)",
+                    source.topic
+                );
+                plans.push(Some(Plan::Readings {
+                    channels: windows.spec().channels.clone(),
+                    length,
+                    hop,
+                }));
+                continue;
+            }
             let Some(stream) = &source.stream else {
                 plans.push(None);
                 continue;
@@ -86,7 +135,7 @@ impl Streams {
                 audio.max_seconds,
                 stream.hop_seconds
             );
-            plans.push(Some(Plan {
+            plans.push(Some(Plan::Audio {
                 window,
                 hop: stream.hop_seconds,
                 threshold: stream.threshold,
@@ -106,8 +155,8 @@ impl Streams {
         }
     }
 
-    fn plan(&self, source: usize) -> Option<Plan> {
-        self.plans.get(source).copied().flatten()
+    fn plan(&self, source: usize) -> Option<&Plan> {
+        self.plans.get(source).and_then(Option::as_ref)
     }
 
     /// Takes a chunk on `topic` (of stream source `source`): a window to embed when a hop has
@@ -117,7 +166,7 @@ impl Streams {
         source: usize,
         topic: &str,
         payload: &[u8],
-    ) -> Result<Option<Clip>, ChunkError> {
+    ) -> Result<Option<StreamWindow>, ChunkError> {
         let plan = self.plan(source).ok_or_else(|| ChunkError {
             error: RequestError::BadRequest(format!("{topic} is not a stream source")),
             report: true,
@@ -132,17 +181,27 @@ impl Streams {
             });
         }
         let buffer = buffers.entry(topic.to_string()).or_default();
+        let (window, hop) = match plan {
+            Plan::Audio { window, hop, .. } => (*window, *hop),
+            Plan::Readings {
+                channels,
+                length,
+                hop,
+            } => {
+                let cut = readings::parse(payload, channels)
+                    .and_then(|r| buffer.readings.push(r, *length, *hop));
+                return match cut {
+                    Ok(cut) => Ok(cut.map(|c| StreamWindow {
+                        input: Input::Window(c.channels),
+                        readings: Some((c.first, c.last)),
+                    })),
+                    Err(error) => Err(buffer.refusal(error)),
+                };
+            }
+        };
         let chunk = match decode_chunk(payload) {
             Ok(c) => c,
-            Err(error) => {
-                let report = buffer
-                    .last_error
-                    .is_none_or(|at| at.elapsed() >= ERROR_EVERY);
-                if report {
-                    buffer.last_error = Some(Instant::now());
-                }
-                return Err(ChunkError { error, report });
-            }
+            Err(error) => return Err(buffer.refusal(error)),
         };
         if chunk.rate != buffer.rate {
             // A new stream, or its format changed: start over at the new rate.
@@ -151,8 +210,8 @@ impl Streams {
             buffer.fresh = 0;
         }
         let rate = f64::from(chunk.rate);
-        let window = ((plan.window * rate).round() as usize).max(1);
-        let hop = ((plan.hop * rate).round() as usize).max(1);
+        let window = ((window * rate).round() as usize).max(1);
+        let hop = ((hop * rate).round() as usize).max(1);
         buffer.fresh += chunk.samples.len();
         buffer.samples.extend(chunk.samples);
         let excess = buffer.samples.len().saturating_sub(window);
@@ -163,9 +222,12 @@ impl Streams {
         // Keep the cadence: the next window is due a hop after this one was, not after this
         // chunk (one window at most, however large the chunk).
         buffer.fresh = (buffer.fresh - hop) % hop;
-        Ok(Some(Clip {
-            samples: buffer.samples.iter().copied().collect(),
-            rate: chunk.rate,
+        Ok(Some(StreamWindow {
+            input: Input::Pcm(Clip {
+                samples: buffer.samples.iter().copied().collect(),
+                rate: chunk.rate,
+            }),
+            readings: None,
         }))
     }
 
@@ -173,7 +235,12 @@ impl Streams {
     /// label when its score reaches the source's threshold, else nothing) differs from what
     /// was last published for that stream. Records it when it does.
     pub fn changed(&self, source: usize, topic: &str, label: Option<&str>, score: f32) -> bool {
-        let threshold = self.plan(source).map_or(0.0, |p| p.threshold);
+        let threshold = match self.plan(source) {
+            Some(Plan::Audio { threshold, .. }) => *threshold,
+            // Every sensor window's prediction is published.
+            Some(Plan::Readings { .. }) => return true,
+            None => 0.0,
+        };
         let heard = label.filter(|_| score >= threshold).map(str::to_string);
         let mut buffers = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
         let Some(buffer) = buffers.get_mut(topic) else {
@@ -184,6 +251,17 @@ impl Streams {
         }
         buffer.heard = Some(heard);
         true
+    }
+}
+
+impl Buffer {
+    /// A refused chunk: reported unless the last report on this stream was under 10 s ago.
+    fn refusal(&mut self, error: RequestError) -> ChunkError {
+        let report = self.last_error.is_none_or(|at| at.elapsed() >= ERROR_EVERY);
+        if report {
+            self.last_error = Some(Instant::now());
+        }
+        ChunkError { error, report }
     }
 }
 
@@ -208,13 +286,20 @@ mod tests {
         Streams {
             plans: vec![
                 None,
-                Some(Plan {
+                Some(Plan::Audio {
                     window,
                     hop,
                     threshold: 0.5,
                 }),
             ],
             buffers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn clip(w: StreamWindow) -> Clip {
+        match w.input {
+            Input::Pcm(c) => c,
+            other => panic!("not a clip: {other:?}"),
         }
     }
 
@@ -228,7 +313,11 @@ mod tests {
         let s = streams(1.0, 0.5);
         let mut cut = Vec::new();
         for i in 0..250 {
-            if let Some(clip) = s.push(1, "t", &chunk(256, 16000, 0.1)).expect("chunk") {
+            if let Some(clip) = s
+                .push(1, "t", &chunk(256, 16000, 0.1))
+                .expect("chunk")
+                .map(clip)
+            {
                 assert_eq!(clip.samples.len(), 16000);
                 assert_eq!(clip.rate, 16000);
                 cut.push(i);
@@ -243,6 +332,7 @@ mod tests {
         let clip = s
             .push(1, "t", &chunk(1600, 16000, 0.5))
             .expect("second")
+            .map(clip)
             .expect("a window");
         assert!(clip.samples.iter().all(|v| (v - 0.5).abs() < 1e-3));
     }

@@ -168,7 +168,9 @@ impl Topics {
             .iter()
             .position(|s| rumqttc::matches(topic, &s.topic))
         {
-            Some(i) if sources[i].stream.is_some() => Route::Stream(i),
+            Some(i) if sources[i].stream.is_some() || sources[i].readings.is_some() => {
+                Route::Stream(i)
+            }
             Some(i) => match &sources[i].frigate {
                 // A camera or object this source does not take.
                 Some(f) if f.origin(topic).is_none() => Route::Ignore,
@@ -195,7 +197,8 @@ pub enum Route {
     Command(String),
     /// A fleet peer's signed head, with the peer's device id.
     Peer(String),
-    /// A chunk of a live audio stream, for `sources[i]` (`kind = "stream"`).
+    /// A chunk of a live audio stream or a sensor's readings, for `sources[i]`
+    /// (`kind = "stream"` or `"readings"`).
     Stream(usize),
     Ignore,
 }
@@ -214,12 +217,14 @@ mod tests {
                 stream: None,
                 frigate: None,
                 text_field: None,
+                readings: None,
             },
             SourceTopic {
                 topic: "fr/+/+/snapshot".into(),
                 qos: 0,
                 stream: None,
                 text_field: None,
+                readings: None,
                 frigate: Some(crate::config::FrigateSource {
                     prefix: "fr".into(),
                     cameras: vec!["door".into()],
@@ -236,6 +241,7 @@ mod tests {
                 }),
                 frigate: None,
                 text_field: None,
+                readings: None,
             },
         ];
         assert_eq!(t.route("fr/door/cat/snapshot", &src), Route::Infer);

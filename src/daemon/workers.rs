@@ -28,7 +28,6 @@ use crate::daemon::stats::{bump, Stats};
 use crate::daemon::stream::Streams;
 use crate::daemon::topics::Route;
 use crate::head::validate_label;
-use crate::model::audio::Clip;
 use crate::model::{Embedder, Input};
 
 /// What every worker shares.
@@ -181,7 +180,7 @@ impl Workers {
     fn predict(&self, job: &Job) -> Result<(), Failed> {
         let (id, input) = match &job.window {
             // A live stream's window, cut by the intake.
-            Some(window) => (None, Input::Pcm(Clip::clone(window))),
+            Some(window) => (None, window.input.clone()),
             None => {
                 let payload = &job.publish.payload;
                 check_size(payload, self.max_payload_bytes).map_err(|e| (None, e))?;
@@ -271,6 +270,7 @@ impl Workers {
             source: topic,
             camera: origin.map(|o| o.0),
             object: origin.map(|o| o.1),
+            readings: job.window.as_ref().and_then(|w| w.readings),
         };
         let bytes = serde_json::to_vec(&doc).map_err(|e| {
             let e = RequestError::BadRequest(format!("cannot encode the prediction: {e}"));

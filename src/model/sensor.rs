@@ -50,6 +50,8 @@ pub enum WindowError {
     NonFinite { channel: usize, sample: usize },
     #[error("CSV line {line}: {message}")]
     Csv { line: usize, message: String },
+    #[error("a reading at t = {t} came after one at t = {before}: readings must be in time order")]
+    OutOfOrder { t: f64, before: f64 },
 }
 
 impl WindowError {
@@ -61,6 +63,7 @@ impl WindowError {
             WindowError::Missing { .. } => "missing_value",
             WindowError::NonFinite { .. } => "non_finite",
             WindowError::Csv { .. } => "bad_csv",
+            WindowError::OutOfOrder { .. } => "out_of_order",
         }
     }
 }
