@@ -142,38 +142,65 @@ fn csv(names: &[&str], channels: &[Vec<Option<f64>>]) -> String {
     out
 }
 
+/// A sensor board on the 3-axis model (`config` text and `ADAPTD_*` pairs on top), on a broker
+/// of its own, online, and a client of its replies. Every part bound: a part dropped early would
+/// stop the broker or the daemon.
+struct Board {
+    _broker: Mosquitto,
+    _tmp: tempfile::TempDir,
+    c: common::Client,
+    d: InProcess,
+    root: String,
+}
+
+impl Board {
+    async fn start(device: &str, config: &str, env: &[(&str, &str)]) -> Board {
+        let broker = Mosquitto::start();
+        let tmp = tempfile::tempdir().expect("tmp");
+        let root = format!("adaptd/{device}");
+        let topics: Vec<String> = ["status", "info", "learned", "prediction", "error"]
+            .iter()
+            .map(|t| format!("{root}/{t}"))
+            .collect();
+        let filters: Vec<&str> = topics.iter().map(String::as_str).collect();
+        let c = common::Client::connect(broker.port, &filters).await;
+        let model = model_dir("minirocket-basicmotions-acc")
+            .display()
+            .to_string();
+        let mut pairs = vec![("ADAPTD_MODEL_DIR", model.as_str())];
+        pairs.extend_from_slice(env);
+        let d = InProcess::start(InProcess::settings(
+            config,
+            &broker.url(),
+            &tmp.path().join("state"),
+            device,
+            &pairs,
+        ));
+        c.wait_for(&format!("{root}/status"), |m| m.payload == b"online")
+            .await;
+        Board {
+            _broker: broker,
+            _tmp: tmp,
+            c,
+            d,
+            root,
+        }
+    }
+}
+
 /// A 3-axis board (the accelerometer channels of BasicMotions) learns the four activities over
 /// MQTT from windows sent as JSON `{"window"}`, as CSV and as raw f32, predicts held-out windows
 /// like the same head taught in-process, and refuses bad windows with stable codes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sensor_board_learns_windows_over_mqtt() {
-    let broker = Mosquitto::start();
-    let tmp = tempfile::tempdir().expect("tmp");
-    let root_topic = "adaptd/motion-1";
-    let c = common::Client::connect(
-        broker.port,
-        &[
-            &format!("{root_topic}/status"),
-            &format!("{root_topic}/info"),
-            &format!("{root_topic}/learned"),
-            &format!("{root_topic}/prediction"),
-            &format!("{root_topic}/error"),
-        ],
-    )
-    .await;
-    let model = model_dir("minirocket-basicmotions-acc")
-        .display()
-        .to_string();
-    let d = InProcess::start(InProcess::settings(
-        "",
-        &broker.url(),
-        &tmp.path().join("state"),
-        "motion-1",
-        &[("ADAPTD_MODEL_DIR", model.as_str())],
-    ));
-    c.wait_for(&format!("{root_topic}/status"), |m| m.payload == b"online")
-        .await;
-    let i = info(&c, root_topic, |_| true).await;
+    let Board {
+        _broker,
+        _tmp,
+        c,
+        d,
+        root: root_topic,
+    } = Board::start("motion-1", "", &[]).await;
+    let i = info(&c, &root_topic, |_| true).await;
     assert_eq!(i["backbone"]["modality"], "sensor", "{i}");
     assert_eq!(i["backbone"]["embedding_dim"], 1344, "{i}");
 
@@ -204,7 +231,7 @@ async fn a_sensor_board_learns_windows_over_mqtt() {
             }
         }
     }
-    let i = info(&c, root_topic, |i| i["head"]["samples"] == train.len()).await;
+    let i = info(&c, &root_topic, |i| i["head"]["samples"] == train.len()).await;
     // None refused (a raw window may start with the byte of `{`: still a window).
     assert!(
         c.on(&format!("{root_topic}/error")).is_empty(),
@@ -310,7 +337,7 @@ async fn a_sensor_board_learns_windows_over_mqtt() {
         csv(&["x", "y", "z"], good),
     )
     .await;
-    info(&c, root_topic, |i| i["head"]["samples"] == train.len() + 1).await;
+    info(&c, &root_topic, |i| i["head"]["samples"] == train.len() + 1).await;
     d.stop().await.expect("clean stop");
 }
 
@@ -320,43 +347,22 @@ async fn a_sensor_board_learns_windows_over_mqtt() {
 /// their codes and change no stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readings_streamed_one_by_one_predict_like_whole_windows() {
-    let broker = Mosquitto::start();
-    let tmp = tempfile::tempdir().expect("tmp");
-    let root_topic = "adaptd/motion-2";
-    let c = common::Client::connect(
-        broker.port,
-        &[
-            &format!("{root_topic}/status"),
-            &format!("{root_topic}/info"),
-            &format!("{root_topic}/prediction"),
-            &format!("{root_topic}/error"),
-        ],
-    )
-    .await;
-    let model = model_dir("minirocket-basicmotions-acc")
-        .display()
-        .to_string();
     let config = "[[sources]]\ntopic = \"sensors/+/imu\"\nkind = \"readings\"\n";
-    let d = InProcess::start(InProcess::settings(
-        config,
-        &broker.url(),
-        &tmp.path().join("state"),
-        "motion-2",
-        &[
-            ("ADAPTD_MODEL_DIR", model.as_str()),
-            // Predictions must not move between the two ways of sending.
-            ("ADAPTD_ADAPT_METHOD", "none"),
-        ],
-    ));
-    c.wait_for(&format!("{root_topic}/status"), |m| m.payload == b"online")
-        .await;
+    // Predictions must not move between the two ways of sending.
+    let Board {
+        _broker,
+        _tmp,
+        c,
+        d,
+        root: root_topic,
+    } = Board::start("motion-2", config, &[("ADAPTD_ADAPT_METHOD", "none")]).await;
     let train = basic_motions("TRAIN");
     for (w, label) in &train.series {
         let req = serde_json::json!({"label": label, "window": &w[..3]});
         c.publish(&format!("{root_topic}/learn"), req.to_string())
             .await;
     }
-    info(&c, root_topic, |i| {
+    info(&c, &root_topic, |i| {
         i["head"]["samples"] == train.series.len()
     })
     .await;

@@ -188,13 +188,7 @@ fn reading(v: &serde_json::Value, channels: &[String], n: usize) -> Result<Readi
             Ok(Reading { t, values })
         }
         serde_json::Value::Array(a) => {
-            if a.len() != channels.len() {
-                return Err(window_error(WindowError::Channels {
-                    got: a.len(),
-                    want: channels.len(),
-                    names: channels.join(", "),
-                }));
-            }
+            check_count(a.len(), channels)?;
             let values = a
                 .iter()
                 .enumerate()
@@ -210,15 +204,21 @@ fn reading(v: &serde_json::Value, channels: &[String], n: usize) -> Result<Readi
     }
 }
 
-fn csv_reading(line: &str, channels: &[String], n: usize) -> Result<Reading, RequestError> {
-    let cells: Vec<&str> = line.split(',').map(str::trim).collect();
-    if cells.len() != channels.len() {
+/// A reading of `got` values for a model with `channels`.
+fn check_count(got: usize, channels: &[String]) -> Result<(), RequestError> {
+    if got != channels.len() {
         return Err(window_error(WindowError::Channels {
-            got: cells.len(),
+            got,
             want: channels.len(),
             names: channels.join(", "),
         }));
     }
+    Ok(())
+}
+
+fn csv_reading(line: &str, channels: &[String], n: usize) -> Result<Reading, RequestError> {
+    let cells: Vec<&str> = line.split(',').map(str::trim).collect();
+    check_count(cells.len(), channels)?;
     let values = cells
         .iter()
         .enumerate()
