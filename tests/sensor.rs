@@ -146,7 +146,7 @@ fn csv(names: &[&str], channels: &[Vec<Option<f64>>]) -> String {
 /// of its own, online, and a client of its replies. Every part bound: a part dropped early would
 /// stop the broker or the daemon.
 struct Board {
-    _broker: Mosquitto,
+    broker: Mosquitto,
     _tmp: tempfile::TempDir,
     c: common::Client,
     d: InProcess,
@@ -179,7 +179,7 @@ impl Board {
         c.wait_for(&format!("{root}/status"), |m| m.payload == b"online")
             .await;
         Board {
-            _broker: broker,
+            broker,
             _tmp: tmp,
             c,
             d,
@@ -194,7 +194,7 @@ impl Board {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sensor_board_learns_windows_over_mqtt() {
     let Board {
-        _broker,
+        broker: _broker,
         _tmp,
         c,
         d,
@@ -350,7 +350,7 @@ async fn readings_streamed_one_by_one_predict_like_whole_windows() {
     let config = "[[sources]]\ntopic = \"sensors/+/imu\"\nkind = \"readings\"\n";
     // Predictions must not move between the two ways of sending.
     let Board {
-        _broker,
+        broker: _broker,
         _tmp,
         c,
         d,
@@ -459,5 +459,89 @@ async fn readings_streamed_one_by_one_predict_like_whole_windows() {
         .filter(|m| m.json()["readings"].is_array())
         .count();
     assert_eq!(streamed, 6);
+    d.stop().await.expect("clean stop");
+}
+
+/// A folder per class of `.csv` windows (a reading per line, a header naming the channels) is a
+/// sensor dataset: `adaptd eval --model <sensor model>` embeds them (with another model a `.csv`
+/// stays an embedding file), and `adaptd teach` sends them to a sensor board, leaving out a stray
+/// photo and a note that the board's model does not take.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn folders_of_csv_windows_are_evaluated_and_taught() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    for (split, dir) in [("TRAIN", "train"), ("TEST", "test")] {
+        for (n, (w, label)) in basic_motions(split).series.iter().enumerate() {
+            let path = tmp.path().join(dir).join(label).join(format!("{n}.csv"));
+            std::fs::create_dir_all(path.parent().expect("class")).expect("mkdir");
+            std::fs::write(&path, csv(&["x", "y", "z"], &w[..3])).expect("write");
+        }
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_adaptd"))
+        .arg("eval")
+        .arg("--train")
+        .arg(tmp.path().join("train"))
+        .arg("--test")
+        .arg(tmp.path().join("test"))
+        .arg("--model")
+        .arg(model_dir("minirocket-basicmotions-acc"))
+        .args(["--no-cache", "--learners", "ridge,slda", "--json"])
+        .output()
+        .expect("adaptd eval");
+    assert!(
+        out.status.success(),
+        "eval failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(
+        (report["train"].as_u64(), report["test"].as_u64()),
+        (Some(40), Some(40))
+    );
+    assert_eq!(report["dim"], 1344);
+    for r in report["results"].as_array().expect("results") {
+        // The accelerometer alone: at least 36 of the 40 test windows (as over MQTT above).
+        assert!(r["accuracy"].as_f64().expect("accuracy") >= 0.9, "{r}");
+    }
+
+    let train = tmp.path().join("train");
+    std::fs::write(train.join("Walking").join("notes.txt"), "left out").expect("note");
+    std::fs::copy(
+        common::fixture("chelsea.jpg"),
+        train.join("Running").join("photo.jpg"),
+    )
+    .expect("photo");
+    let Board {
+        broker,
+        _tmp,
+        c,
+        d,
+        root,
+    } = Board::start("motion-3", "", &[]).await;
+    // Off the runtime: the in-process daemon runs on it while teach waits for its replies.
+    let mut teach = std::process::Command::new(env!("CARGO_BIN_EXE_adaptd"));
+    teach
+        .arg("teach")
+        .arg("--broker")
+        .arg(broker.url())
+        .arg("--journal")
+        .arg(tmp.path().join("journal.json"))
+        .arg("--root")
+        .arg(&root)
+        .arg(&train);
+    let out = tokio::task::spawn_blocking(move || teach.output().expect("adaptd teach"))
+        .await
+        .expect("join");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("learned 40,"), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("leaving out 2 file(s) that are not sensor windows"),
+        "{stderr}"
+    );
+    let i = info(&c, &root, |i| i["head"]["samples"] == 40).await;
+    assert_eq!(class_counts(&i).len(), 4, "{i}");
     d.stop().await.expect("clean stop");
 }

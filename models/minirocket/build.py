@@ -13,9 +13,12 @@ The graph (opset 13, IR 7) has input `window` float32 [1, C, T] and output `feat
 [1, F] in aeon's feature order (dilation-major, then the 84 kernels, then that dilation's
 biases). Two forms (--graph):
   exact (default): the convolution outputs are computed with aeon's own float32 operations in
-    aeon's order (Concat, Slice, Mul by -1 and 3, Gather, Add, Reshape), and each PPV is an exact
-    count (Greater, Less, And, Cast, ReduceSum) divided in float64 (Cast, Div, Cast), so every
-    feature is bit-identical to aeon's. This matters: the kernels' weights sum to 0, so on a
+    aeon's order (Concat, Slice, Mul by -1 and 3, Add, Reshape; univariate: broadcast Adds over
+    Slices of the 9 taps, no Gather; multivariate: Gather of the (combination, channel) pairs and
+    aeon's channel sum), the positions a kernel does not count set to -inf by an exact Add of a
+    constant mask, and each PPV is an exact count over all T positions (Greater against the
+    biases, Cast, ReduceSum) divided in float64 (Cast, Div, Cast) and put in aeon's order
+    (Gather of the [1, F] vector), so every feature is bit-identical to aeon's. This matters: the kernels' weights sum to 0, so on a
     constant stretch of a window the output is 0 in real arithmetic and a rounding residue in
     float32; aeon's biases are quantiles of training outputs and land on such residues (e.g.
     -4.77e-7 on ACSF1), so another summation order moves whole stretches across a bias.
@@ -59,7 +62,7 @@ INDICES = np.array(list(combinations(range(9), 3)), dtype=np.int32)  # aeon's Mi
 OPSET = 13
 IR_VERSION = 7  # the IR version that goes with opset 13; onnxruntime 1.20 / tract read it
 PRODUCER = "adaptd models/minirocket/build.py"
-PRODUCER_VERSION = "1"
+PRODUCER_VERSION = "2"  # 2: exact graph without per-feature Gather and position mask
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,56 +195,112 @@ def i64(values):
     return np.asarray(values, dtype=np.int64)
 
 
-def features_exact(g, params, C, T):
-    """All F features of one window [1, C, T] -> [1, F], every value bit-identical to aeon's.
+def range_mask(dil, T, shape, parity):
+    """[1, nd, 1, 1, 1, T]: 0 where the kernels of parity `parity` (k % 2) count position t at
+    dilation j, -inf where they do not (the kernels that are not zero-padded, (j % 2 + k) % 2 != 0,
+    count aeon's C[4d:-4d]). Adding it is exact where it is 0 (c + 0 = c; -0 becomes +0, which
+    compares the same), and c + -inf = -inf is above no bias."""
+    M = np.zeros(shape, np.float32)
+    for j, d in enumerate(dil):
+        if (j % 2 + parity) % 2 != 0:
+            M[0, j, ..., :4 * d] = -np.inf
+            M[0, j, ..., T - 4 * d:] = -np.inf
+    return M
 
-    The convolution outputs are computed with aeon's own float32 operations in aeon's order
-    (numba's _static_transform_uni/_multi and _fit_biases), for all dilations at once:
-      x zero-padded (Concat), each distinct shift s = (i-4) d of it once (Slice, Concat);
-      A = -x, G = 3x (Mul) of those; A_i = A shifted by (i-4) d_j for every dilation j (Gather);
-      C_alpha = A_4 + A_0 + A_1 + A_2 + A_3 + A_5 + A_6 + A_7 + A_8 (left to right);
-      C[c, j, k] = ((C_alpha + G_a) + G_b) + G_c for kernel k's positions (a, b, c) (Gather);
-      computed only for the (combination, channel) pairs used (Gather of rows);
-      multivariate: 0 + C[ch_0] + C[ch_1] + ... over the combination's channels in aeon's drawn
-      order (numba's np.sum(axis=0); Gather of rows, a zero row for kernels with fewer channels).
-    Then per feature f (combination j, k; bias b_f): PPV = #{t in range_f : C[t] > b_f} / L_f with
-    range_f = 0..T for the zero-padded kernels ((j % 2 + k) % 2 == 0) and 4d..T-4d otherwise
-    (aeon's C[padding:-padding]); the count is exact and the division correctly rounded, as
-    aeon's float64 mean cast to float32.
-    """
+
+def shifted_window(g, C, T, dil):
+    """x zero-padded (Concat) and each distinct shift s = (i-4)d of it once (Slice): {s: [C, 1, T]}."""
+    P = 4 * max(dil)
+    x3 = g.op("Reshape", ["window", g.const("shape_window", i64([C, 1, T]))], "window3")  # [C, 1, T]
+    pad = g.const("zeros_pad", np.zeros((C, 1, P), np.float32))
+    xp = g.op("Concat", [pad, x3, pad], "window_padded", axis=2)  # [C, 1, T + 2P]
+    axes2 = g.const("axes_2", i64([2]))
+    shifted = {}
+    for sh in sorted({(i - 4) * d for d in dil for i in range(9)}):
+        n = len(shifted)
+        shifted[sh] = g.op("Slice", [xp, g.const(f"from_{n}", i64([P + sh])), g.const(f"to_{n}", i64([P + sh + T])),
+                                     axes2], f"shift_{n}")
+    return shifted
+
+
+def conv_rows_uni(g, params, T):
+    """Univariate: the convolution outputs as two tensors [1, nd, 42, 1, 1, T], the even and the
+    odd kernels, -inf at the positions a kernel does not count. No Gather: every Add broadcasts
+    one row over a Slice of the 9 taps, for all dilations at once."""
+    dil = [int(d) for d in params[2]]
+    nd, nk = len(dil), len(INDICES)
+    shifted = shifted_window(g, 1, T, dil)
+    D = g.op("Concat", [shifted[(i - 4) * d] for d in dil for i in range(9)], "taps", axis=1)  # [1, nd*9, T]
+    D = g.op("Reshape", [D, g.const("shape_taps", i64([1, nd, 9, 1, 1, T]))], "taps6")
+    A = g.op("Mul", [D, g.const("minus_one", np.array(-1.0, np.float32))], "alpha_x")  # -x
+    G = g.op("Mul", [D, g.const("three", np.array(3.0, np.float32))], "gamma_x")  # 3x
+    # G_p = G + mask: the last addition of a kernel of parity p brings its -inf
+    Gp = [g.op("Add", [G, g.const(f"range_mask_{p}", range_mask(dil, T, (1, nd, 1, 1, 1, T), p))], f"gamma_x_{p}")
+          for p in (0, 1)]
+    axes_k = g.const("axes_k", i64([2]))
+    cache = {}
+
+    def rows(src, start, stop, step=1):  # src[:, :, start:stop:step]
+        key = (src, start, stop, step)
+        if key not in cache:
+            ins = [src, g.const(f"k_from_{start}", i64([start])), g.const(f"k_to_{stop}", i64([stop])), axes_k]
+            if step != 1:
+                ins.append(g.const(f"k_step_{step}", i64([step])))
+            cache[key] = g.op("Slice", ins, f"{src}_{start}_{stop}" + (f"_by{step}" if step != 1 else ""))
+        return cache[key]
+
+    acc = None
+    for i in (4, 0, 1, 2, 3, 5, 6, 7, 8):
+        Ai = rows(A, i, i + 1)
+        acc = Ai if acc is None else g.op("Add", [acc, Ai], f"c_alpha_{i}")  # [1, nd, 1, 1, 1, T]
+    S1 = g.op("Add", [acc, rows(G, 0, 7)], "c_a")  # [1, nd, 7, 1, 1, T]: C_alpha + G_a, a = 0..6
+    k_of = {tuple(int(v) for v in INDICES[k]): k for k in range(nk)}
+    blocks = {0: [], 1: []}  # parity of k -> Add outputs, in k order
+    for a in range(7):
+        S2 = g.op("Add", [rows(S1, a, a + 1), rows(G, a + 1, 8)], f"c_a{a}_b")  # + G_b, b = a+1..7
+        for b in range(a + 1, 8):
+            S2b = rows(S2, b - a - 1, b - a)
+            k0 = k_of[(a, b, b + 1)]  # kernels (a, b, c), c = b+1..8, are k0, k0+1, ...
+            for p in (0, 1):
+                c0 = b + 1 + (p - k0) % 2  # first c whose kernel has parity p
+                if c0 <= 8:
+                    src = rows(Gp[p], c0, 9, 2) if c0 + 2 <= 8 else rows(Gp[p], c0, c0 + 1)
+                    blocks[p].append(g.op("Add", [S2b, src], f"c_a{a}_b{b}_c{p}"))  # + G_c
+    even = g.op("Concat", blocks[0], "c_even", axis=2)  # [1, nd, 42, 1, 1, T]
+    odd = g.op("Concat", blocks[1], "c_odd", axis=2)
+    return [(even, list(range(0, nk, 2))), (odd, list(range(1, nk, 2)))]
+
+
+def conv_rows_multi(g, params, C, T):
+    """Multivariate: the convolution outputs [1, nd, 84, 1, 1, T] summed over each combination's
+    channels, -inf at the positions a kernel does not count. Computed only for the (combination,
+    channel) pairs aeon sums (Gather of rows of C_alpha and of the taps of 3x), then
+    0 + C[ch_0] + C[ch_1] + ... in aeon's drawn channel order (Gather, Add)."""
     n_ch_per_comb, ch_idx, dilations, nfpd, biases = params
-    nd, nk, F = len(dilations), len(INDICES), len(biases)
+    dil = [int(d) for d in dilations]
+    nd, nk = len(dil), len(INDICES)
     n_comb = nd * nk
-    P = 4 * int(max(dilations))
-    zeros = g.const("zeros_pad", np.zeros((1, C, 1, P), np.float32))
-    x4 = g.op("Unsqueeze", ["window", g.const("axes_2", i64([2]))], "window4")  # [1, C, 1, T]
-    xp = g.op("Concat", [zeros, x4, zeros], "window_padded", axis=3)  # [1, C, 1, T + 2P]
-    # every distinct shift s = (i-4)d once: D[:, :, n, t] = x[:, t + shifts[n]] (Slice, Concat)
-    shifts = sorted({(i - 4) * int(d) for d in dilations for i in range(9)})
+    shifted = shifted_window(g, C, T, dil)
+    shifts = list(shifted)
     where = {sh: n for n, sh in enumerate(shifts)}
-    axes3 = g.const("axes_3", i64([3]))
-    D = g.op("Concat", [
-        g.op("Slice", [xp, g.const(f"from_{n}", i64([P + sh])), g.const(f"to_{n}", i64([P + sh + T])), axes3],
-             f"shift_{n}")
-        for n, sh in enumerate(shifts)
-    ], "shifted", axis=2)  # [1, C, n_shifts, T]
+    D = g.op("Concat", list(shifted.values()), "shifted", axis=1)  # [C, n_shifts, T]
     A = g.op("Mul", [D, g.const("minus_one", np.array(-1.0, np.float32))], "alpha_x")  # -x
     G = g.op("Mul", [D, g.const("three", np.array(3.0, np.float32))], "gamma_x")  # 3x
     acc = None
     for i in (4, 0, 1, 2, 3, 5, 6, 7, 8):
-        sel = g.const(f"alpha_tap{i}", i64([where[(i - 4) * int(d)] for d in dilations]))
-        Ai = g.op("Gather", [A, sel], f"alpha_{i}", axis=2)  # [1, C, nd, T]
+        sel = g.const(f"alpha_tap{i}", i64([where[(i - 4) * d] for d in dil]))
+        Ai = g.op("Gather", [A, sel], f"alpha_{i}", axis=1)  # [C, nd, T]
         acc = Ai if acc is None else g.op("Add", [acc, Ai], f"c_alpha_{i}")
-    # only the (combination, channel) pairs aeon sums, step-major: first every combination's
-    # first channel (in combination order), then the second channels of those with two or more...
     alpha_rows = g.op("Reshape", [acc, g.const("shape_alpha_rows", i64([C * nd, T]))], "alpha_rows")  # c*nd + j
     gamma_rows = g.op("Reshape", [G, g.const("shape_gamma_rows", i64([C * len(shifts), T]))], "gamma_rows")
     chans, start = [], 0
     for comb in range(n_comb):
-        n = int(n_ch_per_comb[comb]) if C > 1 else 1  # aeon's univariate code: channel 0 only
-        chans.append([int(c) for c in ch_idx[start:start + n]] if C > 1 else [0])
-        start += int(n_ch_per_comb[comb])
+        n = int(n_ch_per_comb[comb])
+        chans.append([int(c) for c in ch_idx[start:start + n]])
+        start += n
     steps = max(len(c) for c in chans)
+    # step-major: every combination's first channel (in combination order), then the second
+    # channels of those with two or more, ...
     pairs, pair_at = [], {}
     for step in range(steps):
         for comb, c in enumerate(chans):
@@ -251,48 +310,105 @@ def features_exact(g, params, C, T):
     sel = i64([c * nd + comb // nk for comb, c in pairs])
     X = g.op("Gather", [alpha_rows, g.const("pair_alpha_rows", sel)], "pair_alpha", axis=0)
     for n, tag in enumerate("abc"):
-        sel = i64([c * len(shifts) + where[(int(INDICES[comb % nk, n]) - 4) * int(dilations[comb // nk])]
+        sel = i64([c * len(shifts) + where[(int(INDICES[comb % nk, n]) - 4) * dil[comb // nk]]
                    for comb, c in pairs])
         Gx = g.op("Gather", [gamma_rows, g.const(f"pair_gamma_rows_{tag}", sel)], f"pair_gamma_{tag}", axis=0)
         X = g.op("Add", [X, Gx], f"pair_c_{tag}")  # [n_pairs, T]
-    if steps == 1:
-        rows = X  # one channel per combination: rows in combination order
-    else:
-        first = [g.const("start_0", i64([0])), g.const("n_comb", i64([n_comb])), g.const("axes_0", i64([0]))]
-        rows = g.op("Slice", [X] + first, "channel_sum0")  # the first channel of every combination
+    rows = g.op("Slice", [X, g.const("start_0", i64([0])), g.const("n_comb", i64([n_comb])), g.const("axes_0", i64([0]))],
+                "channel_sum0")  # the first channel of every combination
+    if steps > 1:
         X0 = g.op("Concat", [X, g.const("zero_row", np.zeros((1, T), np.float32))], "pair_c0", axis=0)
         for step in range(1, steps):
             sel = i64([pair_at[(comb, step)] if step < len(c) else len(pairs) for comb, c in enumerate(chans)])
             term = g.op("Gather", [X0, g.const(f"channel_step{step}", sel)], f"channel_term{step}", axis=0)
             rows = g.op("Add", [rows, term], f"channel_sum{step}")  # [n_comb, T]
-    # per feature: its combination's row, bias and position range
-    comb_of, lo, hi = [], [], []
-    for j, d in enumerate(dilations):
-        for k in range(nk):
-            padded = (j % 2 + k) % 2 == 0
-            for _ in range(int(nfpd[j])):
-                comb_of.append(j * nk + k)
-                lo.append(0 if padded else 4 * int(d))
-                hi.append(T if padded else T - 4 * int(d))
-    lo, hi = i64(lo), i64(hi)
-    R = g.op("Gather", [rows, g.const("feature_rows", i64(comb_of))], "feature_c", axis=0)  # [F, T]
-    gt = g.op("Greater", [R, g.const("biases", np.asarray(biases, np.float32)[:, None])], "above_bias")
-    pos = g.const("positions_row", i64(np.arange(T))[None, :])
-    inr = g.op(
-        "And",
-        [g.op("Greater", [pos, g.const("range_lo_minus1", (lo - 1)[:, None])], "after_lo"),
-         g.op("Less", [pos, g.const("range_hi", hi[:, None])], "before_hi")],
-        "in_range",
-    )
-    hit = g.op("Cast", [g.op("And", [gt, inr], "counted")], "counted_f", to=1)  # float
-    cnt = g.op("ReduceSum", [hit, g.const("axes_1", i64([1]))], "count", keepdims=0)  # [F]
+    # k = 2r + p: the mask depends on the dilation and the parity p of the kernel only
+    rows = g.op("Reshape", [rows, g.const("shape_c_parity", i64([1, nd, nk // 2, 2, 1, T]))], "c_rows")
+    mask = np.concatenate([range_mask(dil, T, (1, nd, 1, 1, 1, T), p) for p in (0, 1)], axis=3)
+    rows = g.op("Add", [rows, g.const("range_mask", mask)], "c_counted")  # [1, nd, 42, 2, 1, T]
+    return g.op("Reshape", [rows, g.const("shape_c", i64([1, nd, nk, 1, 1, T]))], "c_kernels")
+
+
+def features_exact(g, params, C, T):
+    """All F features of one window [1, C, T] -> [1, F], every value bit-identical to aeon's.
+
+    The convolution outputs are computed with aeon's own float32 operations in aeon's order
+    (numba's _static_transform_uni/_multi and _fit_biases), for all dilations at once: x zero-padded
+    (Concat), each distinct shift s = (i-4) d of it once (Slice); A = -x, G = 3x (Mul);
+    C_alpha = A_4 + A_0 + A_1 + A_2 + A_3 + A_5 + A_6 + A_7 + A_8 (left to right) with
+    A_i[t] = A[t + (i-4) d]; C = ((C_alpha + G_a) + G_b) + G_c for kernel k's positions (a, b, c).
+      univariate (conv_rows_uni, no Gather): the taps as [1, nd, 9, 1, 1, T] (Concat, Reshape);
+        S1 = C_alpha + G_0..6 (one Add), S2[a] = S1[a] + G_{a+1..7} (one Add per a),
+        C = S2[a, b] + G_c over c = b+1..8 (one Add per (a, b), on a Slice of the taps with step 2
+        so the even and the odd kernels come out apart); Concat gives the even and the odd
+        kernels [1, nd, 42, 1, 1, T].
+      multivariate (conv_rows_multi): computed only for the (combination, channel) pairs aeon sums
+        (Gather of rows of C_alpha and of the taps), then 0 + C[ch_0] + C[ch_1] + ... in aeon's
+        drawn channel order (numba's np.sum(axis=0); Gather, Add), as [1, nd, 84, 1, 1, T].
+    The positions a kernel does not count (aeon's C[4d:-4d] for the kernels that are not
+    zero-padded, (j % 2 + k) % 2 != 0) are set to -inf by adding a constant mask, 0 elsewhere
+    (univariate: into the last addend G_c; multivariate: after the channel sum); c + 0 is c and
+    -inf is above no bias, so every PPV is a count over all T positions with no position mask.
+    Each dilation is compared with its first bias on the whole tensor and the dilations with more
+    biases (runs of equal count, Slice) with the others: Greater against biases
+    [nd, K, 1, nb, 1], an exact count (Cast, ReduceSum over T), divided by L (T or T - 8d) in
+    float64 (Cast, Div, Cast), as aeon's float64 mean cast to float32; one Gather over the [1, F]
+    vector puts the features in aeon's order.
+    """
+    n_ch_per_comb, ch_idx, dilations, nfpd, biases = params
+    nd, nk, F = len(dilations), len(INDICES), len(biases)
+    dil = [int(d) for d in dilations]
+    nf = [int(n) for n in nfpd]
+    if C > 1:
+        summed = conv_rows_multi(g, params, C, T)  # [1, nd, 84, 1, 1, T]
+        groups = [(summed, list(range(nk)))]
+    else:
+        groups = conv_rows_uni(g, params, T)
+    # compare: every dilation against its first bias (whole tensor), then the runs of dilations
+    # with more biases against the others (Slice of those dilations)
+    f_of_j = np.concatenate([[0], np.cumsum([nk * n for n in nf])]).astype(np.int64)
+    pieces, flat_f = [], []
+    runs = [(0, nd, 0, 1)]  # (j from, j to, first bias, n biases)
+    j = 0
+    while j < nd:
+        e = j
+        while e < nd and nf[e] == nf[j]:
+            e += 1
+        if nf[j] > 1:
+            runs.append((j, e, 1, nf[j] - 1))
+        j = e
+    for gi, (tensor, ks) in enumerate(groups):
+        for j0, j1, b0, nb in runs:
+            q = f"g{gi}_d{j0}_{j1}_b{b0}"
+            t = tensor
+            if (j0, j1) != (0, nd):
+                t = g.op("Slice", [tensor, g.const(f"j_from_{j0}", i64([j0])), g.const(f"j_to_{j1}", i64([j1])),
+                                   g.const("axes_1", i64([1]))], f"{q}_c")
+            B = np.empty((j1 - j0, len(ks), 1, nb, 1), np.float32)
+            fidx = np.empty((j1 - j0, len(ks), nb), np.int64)
+            for jj in range(j0, j1):
+                for r, k in enumerate(ks):
+                    fs = int(f_of_j[jj]) + k * nf[jj] + b0
+                    B[jj - j0, r, 0, :, 0] = biases[fs:fs + nb]
+                    fidx[jj - j0, r, :] = np.arange(fs, fs + nb)
+            gt = g.op("Greater", [t, g.const(f"{q}_bias", B)], f"{q}_gt")  # [1, nj, K, 1, nb, T]
+            gtf = g.op("Cast", [gt], f"{q}_gtf", to=1)
+            cnt = g.op("ReduceSum", [gtf, g.const("axes_5", i64([5]))], f"{q}_count", keepdims=0)
+            pieces.append(g.op("Reshape", [cnt, g.const(f"{q}_shape", i64([1, fidx.size]))], f"{q}_flat"))
+            flat_f.append(fidx.ravel())
+    flat_f = np.concatenate(flat_f)
+    assert sorted(flat_f.tolist()) == list(range(F))
+    L = np.array(ppv_lengths(params, T), np.float64)[flat_f]
+    cnt = g.op("Concat", pieces, "count", axis=1) if len(pieces) > 1 else pieces[0]  # [1, F]
     # aeon: float64 mean, stored as float32. Dividing in float64 keeps that exact even where a
     # runtime replaces x / L by x * (1/L) (tract does): c * fl64(1/L) rounds to the same float32
     # as c / L for every c <= L <= 5000 (checked exhaustively); in float32 a quarter would be 1 ulp off.
     cnt64 = g.op("Cast", [cnt], "count_f64", to=11)  # DOUBLE
-    ppv64 = g.op("Div", [cnt64, g.const("range_len", (hi - lo).astype(np.float64))], "ppv_f64")
+    ppv64 = g.op("Div", [cnt64, g.const("range_len", L[None, :])], "ppv_f64")
     ppv = g.op("Cast", [ppv64], "ppv", to=1)  # FLOAT
-    return g.op("Reshape", [ppv, g.const("shape_out", i64([1, F]))], "features")
+    perm = np.empty(F, np.int64)  # features[:, f] = ppv[:, perm[f]]
+    perm[flat_f] = np.arange(F)
+    return g.op("Gather", [ppv, g.const("aeon_order", perm)], "features", axis=1)
 
 
 def features_conv(g, params, C, T):
@@ -505,15 +621,26 @@ def write_readme(path, a, info, X, train_src, test_src, sha, size, ops, checks, 
     if a.graph == "exact":
         lines += [
             "The window is zero-padded (Concat), each distinct shift (i-4)·d of it taken once "
-            "(Slice, Concat), A = -x and G = 3x (Mul), and the convolution outputs of all dilations "
+            "(Slice), A = -x and G = 3x (Mul), and the convolution outputs of all dilations "
             "are computed exactly as aeon's numba code does, in the same order, so each float32 "
             "value is bit-identical: C_alpha = A_4 + A_0 + A_1 + A_2 + A_3 + A_5 + A_6 + A_7 + A_8 "
-            "(A_i[t] = A[t + (i-4)d], Gather), C = ((C_alpha + G_a) + G_b) + G_c for the kernel's "
-            "three positions (Gather), and for several channels 0 + C[ch_0] + C[ch_1] + ... in "
-            "aeon's drawn channel order (Gather, Add). Each feature's PPV is then an exact count "
-            "over its positions (all T, or 4d..T-4d; Greater, Less, And, Cast, ReduceSum) divided "
-            "by their number in float64 (Cast, Div, Cast back to float32), as aeon's float64 mean "
-            "stored as float32; float64 also keeps it exact where a runtime replaces x / L by "
+            "(A_i[t] = A[t + (i-4)d]), C = ((C_alpha + G_a) + G_b) + G_c for the kernel's "
+            "three positions (a, b, c)"
+            + (", computed for the (kernel, channel) pairs used (Gather of rows), and for several "
+               "channels 0 + C[ch_0] + C[ch_1] + ... in aeon's drawn channel order (Gather, Add)."
+               if X.shape[1] > 1 else
+               ": for one channel with no Gather, each Add broadcasting one row over a Slice of the "
+               "9 taps for all dilations at once (C_alpha + G_0..6, then + G_b for b > a, then "
+               "+ G_c for c > b, the c's split by kernel parity with a step-2 Slice), Concat into "
+               "the even and the odd kernels.")
+            + " The positions a kernel does not count (4d..T-4d is counted by the kernels that are "
+            "not zero-padded) are set to -inf by adding a constant mask that is 0 elsewhere "
+            "(exact: c + 0 = c, and -inf is above no bias). Each feature's PPV is then an exact "
+            "count over all T positions (Greater against the biases, broadcast over T and the "
+            "dilations; Cast, ReduceSum) divided by the number of counted positions in float64 "
+            "(Cast, Div, Cast back to float32), as aeon's float64 mean stored as float32, and one "
+            "Gather of the [1, F] vector puts the features in aeon's order; float64 also keeps the "
+            "division exact where a runtime replaces x / L by "
             "x · (1/L), as tract does (in float32 that would change the last bit of about a "
             "quarter of the values). A runtime keeps the whole graph bit-exact as long as it does "
             "not reorder the additions or fuse them with the multiplications. No Conv is used.",

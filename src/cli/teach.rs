@@ -570,6 +570,10 @@ fn learn_request(id: &str, label: &str, kind: InputKind, bytes: &[u8]) -> Result
             "text",
             String::from_utf8(bytes.to_vec()).context("a .txt file must be UTF-8")?,
         ),
+        InputKind::Window => (
+            "window",
+            String::from_utf8(bytes.to_vec()).context("a .csv window must be UTF-8")?,
+        ),
     };
     Ok(serde_json::json!({"id": id, "label": label, field: value}).to_string())
 }
@@ -578,7 +582,8 @@ fn learn_request(id: &str, label: &str, kind: InputKind, bytes: &[u8]) -> Result
 /// and how many inputs of other kinds are left out (see [`InputKind::for_model`]).
 fn dataset_kind(work: &[Work], modality: Option<Modality>) -> Result<(InputKind, usize)> {
     InputKind::for_model(work.iter().map(|w| w.path.as_path()), modality)?.with_context(|| {
-        "the dataset has no images (.jpg, .jpeg, .png), sound clips (.wav) nor texts (.txt)"
+        "the dataset has no images (.jpg, .jpeg, .png), sound clips (.wav), texts (.txt) nor \
+         sensor windows (.csv)"
             .to_string()
     })
 }
@@ -804,7 +809,9 @@ async fn teach_async(args: &TeachArgs) -> Result<()> {
         "--timeout must be a positive number of seconds"
     );
     let timeout = Duration::from_secs_f64(args.timeout);
-    let scan = data::scan(&args.dir)?;
+    // A board learns from inputs, never from embeddings: a .csv file is a sensor window, for
+    // the board's model to take or leave out.
+    let scan = data::scan_in(&args.dir, true)?;
     let mut work = Vec::new();
     let mut not_inputs = 0usize;
     for item in scan.items {
@@ -826,13 +833,13 @@ async fn teach_async(args: &TeachArgs) -> Result<()> {
     }
     if not_inputs > 0 {
         eprintln!(
-            "adaptd teach: ignoring {not_inputs} embedding(s) from .npy/.csv files: a board \
-             learns from inputs (images, sound clips, texts)"
+            "adaptd teach: ignoring {not_inputs} embedding(s) from .npy files: a board learns \
+             from inputs (images, sound clips, texts, sensor windows)"
         );
     }
     if scan.skipped > 0 {
         eprintln!(
-            "adaptd teach: ignoring {} file(s) that are not .jpg .jpeg .png .wav .txt",
+            "adaptd teach: ignoring {} file(s) that are not .jpg .jpeg .png .wav .txt .csv",
             scan.skipped
         );
     }
@@ -864,7 +871,7 @@ async fn teach_async(args: &TeachArgs) -> Result<()> {
             kind.plural(),
             kind.plural()
         );
-        work.retain(|w| InputKind::of(&w.path) == Some(kind));
+        work.retain(|w| InputKind::of_in(&w.path, true) == Some(kind));
     }
     check_modality(kind, &root, &info, modality)?;
 

@@ -50,7 +50,8 @@ struct JsonRequest {
     /// A text, for a text model.
     #[serde(default)]
     text: Option<String>,
-    /// A sensor window, one array of numbers per channel (`null`: missing), for a sensor model.
+    /// A sensor window, one array of numbers per channel (`null`: missing), or CSV text, for a
+    /// sensor model.
     #[serde(default)]
     window: Option<serde_json::Value>,
 }
@@ -144,9 +145,13 @@ pub fn parse_request(payload: &bytes::Bytes) -> Result<Request, RequestError> {
             .map_err(|e| RequestError::BadRequest(e.to_string()))?;
         Some(Input::Pcm(clip))
     } else if let Some(w) = req.window {
-        let channels =
-            crate::model::sensor::parse_json_window(&w).map_err(RequestError::BadRequest)?;
-        Some(Input::Window(channels))
+        match w {
+            // CSV text, a reading per line (what `adaptd teach` sends for a .csv file).
+            serde_json::Value::String(csv) => Some(Input::Csv(csv)),
+            w => Some(Input::Window(
+                crate::model::sensor::parse_json_window(&w).map_err(RequestError::BadRequest)?,
+            )),
+        }
     } else {
         req.text.map(Input::Text)
     };

@@ -196,7 +196,9 @@ impl Workers {
                 }
                 .map_err(|e| (sniff_id(payload), e))?;
                 let input = req.input.ok_or_else(|| {
-                    let e = RequestError::BadRequest("no image, tensor, audio, pcm or text".into());
+                    let e = RequestError::BadRequest(
+                        "no image, tensor, audio, pcm, text or window".into(),
+                    );
                     (req.id.clone(), e)
                 })?;
                 (req.id, input)

@@ -24,6 +24,10 @@ pub const INPUT_EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "wav", "txt"];
 /// Embedding file extensions read as vectors (case-insensitive).
 pub const VECTOR_EXTENSIONS: [&str; 2] = ["npy", "csv"];
 
+/// Sensor window extensions (case-insensitive): one CSV window per file (a reading per line,
+/// a column per channel), for a sensor model. Without one, a `.csv` is an embedding file.
+pub const WINDOW_EXTENSIONS: [&str; 1] = ["csv"];
+
 /// What kind of input a file is, by its extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InputKind {
@@ -33,9 +37,23 @@ pub enum InputKind {
     Sound,
     /// A text (`.txt`, UTF-8, the whole file is one sample), for a text model.
     Text,
+    /// A sensor window (`.csv`, a reading per line), for a sensor model: only where the scan
+    /// takes `.csv` files as windows ([`InputKind::of_in`]).
+    Window,
 }
 
 impl InputKind {
+    /// The kind of an input file where `.csv` files are sensor windows (`windows`) or
+    /// embeddings.
+    pub fn of_in(path: &Path, windows: bool) -> Option<InputKind> {
+        match npy::extension(path) {
+            Some(ext) if windows && WINDOW_EXTENSIONS.contains(&ext.as_str()) => {
+                Some(InputKind::Window)
+            }
+            _ => InputKind::of(path),
+        }
+    }
+
     /// The kind of an input file, or `None` when it is not one (an embedding file, or other).
     pub fn of(path: &Path) -> Option<InputKind> {
         let ext = npy::extension(path)?;
@@ -56,6 +74,7 @@ impl InputKind {
             InputKind::Image => "images",
             InputKind::Sound => "sound clips",
             InputKind::Text => "texts",
+            InputKind::Window => "sensor windows",
         }
     }
 
@@ -66,6 +85,7 @@ impl InputKind {
             InputKind::Image => Modality::Image,
             InputKind::Sound => Modality::Audio,
             InputKind::Text => Modality::Text,
+            InputKind::Window => Modality::Sensor,
         }
     }
 
@@ -84,8 +104,9 @@ impl InputKind {
         paths: impl Iterator<Item = &'a Path>,
         modality: Option<crate::model::Modality>,
     ) -> Result<Option<(InputKind, usize)>> {
+        let windows = modality == Some(crate::model::Modality::Sensor);
         let mut counts = BTreeMap::new();
-        for kind in paths.filter_map(InputKind::of) {
+        for kind in paths.filter_map(|p| InputKind::of_in(p, windows)) {
             counts.entry(kind.plural()).or_insert((kind, 0usize)).1 += 1;
         }
         let total: usize = counts.values().map(|(_, n)| n).sum();
@@ -118,6 +139,7 @@ impl InputKind {
             InputKind::Image => "an image model (the shipped one is models/efficientnet-lite0)",
             InputKind::Sound => "a sound model (e.g. models/yamnet-l10)",
             InputKind::Text => "a text model (e.g. models/paraphrase-minilm-l3)",
+            InputKind::Window => "a sensor model (e.g. models/minirocket-basicmotions-acc)",
         };
         let takes = match modality {
             Modality::Image => "images",
@@ -167,6 +189,11 @@ pub struct Scan {
 /// embedding file (`.npy`, `.csv`) below it (recursively) gives samples of that class. Hidden entries (starting with `.`) are ignored; other files are
 /// counted as skipped.
 pub fn scan(dir: &Path) -> Result<Scan> {
+    scan_in(dir, false)
+}
+
+/// [`scan`], where `.csv` files are sensor windows (inputs) when `windows`, embeddings if not.
+pub fn scan_in(dir: &Path, windows: bool) -> Result<Scan> {
     let mut scan = Scan::default();
     let mut classes: Vec<(String, PathBuf)> = Vec::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
@@ -198,9 +225,8 @@ pub fn scan(dir: &Path) -> Result<Scan> {
         collect_files(&path, &mut files, &mut scan.skipped)?;
         files.sort();
         for file in files {
-            let ext = npy::extension(&file).unwrap_or_default();
             let id = file.display().to_string();
-            if INPUT_EXTENSIONS.contains(&ext.as_str()) {
+            if InputKind::of_in(&file, windows).is_some() {
                 scan.items.push(Item {
                     label: label.clone(),
                     id,

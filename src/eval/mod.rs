@@ -233,7 +233,9 @@ fn embed_all(
                 .map(|scan| {
                     scan.into_iter()
                         .filter(|i| match &i.origin {
-                            Origin::Input(p) => InputKind::of(p) == Some(kind),
+                            Origin::Input(p) => {
+                                InputKind::of_in(p, kind == InputKind::Window) == Some(kind)
+                            }
                             Origin::Vector(_) => true,
                         })
                         .collect()
@@ -403,8 +405,17 @@ fn embed_ts(train: &Path, test: &Path, args: &EvalArgs) -> Result<EmbeddedTs> {
     Ok((dataset, sets, total, id.backbone_sha256))
 }
 
-fn scan_items(dir: &Path) -> Result<Vec<Item>> {
-    let s = data::scan(dir)?;
+/// Whether `--model` is a sensor model, whose dataset's `.csv` files are windows to embed, not
+/// embeddings.
+fn csv_windows(args: &EvalArgs) -> bool {
+    args.model
+        .as_deref()
+        .and_then(|p| crate::model::ModelDir::load(p).ok())
+        .is_some_and(|m| m.spec.modality() == crate::model::Modality::Sensor)
+}
+
+fn scan_items(dir: &Path, windows: bool) -> Result<Vec<Item>> {
+    let s = data::scan_in(dir, windows)?;
     if s.skipped > 0 {
         tracing::info!(
             "{}: skipped {} file(s) that are not inputs ({}) or embeddings ({})",
@@ -465,7 +476,8 @@ fn load(args: &EvalArgs) -> Result<Loaded> {
             args.test_fraction > 0.0 && args.test_fraction < 1.0,
             "--test-fraction must be in (0, 1)"
         );
-        let (mut sets, stats, backbone) = embed_all(vec![scan_items(dir)?], args)?;
+        let (mut sets, stats, backbone) =
+            embed_all(vec![scan_items(dir, csv_windows(args))?], args)?;
         let all = sets.pop().unwrap_or_default();
         let classes: Vec<String> = all
             .iter()
@@ -495,8 +507,13 @@ fn load(args: &EvalArgs) -> Result<Loaded> {
             let train = sets.pop().unwrap_or_default();
             (name, train, test, stats, backbone)
         } else {
-            let (mut sets, stats, backbone) =
-                embed_all(vec![scan_items(train_dir)?, scan_items(test_dir)?], args)?;
+            let (mut sets, stats, backbone) = embed_all(
+                vec![
+                    scan_items(train_dir, csv_windows(args))?,
+                    scan_items(test_dir, csv_windows(args))?,
+                ],
+                args,
+            )?;
             let test = sets.pop().unwrap_or_default();
             let train = sets.pop().unwrap_or_default();
             let name = match train_dir.parent() {

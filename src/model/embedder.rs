@@ -65,6 +65,9 @@ pub enum Input {
     /// A sensor window, one vector per channel (`None`: a missing value), e.g. from a JSON
     /// request's `window`.
     Window(Vec<Vec<Option<f64>>>),
+    /// A sensor window as CSV text (a reading per line), e.g. from a JSON request's `window`
+    /// given as a string.
+    Csv(String),
 }
 
 /// The model directory's preprocessing plus its backbone.
@@ -187,7 +190,7 @@ impl Embedder {
             Input::Image(_) => Err(self.wrong("an image")),
             Input::Tensor(_) => Err(self.wrong("a tensor")),
             Input::Audio(_) | Input::Pcm(_) => Err(self.wrong("sound")),
-            Input::Window(_) => Err(self.wrong("a sensor window")),
+            Input::Window(_) | Input::Csv(_) => Err(self.wrong("a sensor window")),
         }
     }
 
@@ -219,6 +222,7 @@ impl Embedder {
     fn window_input(&self, windows: &Windows, input: &Input) -> Result<Vec<f32>, EmbedError> {
         match input {
             Input::Window(channels) => Ok(windows.from_channels(channels)?),
+            Input::Csv(text) => Ok(windows.from_csv(text)?),
             Input::Tensor(values) => {
                 let values: Vec<f32> = values.iter().map(|&v| v as f32).collect();
                 Ok(windows.from_flat(&values)?)
@@ -298,7 +302,7 @@ impl Embedder {
             return Ok(vec![self.window_input(windows, input)?]);
         }
         match input {
-            Input::Window(_) => Err(self.wrong("a sensor window")),
+            Input::Window(_) | Input::Csv(_) => Err(self.wrong("a sensor window")),
             Input::Text(_) => Err(self.wrong("text")),
             Input::Payload(bytes) => self.payload_inputs(bytes),
             Input::Image(_) if self.front_end.is_some() => Err(self.wrong("an image")),
