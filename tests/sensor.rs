@@ -462,8 +462,8 @@ async fn readings_streamed_one_by_one_predict_like_whole_windows() {
     d.stop().await.expect("clean stop");
 }
 
-/// A folder per class of `.csv` windows (a reading per line, a header naming the channels) is a
-/// sensor dataset: `adaptd eval --model <sensor model>` embeds them (with another model a `.csv`
+/// A folder per class of `.csv` windows (a reading per line, a header naming the channels) and
+/// `.json` windows is a sensor dataset: `adaptd eval --model <sensor model>` embeds them (with another model a `.csv`
 /// stays an embedding file), and `adaptd teach` sends them to a sensor board, leaving out a stray
 /// photo and a note that the board's model does not take.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -471,9 +471,18 @@ async fn folders_of_csv_windows_are_evaluated_and_taught() {
     let tmp = tempfile::tempdir().expect("tmp");
     for (split, dir) in [("TRAIN", "train"), ("TEST", "test")] {
         for (n, (w, label)) in basic_motions(split).series.iter().enumerate() {
-            let path = tmp.path().join(dir).join(label).join(format!("{n}.csv"));
+            // Most as CSV; every fourth as JSON, bare channel arrays or {"window": …}.
+            let (name, body) = match n % 8 {
+                3 => (format!("{n}.json"), serde_json::json!(&w[..3]).to_string()),
+                7 => (
+                    format!("{n}.json"),
+                    serde_json::json!({"window": &w[..3]}).to_string(),
+                ),
+                _ => (format!("{n}.csv"), csv(&["x", "y", "z"], &w[..3])),
+            };
+            let path = tmp.path().join(dir).join(label).join(name);
             std::fs::create_dir_all(path.parent().expect("class")).expect("mkdir");
-            std::fs::write(&path, csv(&["x", "y", "z"], &w[..3])).expect("write");
+            std::fs::write(&path, body).expect("write");
         }
     }
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_adaptd"))

@@ -570,10 +570,24 @@ fn learn_request(id: &str, label: &str, kind: InputKind, bytes: &[u8]) -> Result
             "text",
             String::from_utf8(bytes.to_vec()).context("a .txt file must be UTF-8")?,
         ),
-        InputKind::Window => (
-            "window",
-            String::from_utf8(bytes.to_vec()).context("a .csv window must be UTF-8")?,
-        ),
+        InputKind::Window => {
+            let text = std::str::from_utf8(bytes).context("a window file must be UTF-8")?;
+            if !text.trim_start().starts_with(['[', '{']) {
+                ("window", text.to_string())
+            } else {
+                // A JSON window file: its channel arrays (or its "window") go as they are.
+                let v: serde_json::Value =
+                    serde_json::from_str(text).context("a .json window is not JSON")?;
+                let window = match v {
+                    serde_json::Value::Object(mut o) => o
+                        .remove("window")
+                        .context("a .json window object needs a \"window\" field")?,
+                    v => v,
+                };
+                let req = serde_json::json!({"id": id, "label": label, "window": window});
+                return Ok(req.to_string());
+            }
+        }
     };
     Ok(serde_json::json!({"id": id, "label": label, field: value}).to_string())
 }
@@ -583,7 +597,7 @@ fn learn_request(id: &str, label: &str, kind: InputKind, bytes: &[u8]) -> Result
 fn dataset_kind(work: &[Work], modality: Option<Modality>) -> Result<(InputKind, usize)> {
     InputKind::for_model(work.iter().map(|w| w.path.as_path()), modality)?.with_context(|| {
         "the dataset has no images (.jpg, .jpeg, .png), sound clips (.wav), texts (.txt) nor \
-         sensor windows (.csv)"
+         sensor windows (.csv, .json)"
             .to_string()
     })
 }
@@ -839,7 +853,7 @@ async fn teach_async(args: &TeachArgs) -> Result<()> {
     }
     if scan.skipped > 0 {
         eprintln!(
-            "adaptd teach: ignoring {} file(s) that are not .jpg .jpeg .png .wav .txt .csv",
+            "adaptd teach: ignoring {} file(s) that are not .jpg .jpeg .png .wav .txt .csv .json",
             scan.skipped
         );
     }
@@ -1206,6 +1220,20 @@ mod tests {
             crate::daemon::request::parse_request(&bytes::Bytes::from(body)).expect("accepted");
         assert!(matches!(req.input, Some(crate::model::Input::Text(ref t)) if t == "Licht aus\n"));
         assert!(learn_request("teach-4", "x", InputKind::Text, b"\xff").is_err());
+        // A sensor window: CSV goes as text, a JSON file as its channel arrays.
+        let csv = learn_request("teach-5", "walk", InputKind::Window, b"x,y\n1,2\n").expect("ok");
+        let v: serde_json::Value = serde_json::from_str(&csv).expect("json");
+        assert_eq!(v["window"], "x,y\n1,2\n");
+        for body in [
+            &b"[[1, 2], [3, 4]]"[..],
+            &b"{\"window\": [[1, 2], [3, 4]]}"[..],
+        ] {
+            let req = learn_request("teach-6", "walk", InputKind::Window, body).expect("ok");
+            let v: serde_json::Value = serde_json::from_str(&req).expect("json");
+            assert_eq!(v["window"], serde_json::json!([[1, 2], [3, 4]]), "{req}");
+            assert_eq!(v["label"], "walk");
+        }
+        assert!(learn_request("teach-7", "x", InputKind::Window, b"{\"w\": 1}").is_err());
     }
 
     #[test]

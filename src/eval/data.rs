@@ -24,9 +24,10 @@ pub const INPUT_EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "wav", "txt"];
 /// Embedding file extensions read as vectors (case-insensitive).
 pub const VECTOR_EXTENSIONS: [&str; 2] = ["npy", "csv"];
 
-/// Sensor window extensions (case-insensitive): one CSV window per file (a reading per line,
-/// a column per channel), for a sensor model. Without one, a `.csv` is an embedding file.
-pub const WINDOW_EXTENSIONS: [&str; 1] = ["csv"];
+/// Sensor window extensions (case-insensitive): one window per file, CSV (a reading per line,
+/// a column per channel) or JSON (`[[…], […]]`, one array per channel, or `{"window": …}`), for
+/// a sensor model. Without one, a `.csv` is an embedding file and a `.json` is not read.
+pub const WINDOW_EXTENSIONS: [&str; 2] = ["csv", "json"];
 
 /// What kind of input a file is, by its extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,7 +223,7 @@ pub fn scan_in(dir: &Path, windows: bool) -> Result<Scan> {
     );
     for (label, path) in classes {
         let mut files = Vec::new();
-        collect_files(&path, &mut files, &mut scan.skipped)?;
+        collect_files(&path, &mut files, &mut scan.skipped, windows)?;
         files.sort();
         for file in files {
             let id = file.display().to_string();
@@ -252,7 +253,12 @@ pub fn scan_in(dir: &Path, windows: bool) -> Result<Scan> {
     Ok(scan)
 }
 
-fn collect_files(dir: &Path, out: &mut Vec<PathBuf>, skipped: &mut usize) -> Result<()> {
+fn collect_files(
+    dir: &Path,
+    out: &mut Vec<PathBuf>,
+    skipped: &mut usize,
+    windows: bool,
+) -> Result<()> {
     for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
         if entry.file_name().to_string_lossy().starts_with('.') {
@@ -260,11 +266,14 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>, skipped: &mut usize) -> Res
         }
         let path = entry.path();
         if path.is_dir() {
-            collect_files(&path, out, skipped)?;
+            collect_files(&path, out, skipped, windows)?;
             continue;
         }
         let ext = npy::extension(&path).unwrap_or_default();
-        if INPUT_EXTENSIONS.contains(&ext.as_str()) || VECTOR_EXTENSIONS.contains(&ext.as_str()) {
+        if INPUT_EXTENSIONS.contains(&ext.as_str())
+            || VECTOR_EXTENSIONS.contains(&ext.as_str())
+            || (windows && WINDOW_EXTENSIONS.contains(&ext.as_str()))
+        {
             out.push(path);
         } else {
             *skipped += 1;
