@@ -203,6 +203,11 @@ async fn a_sensor_board_learns_windows_over_mqtt() {
     let i = info(&c, &root_topic, |_| true).await;
     assert_eq!(i["backbone"]["modality"], "sensor", "{i}");
     assert_eq!(i["backbone"]["embedding_dim"], 1344, "{i}");
+    assert_eq!(
+        i["backbone"]["sensor"],
+        serde_json::json!({"channels": ["x", "y", "z"], "samples": 100, "normalise": "none"}),
+        "{i}"
+    );
 
     // The accelerometer: the first three channels of each series.
     let acc = |f: &TsFile| -> Vec<(Vec<Vec<Option<f64>>>, String)> {

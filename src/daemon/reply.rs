@@ -109,7 +109,7 @@ pub struct BackboneSummary {
     /// The model's identity (heads are tied to it): the ONNX file's SHA-256, hashed with the
     /// front-end recipe for a sound model.
     pub sha256: String,
-    /// `image`, `audio`, `text` or `tensor`: what payloads the board takes.
+    /// `image`, `audio`, `text`, `sensor` or `tensor`: what payloads the board takes.
     pub modality: Modality,
     pub input: InputSummary,
     /// A sound model's front-end: rate, STFT, mel bands, windows, duration limit.
@@ -118,6 +118,10 @@ pub struct BackboneSummary {
     /// A text model's tokenizer: casing, token and byte limits, vocabulary.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub text: Option<TextSummary>,
+    /// A sensor model's window: channel names (the order of a window's arrays and the names
+    /// readings use), samples per window, normalisation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sensor: Option<SensorSummary>,
     pub embedding_dim: usize,
 }
 
@@ -131,6 +135,14 @@ pub struct TextSummary {
     pub max_bytes: usize,
     pub vocab_size: usize,
     pub vocab_sha256: String,
+}
+
+/// The window of a sensor model's backbone summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct SensorSummary {
+    pub channels: Vec<String>,
+    pub samples: usize,
+    pub normalise: crate::model::sensor::Normalise,
 }
 
 /// The input a backbone expects.
@@ -159,6 +171,11 @@ impl BackboneSummary {
                 max_bytes: t.spec().max_bytes,
                 vocab_size: t.vocab_len(),
                 vocab_sha256: t.vocab_sha256().to_string(),
+            }),
+            sensor: embedder.windows.as_ref().map(|w| SensorSummary {
+                channels: w.spec().channels.clone(),
+                samples: w.length(),
+                normalise: w.spec().normalise,
             }),
             input: InputSummary {
                 shape: spec.shape.clone(),

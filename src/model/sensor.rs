@@ -18,7 +18,7 @@ pub struct SensorSpec {
 }
 
 /// Normalisation of a window before the backbone.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Normalise {
     /// The window as it comes (a model fitted on raw windows, like MiniRocket's biases).
