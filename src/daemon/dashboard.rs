@@ -347,6 +347,7 @@ mod tests {
             },
             audio: None,
             text: None,
+            sensor: None,
             embedding_dim: 4,
         }
     }

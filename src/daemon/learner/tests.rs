@@ -55,6 +55,7 @@ fn backbone() -> BackboneSummary {
         modality: crate::model::Modality::Tensor,
         audio: None,
         text: None,
+        sensor: None,
         input: InputSummary {
             shape: vec![1, DIM],
             layout: "nchw".into(),
