@@ -34,6 +34,32 @@ fn window(channels: &[Vec<Option<f64>>]) -> Input {
     Input::Window(channels.to_vec())
 }
 
+/// `adaptd eval --train TRAIN --test TEST --model MODEL --json [extra…]`.
+fn eval(train: &Path, test: &Path, model: &Path, extra: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_adaptd"))
+        .arg("eval")
+        .arg("--train")
+        .arg(train)
+        .arg("--test")
+        .arg(test)
+        .arg("--model")
+        .arg(model)
+        .arg("--json")
+        .args(extra)
+        .output()
+        .expect("adaptd eval")
+}
+
+/// The JSON report of a successful `adaptd eval --json`.
+fn report_of(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "eval failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON report")
+}
+
 /// tract's MiniRocket features equal aeon's `MiniRocket.transform` of the same windows. The graph
 /// repeats aeon's float32 arithmetic in its order, so every convolution output lands on the same
 /// side of every bias; a runtime that reorders the sums may move an output that ties with a bias,
@@ -84,28 +110,14 @@ fn features_equal_aeon() {
 #[test]
 fn eval_reads_the_archive_files() {
     let cache = tempfile::tempdir().expect("cache");
-    let eval = |model: &Path| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_adaptd"))
-            .arg("eval")
-            .arg("--train")
-            .arg(root().join("tests/data/sensor/BasicMotions_TRAIN.ts"))
-            .arg("--test")
-            .arg(root().join("tests/data/sensor/BasicMotions_TEST.ts"))
-            .arg("--model")
-            .arg(model)
-            .arg("--cache")
-            .arg(cache.path())
-            .args(["--learners", "auto,ncm,slda,ridge", "--json"])
-            .output()
-            .expect("adaptd eval")
-    };
-    let out = eval(&model_dir("minirocket-basicmotions"));
-    assert!(
-        out.status.success(),
-        "eval failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let (train, test) = (
+        root().join("tests/data/sensor/BasicMotions_TRAIN.ts"),
+        root().join("tests/data/sensor/BasicMotions_TEST.ts"),
     );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let cache_dir = cache.path().to_str().expect("utf-8 path");
+    let extra = ["--learners", "auto,ncm,slda,ridge", "--cache", cache_dir];
+    let eval = |model: &str| eval(&train, &test, &model_dir(model), &extra);
+    let report = report_of(&eval("minirocket-basicmotions"));
     assert_eq!(report["dataset"], "BasicMotions", "{report}");
     assert_eq!(report["dim"], 1344);
     assert_eq!(report["classes"], 4);
@@ -122,10 +134,26 @@ fn eval_reads_the_archive_files() {
     };
     assert!(accuracy("ridge") >= 39.0 / 40.0 - 1e-9, "{report}");
     assert!(accuracy("auto") >= 39.0 / 40.0 - 1e-9, "{report}");
-    let out = eval(&model_dir("efficientnet-lite0"));
+    let out = eval("efficientnet-lite0");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("need a sensor model"), "{err}");
+}
+
+/// The board's prediction of `window` sent whole as JSON `{"id", "window"}` on `{root}/infer`.
+async fn predict(
+    c: &common::Client,
+    root: &str,
+    id: &str,
+    window: &[Vec<Option<f64>>],
+) -> serde_json::Value {
+    let req = serde_json::json!({"id": id, "window": window}).to_string();
+    c.publish(&format!("{root}/infer"), req).await;
+    c.wait_for(&format!("{root}/prediction"), |m: &Msg| {
+        m.json()["id"] == id
+    })
+    .await
+    .json()
 }
 
 /// A window as CSV: one reading per line, a header naming the channels.
@@ -261,15 +289,7 @@ async fn a_sensor_board_learns_windows_over_mqtt() {
     }
     let mut correct = 0;
     for (n, (w, label)) in test.iter().enumerate() {
-        let id = format!("t{n}");
-        let req = serde_json::json!({"id": id, "window": w}).to_string();
-        c.publish(&format!("{root_topic}/infer"), req).await;
-        let p = c
-            .wait_for(&format!("{root_topic}/prediction"), |m: &Msg| {
-                m.json()["id"] == id
-            })
-            .await
-            .json();
+        let p = predict(&c, &root_topic, &format!("t{n}"), w).await;
         let local = head
             .snapshot()
             .predict(&e.embed(&window(w)).expect("embed"), 1)
@@ -380,16 +400,7 @@ async fn readings_streamed_one_by_one_predict_like_whole_windows() {
         .collect();
     let mut whole = Vec::new();
     for (n, w) in picks.iter().enumerate() {
-        let id = format!("whole-{n}");
-        let req = serde_json::json!({"id": id, "window": &w[..3]}).to_string();
-        c.publish(&format!("{root_topic}/infer"), req).await;
-        whole.push(
-            c.wait_for(&format!("{root_topic}/prediction"), |m: &Msg| {
-                m.json()["id"] == id
-            })
-            .await
-            .json(),
-        );
+        whole.push(predict(&c, &root_topic, &format!("whole-{n}"), &w[..3]).await);
     }
     let readings: Vec<[f64; 3]> = picks
         .iter()
@@ -490,23 +501,12 @@ async fn folders_of_csv_windows_are_evaluated_and_taught() {
             std::fs::write(&path, body).expect("write");
         }
     }
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_adaptd"))
-        .arg("eval")
-        .arg("--train")
-        .arg(tmp.path().join("train"))
-        .arg("--test")
-        .arg(tmp.path().join("test"))
-        .arg("--model")
-        .arg(model_dir("minirocket-basicmotions-acc"))
-        .args(["--no-cache", "--learners", "ridge,slda", "--json"])
-        .output()
-        .expect("adaptd eval");
-    assert!(
-        out.status.success(),
-        "eval failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let report = report_of(&eval(
+        &tmp.path().join("train"),
+        &tmp.path().join("test"),
+        &model_dir("minirocket-basicmotions-acc"),
+        &["--no-cache", "--learners", "ridge,slda"],
+    ));
     assert_eq!(
         (report["train"].as_u64(), report["test"].as_u64()),
         (Some(40), Some(40))

@@ -592,14 +592,15 @@ fn learn_request(id: &str, label: &str, kind: InputKind, bytes: &[u8]) -> Result
     Ok(serde_json::json!({"id": id, "label": label, field: value}).to_string())
 }
 
-/// The kind of input of the dataset the board's model takes (images, sound clips or texts),
-/// and how many inputs of other kinds are left out (see [`InputKind::for_model`]).
+/// What a dataset without a single input is told.
+const NO_INPUTS: &str = "the dataset has no images (.jpg, .jpeg, .png), sound clips (.wav), \
+                         texts (.txt) nor sensor windows (.csv, .json)";
+
+/// The kind of input of the dataset the board's model takes (images, sound clips, texts or
+/// sensor windows), and how many inputs of other kinds are left out (see
+/// [`InputKind::for_model`]).
 fn dataset_kind(work: &[Work], modality: Option<Modality>) -> Result<(InputKind, usize)> {
-    InputKind::for_model(work.iter().map(|w| w.path.as_path()), modality)?.with_context(|| {
-        "the dataset has no images (.jpg, .jpeg, .png), sound clips (.wav), texts (.txt) nor \
-         sensor windows (.csv, .json)"
-            .to_string()
-    })
+    InputKind::for_model(work.iter().map(|w| w.path.as_path()), modality)?.context(NO_INPUTS)
 }
 
 /// The inputs the board's model takes, from its info's `backbone.modality`; `None` (with a
@@ -858,9 +859,7 @@ async fn teach_async(args: &TeachArgs) -> Result<()> {
         );
     }
     // Fail before connecting when there is nothing to send; the kind is the board's to pick.
-    if work.is_empty() {
-        dataset_kind(&work, None)?;
-    }
+    anyhow::ensure!(!work.is_empty(), NO_INPUTS);
 
     let mut conn = Conn::connect(&args.board, "teach").await?;
     let board = find_board(&mut conn, &args.board).await?;

@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 
 use crate::daemon::error::RequestError;
-use crate::model::sensor::WindowError;
+use crate::model::sensor::{self, WindowError};
 use crate::model::EmbedError;
 
 /// Most readings in one message.
@@ -17,26 +17,28 @@ pub const MAX_BATCH: usize = 10_000;
 /// JSON keys taken as a reading's timestamp (seconds or any increasing number).
 const TIME_KEYS: [&str; 4] = ["t", "ts", "time", "timestamp"];
 
-/// One reading: its timestamp, if it has one, and one value per channel.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Reading {
-    pub t: Option<f64>,
+/// A message's readings: their values one reading after another (each one value per channel,
+/// in the model's channel order), and the timestamps of those that carry one, in order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Batch {
     pub values: Vec<f32>,
+    pub times: Vec<f64>,
 }
 
-/// A window cut from a stream of readings: one vector per channel, and which readings of the
-/// stream it holds (counted from 0 since adaptd began following the topic).
+/// A window cut from a stream of readings: its values channel after channel (the backbone's
+/// layout), and which readings of the stream it holds (counted from 0 since adaptd began
+/// following the topic).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cut {
-    pub channels: Vec<Vec<Option<f64>>>,
+    pub values: Vec<f64>,
     pub first: u64,
     pub last: u64,
 }
 
-/// One topic's recent readings.
+/// One topic's recent readings, one after another.
 #[derive(Debug, Default)]
 pub struct Buffer {
-    readings: VecDeque<Vec<f32>>,
+    values: VecDeque<f32>,
     /// Readings since the last window was cut.
     fresh: usize,
     /// Readings taken on this topic.
@@ -45,46 +47,45 @@ pub struct Buffer {
 }
 
 impl Buffer {
-    /// Takes a message's readings (all or none) and cuts a window of `length` readings when
-    /// `hop` readings have come since the last one (at most one window per message: a batch
-    /// larger than a hop keeps the cadence of the newest readings).
+    /// Takes a message's readings of `channels` values each (all or none) and cuts a window of
+    /// `length` readings when `hop` readings have come since the last one (at most one window
+    /// per message: a batch larger than a hop keeps the cadence of the newest readings).
     pub fn push(
         &mut self,
-        readings: Vec<Reading>,
+        batch: Batch,
+        channels: usize,
         length: usize,
         hop: usize,
     ) -> Result<Option<Cut>, RequestError> {
         let mut last_t = self.last_t;
-        for r in &readings {
-            if let Some(t) = r.t {
-                if let Some(before) = last_t.filter(|before| t <= *before) {
-                    return Err(window_error(WindowError::OutOfOrder { t, before }));
-                }
-                last_t = Some(t);
+        for &t in &batch.times {
+            if let Some(before) = last_t.filter(|before| t <= *before) {
+                return Err(window_error(WindowError::OutOfOrder { t, before }));
             }
+            last_t = Some(t);
         }
         self.last_t = last_t;
-        let n = readings.len();
+        let n = batch.values.len() / channels.max(1);
         self.count += n as u64;
         self.fresh += n;
-        self.readings.extend(readings.into_iter().map(|r| r.values));
-        let excess = self.readings.len().saturating_sub(length);
-        self.readings.drain(..excess);
-        if self.readings.len() < length || self.fresh < hop {
+        self.values.extend(batch.values);
+        let excess = self.values.len().saturating_sub(length * channels);
+        self.values.drain(..excess);
+        if self.values.len() < length * channels || self.fresh < hop {
             return Ok(None);
         }
         self.fresh = (self.fresh - hop) % hop;
-        let channels = self.readings.front().map_or(0, Vec::len);
-        let cut = (0..channels)
-            .map(|c| {
-                self.readings
+        let values = (0..channels)
+            .flat_map(|c| {
+                self.values
                     .iter()
-                    .map(|r| Some(f64::from(r[c])))
-                    .collect()
+                    .skip(c)
+                    .step_by(channels)
+                    .map(|&v| f64::from(v))
             })
             .collect();
         Ok(Some(Cut {
-            channels: cut,
+            values,
             first: self.count - length as u64,
             last: self.count - 1,
         }))
@@ -96,149 +97,114 @@ fn window_error(e: WindowError) -> RequestError {
 }
 
 /// The readings of a message, for a model with `channels`.
-pub fn parse(payload: &[u8], channels: &[String]) -> Result<Vec<Reading>, RequestError> {
+pub fn parse(payload: &[u8], channels: &[String]) -> Result<Batch, RequestError> {
     let text = std::str::from_utf8(payload)
         .map_err(|_| RequestError::BadRequest("readings must be UTF-8 JSON or CSV".into()))?;
     let trimmed = text.trim_start();
-    let readings = if trimmed.starts_with(['{', '[']) {
+    let mut batch = Batch::default();
+    if trimmed.starts_with(['{', '[']) {
         let v: serde_json::Value =
             serde_json::from_str(trimmed).map_err(|e| RequestError::BadJson(e.to_string()))?;
         match v {
-            serde_json::Value::Array(items) if items.is_empty() => Vec::new(),
             serde_json::Value::Array(items)
-                if items.iter().all(|i| i.is_object() || i.is_array()) && !items.is_empty() =>
+                if items.iter().all(|i| i.is_object() || i.is_array()) =>
             {
-                items
-                    .iter()
-                    .enumerate()
-                    .map(|(n, i)| reading(i, channels, n))
-                    .collect::<Result<Vec<_>, _>>()?
+                for (n, item) in items.iter().enumerate() {
+                    reading(item, channels, n, &mut batch)?;
+                }
             }
-            v => vec![reading(&v, channels, 0)?],
+            v => reading(&v, channels, 0, &mut batch)?,
         }
     } else {
-        text.lines()
-            .filter(|l| !l.trim().is_empty())
-            .enumerate()
-            .map(|(n, line)| csv_reading(line, channels, n))
-            .collect::<Result<Vec<_>, _>>()?
-    };
-    if readings.is_empty() {
+        for (n, line) in text.lines().filter(|l| !l.trim().is_empty()).enumerate() {
+            csv_reading(line, channels, n, &mut batch)?;
+        }
+    }
+    let n = batch.values.len() / channels.len().max(1);
+    if n == 0 {
         return Err(RequestError::BadRequest(
             "no readings in the message".into(),
         ));
     }
-    if readings.len() > MAX_BATCH {
+    if n > MAX_BATCH {
         return Err(RequestError::BadRequest(format!(
-            "{} readings in one message; at most {MAX_BATCH}",
-            readings.len()
+            "{n} readings in one message; at most {MAX_BATCH}"
         )));
     }
-    Ok(readings)
+    Ok(batch)
 }
 
-/// A value of reading `n`, channel `c`.
+/// The value of reading `n`, channel `c` in a JSON reading.
 fn value(v: Option<&serde_json::Value>, n: usize, c: usize) -> Result<f32, RequestError> {
-    let missing = || {
-        window_error(WindowError::Missing {
-            channel: c,
-            sample: n,
-        })
-    };
     let x = match v {
-        None | Some(serde_json::Value::Null) => return Err(missing()),
-        Some(serde_json::Value::Number(x)) => x.as_f64().ok_or_else(missing)?,
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Number(x)) => x.as_f64(),
         Some(_) => {
             return Err(RequestError::BadRequest(format!(
                 "reading {n}: channel {c} is not a number"
             )))
         }
     };
-    finite(x, n, c)
+    sensor::checked(x, c, n).map_err(window_error)
 }
 
-fn finite(x: f64, n: usize, c: usize) -> Result<f32, RequestError> {
-    let v = x as f32;
-    if !x.is_finite() || !v.is_finite() {
-        return Err(window_error(WindowError::NonFinite {
-            channel: c,
-            sample: n,
-        }));
-    }
-    Ok(v)
-}
-
-fn reading(v: &serde_json::Value, channels: &[String], n: usize) -> Result<Reading, RequestError> {
+/// Reading `n` of a JSON message, into `batch`.
+fn reading(
+    v: &serde_json::Value,
+    channels: &[String],
+    n: usize,
+    batch: &mut Batch,
+) -> Result<(), RequestError> {
     match v {
         serde_json::Value::Object(o) => {
-            let values = channels
-                .iter()
-                .enumerate()
-                .map(|(c, name)| value(o.get(name), n, c))
-                .collect::<Result<Vec<_>, _>>()?;
-            let t = match TIME_KEYS.iter().find_map(|k| o.get(*k)) {
-                None => None,
-                Some(serde_json::Value::Number(t)) => t.as_f64().filter(|t| t.is_finite()),
+            for (c, name) in channels.iter().enumerate() {
+                batch.values.push(value(o.get(name), n, c)?);
+            }
+            match TIME_KEYS.iter().find_map(|k| o.get(*k)) {
+                None => {}
+                Some(serde_json::Value::Number(t)) => {
+                    batch.times.extend(t.as_f64().filter(|t| t.is_finite()))
+                }
                 Some(_) => {
                     return Err(RequestError::BadRequest(format!(
                         "reading {n}: the timestamp is not a number"
                     )))
                 }
-            };
-            Ok(Reading { t, values })
+            }
         }
         serde_json::Value::Array(a) => {
-            check_count(a.len(), channels)?;
-            let values = a
-                .iter()
-                .enumerate()
-                .map(|(c, x)| value(Some(x), n, c))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(Reading { t: None, values })
+            sensor::check_count(a.len(), channels).map_err(window_error)?;
+            for (c, x) in a.iter().enumerate() {
+                batch.values.push(value(Some(x), n, c)?);
+            }
         }
-        _ => Err(RequestError::BadRequest(format!(
-            "reading {n} is not an object of channels ({}) nor an array of {} numbers",
-            channels.join(", "),
-            channels.len()
-        ))),
-    }
-}
-
-/// A reading of `got` values for a model with `channels`.
-fn check_count(got: usize, channels: &[String]) -> Result<(), RequestError> {
-    if got != channels.len() {
-        return Err(window_error(WindowError::Channels {
-            got,
-            want: channels.len(),
-            names: channels.join(", "),
-        }));
+        _ => {
+            return Err(RequestError::BadRequest(format!(
+                "reading {n} is not an object of channels ({}) nor an array of {} numbers",
+                channels.join(", "),
+                channels.len()
+            )))
+        }
     }
     Ok(())
 }
 
-fn csv_reading(line: &str, channels: &[String], n: usize) -> Result<Reading, RequestError> {
+/// Reading `n` of a CSV message (one line), into `batch`.
+fn csv_reading(
+    line: &str,
+    channels: &[String],
+    n: usize,
+    batch: &mut Batch,
+) -> Result<(), RequestError> {
     let cells: Vec<&str> = line.split(',').map(str::trim).collect();
-    check_count(cells.len(), channels)?;
-    let values = cells
-        .iter()
-        .enumerate()
-        .map(|(c, cell)| {
-            if cell.is_empty() {
-                return Err(window_error(WindowError::Missing {
-                    channel: c,
-                    sample: n,
-                }));
-            }
-            let x = cell.parse::<f64>().map_err(|_| {
-                window_error(WindowError::Csv {
-                    line: n + 1,
-                    message: format!("{cell:?} is not a number"),
-                })
-            })?;
-            finite(x, n, c)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Reading { t: None, values })
+    sensor::check_count(cells.len(), channels).map_err(window_error)?;
+    for (c, cell) in cells.iter().enumerate() {
+        let x = sensor::csv_cell(cell, n + 1).map_err(window_error)?;
+        batch
+            .values
+            .push(sensor::checked(x, c, n).map_err(window_error)?);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -249,22 +215,16 @@ mod tests {
         ["x", "y", "z"].map(String::from).to_vec()
     }
 
-    fn code(r: Result<Vec<Reading>, RequestError>) -> &'static str {
+    fn code(r: Result<Batch, RequestError>) -> &'static str {
         r.expect_err("refused").code()
     }
 
     #[test]
     fn every_form_gives_the_same_readings() {
-        let want = vec![
-            Reading {
-                t: None,
-                values: vec![1.0, 2.0, 3.0],
-            },
-            Reading {
-                t: None,
-                values: vec![4.0, 5.0, 6.0],
-            },
-        ];
+        let want = Batch {
+            values: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+            times: vec![],
+        };
         let c = xyz();
         let forms: [&[u8]; 4] = [
             br#"[{"x": 1, "y": 2, "z": 3, "sensor": "imu"}, {"z": 6, "y": 5, "x": 4}]"#,
@@ -281,11 +241,8 @@ mod tests {
             );
         }
         let one = parse(br#"{"x": 1, "y": 2, "z": 3, "t": 17.5}"#, &c).unwrap();
-        assert_eq!(one[0].t, Some(17.5));
-        assert_eq!(
-            parse(b"[1, 2, 3]", &c).unwrap()[0].values,
-            vec![1.0, 2.0, 3.0]
-        );
+        assert_eq!(one.times, vec![17.5]);
+        assert_eq!(parse(b"[1, 2, 3]", &c).unwrap().values, vec![1.0, 2.0, 3.0]);
     }
 
     #[test]
@@ -315,10 +272,15 @@ mod tests {
         assert_eq!(code(parse(b"[]", &c)), "bad_request");
     }
 
-    fn r(t: Option<f64>, v: f32) -> Reading {
-        Reading {
-            t,
-            values: vec![v, -v],
+    /// Readings `from..to` of two channels (v, -v), each with its timestamp when `timed`.
+    fn batch(from: i32, to: i32, timed: bool) -> Batch {
+        Batch {
+            values: (from..to).flat_map(|i| [i as f32, -(i as f32)]).collect(),
+            times: if timed {
+                (from..to).map(f64::from).collect()
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -327,36 +289,32 @@ mod tests {
         let mut b = Buffer::default();
         let mut cuts = Vec::new();
         for i in 0..10 {
-            if let Some(cut) = b.push(vec![r(Some(f64::from(i)), i as f32)], 4, 2).unwrap() {
+            if let Some(cut) = b.push(batch(i, i + 1, true), 2, 4, 2).unwrap() {
                 cuts.push(cut);
             }
         }
         // Windows of 4 readings every 2: ending at readings 3, 5, 7, 9.
         assert_eq!(cuts.len(), 4);
         assert_eq!((cuts[0].first, cuts[0].last), (0, 3));
-        assert_eq!(
-            cuts[0].channels[0],
-            vec![Some(0.0), Some(1.0), Some(2.0), Some(3.0)]
-        );
-        assert_eq!(cuts[0].channels[1][3], Some(-3.0));
+        // Channel after channel: the first channel's 4 values, then the second's.
+        assert_eq!(cuts[0].values[..4], [0.0, 1.0, 2.0, 3.0]);
+        assert_eq!(cuts[0].values[4 + 3], -3.0);
         assert_eq!((cuts[3].first, cuts[3].last), (6, 9));
         // A timestamp not after the last: refused whole, nothing taken.
-        let e = b
-            .push(vec![r(Some(10.0), 10.0), r(Some(9.5), 11.0)], 4, 2)
-            .unwrap_err();
+        let late = Batch {
+            values: vec![10.0, -10.0, 11.0, -11.0],
+            times: vec![10.0, 9.5],
+        };
+        let e = b.push(late, 2, 4, 2).unwrap_err();
         assert_eq!(e.code(), "out_of_order");
         assert_eq!(b.count, 10);
         // A batch of readings: one window, the newest.
         let cut = b
-            .push(
-                (10..15).map(|i| r(Some(f64::from(i)), i as f32)).collect(),
-                4,
-                2,
-            )
+            .push(batch(10, 15, true), 2, 4, 2)
             .unwrap()
             .expect("a window");
         assert_eq!((cut.first, cut.last), (11, 14));
         // Readings without timestamps are taken in arrival order.
-        assert!(b.push(vec![r(None, 0.0)], 4, 2).is_ok());
+        assert!(b.push(batch(0, 1, false), 2, 4, 2).is_ok());
     }
 }

@@ -104,17 +104,22 @@ fn id_string(v: &serde_json::Value) -> Result<String, RequestError> {
 /// `pcm` + `rate`, `text`, `window`), or any other
 /// payload taken as the input itself.
 pub fn parse_request(payload: &bytes::Bytes) -> Result<Request, RequestError> {
+    let raw = || Request {
+        input: Some(Input::Payload(payload.clone())),
+        ..Request::default()
+    };
     let first = payload.iter().find(|b| !b.is_ascii_whitespace());
-    // JSON is UTF-8: a binary payload (raw f32 of a tensor or a sensor window) that happens to
-    // start with the byte of `{` is still the input itself.
-    if first != Some(&b'{') || std::str::from_utf8(payload).is_err() {
-        return Ok(Request {
-            input: Some(Input::Payload(payload.clone())),
-            ..Request::default()
-        });
+    if first != Some(&b'{') {
+        return Ok(raw());
     }
-    let req: JsonRequest =
-        serde_json::from_slice(payload).map_err(|e| RequestError::BadJson(e.to_string()))?;
+    let req: JsonRequest = match serde_json::from_slice(payload) {
+        Ok(req) => req,
+        // JSON is UTF-8: a binary payload (raw f32 of a tensor or a sensor window) that happens
+        // to start with the byte of `{` is the input itself. Checked only when the JSON parse
+        // failed, so a valid request is not scanned twice.
+        Err(_) if std::str::from_utf8(payload).is_err() => return Ok(raw()),
+        Err(e) => return Err(RequestError::BadJson(e.to_string())),
+    };
     let id = req.id.as_ref().map(id_string).transpose()?;
     let given = [
         req.image.is_some(),

@@ -189,10 +189,11 @@ impl Streams {
                 hop,
             } => {
                 let cut = readings::parse(payload, channels)
-                    .and_then(|r| buffer.readings.push(r, *length, *hop));
+                    .and_then(|batch| buffer.readings.push(batch, channels.len(), *length, *hop));
                 return match cut {
+                    // Channel after channel: the layout a sensor model's tensor input has.
                     Ok(cut) => Ok(cut.map(|c| StreamWindow {
-                        input: Input::Window(c.channels),
+                        input: Input::Tensor(c.values),
                         readings: Some((c.first, c.last)),
                     })),
                     Err(error) => Err(buffer.refusal(error)),

@@ -90,17 +90,12 @@ impl InputKind {
         }
     }
 
-    /// The one kind among `paths`: `None` when none is an input, an error when kinds are mixed
-    /// (a model embeds one kind).
-    pub fn of_all<'a>(paths: impl Iterator<Item = &'a Path>) -> Result<Option<InputKind>> {
-        Ok(InputKind::for_model(paths, None)?.map(|(kind, _)| kind))
-    }
-
     /// The kind of input to embed among `paths` for a model that takes `modality`, and how many
     /// inputs of other kinds to leave out. With one kind, that kind (whether the model takes it
     /// is [`InputKind::refused_by`]'s question). With several, the model's kind and the others
     /// left out — a stray `notes.txt` in a folder of photos is not a reason to refuse the
-    /// photos — or an error when the model takes none of them or is not known.
+    /// photos — or an error naming the counts when the model takes none of them or is not
+    /// known (`None`).
     pub fn for_model<'a>(
         paths: impl Iterator<Item = &'a Path>,
         modality: Option<crate::model::Modality>,

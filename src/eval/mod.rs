@@ -471,13 +471,13 @@ struct Loaded {
 
 /// Loads, embeds and splits the dataset named by the arguments.
 fn load(args: &EvalArgs) -> Result<Loaded> {
+    let windows = csv_windows(args);
     let (name, train, test, stats, backbone) = if let Some(dir) = &args.data {
         anyhow::ensure!(
             args.test_fraction > 0.0 && args.test_fraction < 1.0,
             "--test-fraction must be in (0, 1)"
         );
-        let (mut sets, stats, backbone) =
-            embed_all(vec![scan_items(dir, csv_windows(args))?], args)?;
+        let (mut sets, stats, backbone) = embed_all(vec![scan_items(dir, windows)?], args)?;
         let all = sets.pop().unwrap_or_default();
         let classes: Vec<String> = all
             .iter()
@@ -509,8 +509,8 @@ fn load(args: &EvalArgs) -> Result<Loaded> {
         } else {
             let (mut sets, stats, backbone) = embed_all(
                 vec![
-                    scan_items(train_dir, csv_windows(args))?,
-                    scan_items(test_dir, csv_windows(args))?,
+                    scan_items(train_dir, windows)?,
+                    scan_items(test_dir, windows)?,
                 ],
                 args,
             )?;
@@ -958,7 +958,7 @@ mod tests {
         );
         let err = format!(
             "{:#}",
-            InputKind::of_all(["a/x.wav", "b/y.png"].iter().map(Path::new)).unwrap_err()
+            InputKind::for_model(["a/x.wav", "b/y.png"].iter().map(Path::new), None).unwrap_err()
         );
         assert!(err.contains("mixes 1 images and 1 sound clips"), "{err}");
         check_modality(InputKind::Sound, &sound_model).unwrap();

@@ -105,7 +105,7 @@ impl Windows {
                 });
             }
             for (s, v) in values.iter().enumerate() {
-                out.push(value(*v, c, s)?);
+                out.push(checked(*v, c, s)?);
             }
         }
         Ok(self.normalised(out))
@@ -158,27 +158,19 @@ impl Windows {
                     continue;
                 }
             }
-            let order = columns
-                .clone()
-                .unwrap_or_else(|| (0..cells.len()).collect());
-            if columns.is_none() {
-                self.check_channels(cells.len())?;
-            } else if cells.len() != order.len() {
-                return Err(WindowError::Csv {
-                    line: n + 1,
-                    message: format!("{} cells; the header has {}", cells.len(), order.len()),
-                });
-            }
-            for (cell, &channel) in cells.iter().zip(&order) {
-                let v = if cell.is_empty() {
-                    None
-                } else {
-                    Some(cell.parse::<f64>().map_err(|_| WindowError::Csv {
+            match &columns {
+                None => self.check_channels(cells.len())?,
+                Some(order) if cells.len() != order.len() => {
+                    return Err(WindowError::Csv {
                         line: n + 1,
-                        message: format!("{cell:?} is not a number"),
-                    })?)
-                };
-                channels[channel].push(v);
+                        message: format!("{} cells; the header has {}", cells.len(), order.len()),
+                    })
+                }
+                Some(_) => {}
+            }
+            for (i, cell) in cells.iter().enumerate() {
+                let channel = columns.as_ref().map_or(i, |order| order[i]);
+                channels[channel].push(csv_cell(cell, n + 1)?);
             }
         }
         self.from_channels(&channels)
@@ -208,15 +200,7 @@ impl Windows {
     }
 
     fn check_channels(&self, got: usize) -> Result<(), WindowError> {
-        let want = self.spec.channels.len();
-        if got != want {
-            return Err(WindowError::Channels {
-                got,
-                want,
-                names: self.spec.channels.join(", "),
-            });
-        }
-        Ok(())
+        check_count(got, &self.spec.channels)
     }
 
     fn normalised(&self, mut values: Vec<f32>) -> Vec<f32> {
@@ -243,7 +227,31 @@ impl Windows {
     }
 }
 
-fn value(v: Option<f64>, channel: usize, sample: usize) -> Result<f32, WindowError> {
+/// `got` values where the model has the channels `names`.
+pub(crate) fn check_count(got: usize, names: &[String]) -> Result<(), WindowError> {
+    if got != names.len() {
+        return Err(WindowError::Channels {
+            got,
+            want: names.len(),
+            names: names.join(", "),
+        });
+    }
+    Ok(())
+}
+
+/// A CSV cell on text line `line`: empty is a missing value, else it must be a number.
+pub(crate) fn csv_cell(cell: &str, line: usize) -> Result<Option<f64>, WindowError> {
+    if cell.is_empty() {
+        return Ok(None);
+    }
+    cell.parse::<f64>().map(Some).map_err(|_| WindowError::Csv {
+        line,
+        message: format!("{cell:?} is not a number"),
+    })
+}
+
+/// A value of `channel` at `sample` as the backbone takes it: present and finite in f32.
+pub(crate) fn checked(v: Option<f64>, channel: usize, sample: usize) -> Result<f32, WindowError> {
     match v {
         None => Err(WindowError::Missing { channel, sample }),
         Some(v) if !v.is_finite() || !(v as f32).is_finite() => {
