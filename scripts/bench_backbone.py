@@ -48,30 +48,33 @@ def main():
     cores = os.cpu_count() or 1
     rows = []
     for threads in sorted({1, cores}):
-        tract, own, ort = [], [], []
+        tract, prods, own, ort = [], [], [], []
         for _ in range(args.rounds):
             bench = [args.adaptd, "bench", "--json", "--input", INPUT, "--threads", str(threads),
                      "--runs", str(args.runs), "--warmup", str(args.warmup)]
             tract.append(run_json(bench))
+            prods.append(run_json(bench + ["--depthwise-layout", "adaptd-depthwise"]))
             own.append(run_json(bench + ["--depthwise-layout", "tract"]))
             ort.append(run_json([sys.executable, os.path.join(ROOT, "scripts", "ref_backbone.py"), "--input", INPUT,
                                  "--threads", str(threads), "--runs", str(args.runs), "--warmup", str(args.warmup)]))
         t = statistics.median(r["median_ms"] for r in tract)
+        tp = statistics.median(r["median_ms"] for r in prods)
         tw = statistics.median(r["median_ms"] for r in own)
         o = statistics.median(r["median_ms"] for r in ort)
         tl = statistics.median(r["load_ms"] for r in tract)
         ol = statistics.median(r["load_ms"] for r in ort)
-        rows.append((threads, t, tw, o, t / o, tw / o, tl, ol, ort[0].get("version", "?")))
+        rows.append((threads, t, tp, tw, o, t / o, tw / o, tl, ol, ort[0].get("version", "?")))
     rss = peak_rss_kib([args.adaptd, "embed", IMAGE])
     print(f"machine: {platform.machine()}, {cores} cores, {platform.processor() or platform.platform()}")
     print(f"adaptd binary: {os.path.relpath(args.adaptd, ROOT)}; {args.rounds} rounds x {args.runs} runs "
           f"after {args.warmup} warm-up, batch 1, coffee input\n")
-    print("| threads | adaptd (tract + depthwise rewrite) ms | tract, its own layout, ms | onnxruntime median ms "
+    print("| threads | adaptd (tract + adaptd's ops) ms | adaptd's depthwise, tract's products, ms "
+          "| tract, its own layout, ms | onnxruntime median ms "
           "| adaptd / onnxruntime | tract's own / onnxruntime | adaptd load ms | onnxruntime load ms |")
-    print("|---|---|---|---|---|---|---|---|")
-    for threads, t, tw, o, ratio, own_ratio, tl, ol, ver in rows:
-        print(f"| {threads} | {t:.2f} | {tw:.2f} | {o:.2f} (ort {ver}) | **{ratio:.2f}×** | {own_ratio:.2f}× "
-              f"| {tl:.0f} | {ol:.0f} |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for threads, t, tp, tw, o, ratio, own_ratio, tl, ol, ver in rows:
+        print(f"| {threads} | {t:.2f} | {tp:.2f} | {tw:.2f} | {o:.2f} (ort {ver}) | **{ratio:.2f}×** "
+              f"| {own_ratio:.2f}× | {tl:.0f} | {ol:.0f} |")
     print(f"\npeak RSS of `adaptd embed coffee.jpg`: {rss / 1024:.1f} MiB")
 
 

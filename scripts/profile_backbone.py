@@ -113,7 +113,7 @@ def main():
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--json", help="write both profiles to this file")
-    ap.add_argument("--depthwise-layout", default="adaptd", choices=["adaptd", "channel-last", "tract"],
+    ap.add_argument("--depthwise-layout", default="adaptd", choices=["adaptd", "adaptd-depthwise", "channel-last", "tract"],
                     help="depthwise convs: adaptd's channel-last rewrite and kernel (the daemon's), "
                          "the rewrite on tract's kernels, or tract's own layout")
     a = ap.parse_args()

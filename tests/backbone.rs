@@ -103,8 +103,9 @@ fn depthwise_rewrites_match_tracts_own_layout() {
     let g = golden();
     let model = ModelDir::shipped().expect("shipped model");
     let load = |layout| Backbone::load_with(&model, true, None, layout).expect("load");
-    let (adaptd, channel_last, own) = (
+    let (adaptd, depthwise_only, channel_last, own) = (
         load(DepthwiseLayout::Adaptd),
+        load(DepthwiseLayout::AdaptdDepthwise),
         load(DepthwiseLayout::ChannelLast),
         load(DepthwiseLayout::Tract),
     );
@@ -118,6 +119,13 @@ fn depthwise_rewrites_match_tracts_own_layout() {
     let avx2_fma = false;
     let on_kernel = if avx2_fma { 16 } else { 0 };
     assert_eq!(adaptd.info().adaptd_depthwise, on_kernel);
+    // Its 32 1×1 convs (31 in the blocks and the head conv), the stem conv and the classifier
+    // (loaded here for the logits) run on adaptd's matrix product where the CPU has AVX2 + FMA
+    // or AVX-512 (every AVX-512 CPU has both).
+    assert_eq!(adaptd.info().adaptd_products, if avx2_fma { 34 } else { 0 });
+    assert_eq!(depthwise_only.info().adaptd_depthwise, on_kernel);
+    assert_eq!(depthwise_only.info().adaptd_products, 0);
+    assert_eq!(channel_last.info().adaptd_products, 0);
     // tract's own choice: NCHW where tract-linalg has no channel-inner kernel (x86_64, armv7),
     // channel-last where it has one (aarch64).
     let own_last = own.info().channel_last_depthwise;
@@ -132,7 +140,11 @@ fn depthwise_rewrites_match_tracts_own_layout() {
     for img in g["images"].as_array().expect("images") {
         let x = golden_input(img);
         let want = own.run(&x).expect("run");
-        for (name, b) in [("adaptd", &adaptd), ("channel-last", &channel_last)] {
+        for (name, b) in [
+            ("adaptd", &adaptd),
+            ("adaptd-depthwise", &depthwise_only),
+            ("channel-last", &channel_last),
+        ] {
             let got = b.run(&x).expect("run");
             let ee = rel_err(&got.embedding, &want.embedding);
             let el = rel_err(

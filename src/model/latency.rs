@@ -33,6 +33,8 @@ pub struct Setup {
     pub channel_last_depthwise: [usize; 2],
     /// How many of them ran on adaptd's own kernel.
     pub adaptd_depthwise: usize,
+    /// Convolutions and products that ran on adaptd's own matrix product.
+    pub adaptd_products: usize,
 }
 
 impl Setup {
@@ -46,6 +48,7 @@ impl Setup {
             runs,
             channel_last_depthwise: b.info().channel_last_depthwise,
             adaptd_depthwise: b.info().adaptd_depthwise,
+            adaptd_products: b.info().adaptd_products,
         }
     }
 }
@@ -55,8 +58,8 @@ impl std::fmt::Display for Setup {
         let [last, total] = self.channel_last_depthwise;
         write!(
             f,
-            "{} {} on {}: {} thread(s), batch {}, depthwise {last}/{total} channel-last ({} on adaptd's kernel)",
-            self.runtime, self.version, self.model, self.threads, self.batch, self.adaptd_depthwise
+            "{} {} on {}: {} thread(s), batch {}, depthwise {last}/{total} channel-last ({} on adaptd's kernel), {} products on adaptd's kernel",
+            self.runtime, self.version, self.model, self.threads, self.batch, self.adaptd_depthwise, self.adaptd_products
         )
     }
 }

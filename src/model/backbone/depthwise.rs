@@ -215,6 +215,8 @@ fn portable(g: &Geometry, x: &[f32], w: &[f32], b: &[f32], lo: f32, hi: f32, out
 }
 
 #[cfg(target_arch = "x86_64")]
+// Index loops on purpose: see `points`.
+#[allow(clippy::needless_range_loop)]
 mod avx2 {
     use super::{taps_of, Geometry, MAX_TAPS};
     use std::arch::x86_64::*;
@@ -292,53 +294,69 @@ mod avx2 {
         hi: f32,
         os: [*mut f32; N],
     ) {
+        // Plain index loops only: an iterator adapter or a closure here is a function without
+        // the target feature, which the compiler may leave uninlined inside the hot loop.
         let (vlo, vhi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
-        let clamp = |v| _mm256_min_ps(vhi, _mm256_max_ps(vlo, v));
         let mut cb = 0;
         // 32 channels at a time: four independent accumulators per point hide the FMA latency.
         while cb + 32 <= c {
-            let bias: [__m256; 4] = std::array::from_fn(|j| _mm256_loadu_ps(bp.add(cb + 8 * j)));
-            let mut acc = [bias; N];
-            for &(wo, xo) in taps {
+            let mut acc = [[_mm256_setzero_ps(); 4]; N];
+            for j in 0..4 {
+                let b = _mm256_loadu_ps(bp.add(cb + 8 * j));
+                for p in 0..N {
+                    acc[p][j] = b;
+                }
+            }
+            for t in 0..taps.len() {
+                let (wo, xo) = taps[t];
                 let wv = wp.add(wo + cb);
-                let w: [__m256; 4] = std::array::from_fn(|j| _mm256_loadu_ps(wv.add(8 * j)));
-                for (a, x) in acc.iter_mut().zip(xs) {
-                    let x = x.add(xo + cb);
-                    for (j, a) in a.iter_mut().enumerate() {
-                        *a = _mm256_fmadd_ps(w[j], _mm256_loadu_ps(x.add(8 * j)), *a);
+                let mut w = [_mm256_setzero_ps(); 4];
+                for j in 0..4 {
+                    w[j] = _mm256_loadu_ps(wv.add(8 * j));
+                }
+                for p in 0..N {
+                    let x = xs[p].add(xo + cb);
+                    for j in 0..4 {
+                        acc[p][j] = _mm256_fmadd_ps(w[j], _mm256_loadu_ps(x.add(8 * j)), acc[p][j]);
                     }
                 }
             }
-            for (a, o) in acc.iter().zip(os) {
-                for (j, a) in a.iter().enumerate() {
-                    _mm256_storeu_ps(o.add(cb + 8 * j), clamp(*a));
+            for p in 0..N {
+                for j in 0..4 {
+                    let y = _mm256_min_ps(vhi, _mm256_max_ps(vlo, acc[p][j]));
+                    _mm256_storeu_ps(os[p].add(cb + 8 * j), y);
                 }
             }
             cb += 32;
         }
         while cb + 8 <= c {
             let mut acc = [_mm256_loadu_ps(bp.add(cb)); N];
-            for &(wo, xo) in taps {
+            for t in 0..taps.len() {
+                let (wo, xo) = taps[t];
                 let w = _mm256_loadu_ps(wp.add(wo + cb));
-                for (a, x) in acc.iter_mut().zip(xs) {
-                    *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(x.add(xo + cb)), *a);
+                for p in 0..N {
+                    acc[p] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xs[p].add(xo + cb)), acc[p]);
                 }
             }
-            for (a, o) in acc.iter().zip(os) {
-                _mm256_storeu_ps(o.add(cb), clamp(*a));
+            for p in 0..N {
+                _mm256_storeu_ps(
+                    os[p].add(cb),
+                    _mm256_min_ps(vhi, _mm256_max_ps(vlo, acc[p])),
+                );
             }
             cb += 8;
         }
         while cb < c {
             let mut acc = [*bp.add(cb); N];
-            for &(wo, xo) in taps {
+            for t in 0..taps.len() {
+                let (wo, xo) = taps[t];
                 let w = *wp.add(wo + cb);
-                for (a, x) in acc.iter_mut().zip(xs) {
-                    *a = w.mul_add(*x.add(xo + cb), *a);
+                for p in 0..N {
+                    acc[p] = w.mul_add(*xs[p].add(xo + cb), acc[p]);
                 }
             }
-            for (a, o) in acc.iter().zip(os) {
-                *o.add(cb) = super::clamp(*a, lo, hi);
+            for p in 0..N {
+                *os[p].add(cb) = super::clamp(acc[p], lo, hi);
             }
             cb += 1;
         }
@@ -369,7 +387,9 @@ impl Op for NhwcDepthwise {
 impl EvalOp for NhwcDepthwise {
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let x = args_1!(inputs);
-        let mut out = Tensor::zero::<f32>(&self.geo.output_shape())?;
+        // SAFETY: `run` writes every element of the output before anything reads it (tract's
+        // own ops allocate their outputs the same way); zeroing it first cost a pass over it.
+        let mut out = unsafe { Tensor::uninitialized::<f32>(&self.geo.output_shape())? };
         let xv = x.try_as_plain_ram()?;
         self.run(
             xv.as_slice::<f32>()?,
@@ -480,7 +500,7 @@ fn from_conv(model: &TypedModel, node: &TypedNode) -> TractResult<Option<NhwcDep
 }
 
 /// The constant a binary `op` node applies to its other input, when that is a uniform scalar.
-fn uniform_operand(model: &TypedModel, node: &TypedNode, from: OutletId) -> Option<f32> {
+pub(super) fn uniform_operand(model: &TypedModel, node: &TypedNode, from: OutletId) -> Option<f32> {
     let other = node.inputs.iter().find(|&&i| i != from)?;
     let k = model.outlet_fact(*other).ok()?.konst.clone()?;
     let k = k.cast_to::<f32>().ok()?;

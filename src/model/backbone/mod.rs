@@ -17,7 +17,9 @@ use tract_onnx::WithOnnx;
 
 use crate::model::ModelDir;
 
+mod conv;
 mod depthwise;
+mod pointwise;
 mod tokens;
 
 /// The tract version adaptd is built with (pinned in Cargo.toml).
@@ -108,6 +110,9 @@ pub struct BackboneInfo {
     pub channel_last_depthwise: [usize; 2],
     /// How many of them run on adaptd's own kernel ([`DepthwiseLayout::Adaptd`]).
     pub adaptd_depthwise: usize,
+    /// Convolutions and matrix products that run on adaptd's own matrix product
+    /// ([`DepthwiseLayout::Adaptd`]): the 1×1 convolutions, a classifier, a stem conv.
+    pub adaptd_products: usize,
 }
 
 /// How depthwise convolutions run: their layout, and whose kernel.
@@ -115,8 +120,12 @@ pub struct BackboneInfo {
 pub enum DepthwiseLayout {
     /// Channel-last ([`channel_last_depthwise`]), run by adaptd's AVX2 + FMA op with the ReLU6
     /// fused ([`depthwise`]) on CPUs that have them, by tract's channel-last path elsewhere.
+    /// The 1×1 convolutions between them run on adaptd's own matrix product with their bias,
+    /// ReLU6 and residual add fused ([`pointwise`]) where the CPU has AVX-512 or AVX2 + FMA.
     #[default]
     Adaptd,
+    /// As `adaptd`, but tract's own matrix products for the 1×1 convolutions.
+    AdaptdDepthwise,
     /// Channel-last, run by tract's own kernels.
     ChannelLast,
     /// Whatever tract's optimizer picks on this CPU: channel-last where tract-linalg has a
@@ -438,9 +447,12 @@ impl Backbone {
         //    then optimize (kernel selection for this CPU: never cached). A model the rewrite
         //    cannot handle runs in tract's own layout instead of failing to load.
         let rewritten = match layout {
-            DepthwiseLayout::Adaptd | DepthwiseLayout::ChannelLast => {
+            DepthwiseLayout::Adaptd
+            | DepthwiseLayout::AdaptdDepthwise
+            | DepthwiseLayout::ChannelLast => {
                 let mut m = decluttered.clone();
-                let own_kernel = layout == DepthwiseLayout::Adaptd && depthwise::available();
+                let own_kernel = layout != DepthwiseLayout::ChannelLast && depthwise::available();
+                let own_products = layout == DepthwiseLayout::Adaptd && pointwise::available();
                 channel_last_depthwise(&mut m)
                     .and_then(|()| {
                         let counts = count_depthwise(&m);
@@ -448,17 +460,25 @@ impl Backbone {
                             true => depthwise::replace_depthwise(&mut m)?,
                             false => 0,
                         };
-                        Ok((counts, replaced, m.into_optimized()?))
+                        let products = match own_products {
+                            true => {
+                                pointwise::channel_last_products(&mut m)?;
+                                pointwise::replace_pointwise(&mut m)? + conv::replace_convs(&mut m)?
+                            }
+                            false => 0,
+                        };
+                        Ok((counts, replaced, products, m.into_optimized()?))
                     })
                     .map_err(|e| tracing::warn!("channel-last depthwise rewrite skipped: {e:#}"))
                     .ok()
             }
             DepthwiseLayout::Tract => None,
         };
-        let (channel_last_depthwise, adaptd_depthwise, typed) = match rewritten {
+        let (channel_last_depthwise, adaptd_depthwise, adaptd_products, typed) = match rewritten {
             Some(done) => done,
             None => (
                 count_depthwise(&decluttered),
+                0,
                 0,
                 decluttered.into_optimized().map_err(prepare)?,
             ),
@@ -492,6 +512,7 @@ impl Backbone {
             cached: from_cache,
             channel_last_depthwise,
             adaptd_depthwise,
+            adaptd_products,
         };
         if info.embedding_dim == 0 {
             return Err(BackboneError::Prepare {
@@ -785,7 +806,7 @@ fn channel_last_from_inputs(model: &mut TypedModel) -> TractResult<bool> {
 /// tract's `change_axes` propagation of `op` on `outlet` through the graph, with the model's
 /// inputs and outputs locked (their layout is the model's interface): the patch, or `None` when
 /// some node blocks it.
-fn propagate(
+pub(super) fn propagate(
     model: &TypedModel,
     outlet: OutletId,
     op: tract_onnx::tract_core::ops::change_axes::AxisOp,

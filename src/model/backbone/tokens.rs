@@ -67,10 +67,27 @@ pub(super) fn load(model: &ModelDir, text: &TextSpec) -> Result<Backbone, Backbo
     for ix in 0..order.len() {
         graph.set_input_fact(ix, fact.clone()).map_err(prepare)?;
     }
-    let plan = graph
+    let decluttered = graph
         .into_typed()
         .and_then(|t| t.into_decluttered())
-        .and_then(|t| t.into_optimized())
+        .map_err(prepare)?;
+    // The encoder's dense layers (constant weights, the sequence length symbolic) on adaptd's
+    // matrix product where the CPU has one; tract's own graph if the rewrite fails.
+    let (products, typed) = match pointwise::available() {
+        true => {
+            let mut m = decluttered.clone();
+            match pointwise::replace_pointwise(&mut m) {
+                Ok(n) => (n, m),
+                Err(e) => {
+                    tracing::warn!("adaptd's matrix product skipped: {e:#}");
+                    (0, decluttered)
+                }
+            }
+        }
+        false => (0, decluttered),
+    };
+    let plan = typed
+        .into_optimized()
         .and_then(|t| t.into_runnable())
         .map_err(prepare)?;
     let mut backbone = Backbone {
@@ -86,6 +103,7 @@ pub(super) fn load(model: &ModelDir, text: &TextSpec) -> Result<Backbone, Backbo
             cached: false,
             channel_last_depthwise: [0, 0],
             adaptd_depthwise: 0,
+            adaptd_products: products,
         },
         logits_plan_ix: None,
         tokens: Some(order),
