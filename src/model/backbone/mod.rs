@@ -1,6 +1,8 @@
 //! The frozen backbone: the only module that names tract types (load, fix shape, the channel-last
-//! depthwise rewrite, optimize, embed, the NNEF model cache, per-node profiling). Its submodule
-//! `depthwise` is adaptd's own depthwise-convolution op for tract.
+//! rewrites, optimize, embed, the NNEF model cache, per-node profiling). Its submodules are
+//! adaptd's own ops for tract: `depthwise` (depthwise convolutions), `pointwise` (the matrix
+//! product of 1×1 convolutions and dense layers), `conv` (a small-patch conv such as the stem,
+//! through `pointwise`), and `tokens` (the text encoder's load).
 //!
 //! tract's API moves between versions; keeping every tract call here means an upgrade touches
 //! this directory only.
