@@ -34,6 +34,8 @@ pub struct BenchArgs<'a> {
     pub clip: Option<&'a Path>,
     /// A UTF-8 text file: time the text path on it instead.
     pub text: Option<&'a Path>,
+    /// An image file: time the image path on it instead.
+    pub image: Option<&'a Path>,
     pub json: bool,
 }
 
@@ -63,6 +65,30 @@ pub fn bench(a: BenchArgs<'_>) -> Result<()> {
         ] {
             println!(
                 "  {stage:<12} median {:>9.3} ms, p90 {:>9.3} ms, min {:>9.3} ms",
+                t.median_ms, t.p90_ms, t.min_ms
+            );
+        }
+        return Ok(());
+    }
+    if let Some(image) = a.image {
+        let r = crate::model::latency::image(&model, &o, image, a.cache_dir)?;
+        if a.json {
+            println!("{}", serde_json::to_string(&r)?);
+            return Ok(());
+        }
+        println!("{}, load {:.0} ms", r.setup, r.load_ms);
+        println!(
+            "{}: {} bytes, {}x{}; medians over {} runs",
+            r.image, r.bytes, r.width, r.height, r.setup.runs
+        );
+        for (stage, t) in [
+            ("decode", &r.decode),
+            ("preprocess (crop, resize, normalise)", &r.preprocess),
+            ("backbone", &r.backbone),
+            ("end to end", &r.end_to_end),
+        ] {
+            println!(
+                "  {stage:<38} median {:>9.3} ms, p90 {:>9.3} ms, min {:>9.3} ms",
                 t.median_ms, t.p90_ms, t.min_ms
             );
         }

@@ -95,6 +95,11 @@ pub enum Command {
         /// scripts/bench_text.py). Needs --model of a model with [text].
         #[arg(long, value_name = "FILE.txt", conflicts_with_all = ["input", "profile", "batch", "clip"])]
         text: Option<PathBuf>,
+        /// Time an image model's path on this photo instead, on one thread: decoding,
+        /// preprocessing (crop, resize, normalise), the backbone, and end to end (the Rust side
+        /// of scripts/bench_image.py).
+        #[arg(long, value_name = "FILE.jpg", conflicts_with_all = ["input", "profile", "batch", "clip", "text"])]
+        image: Option<PathBuf>,
         /// Print one JSON line.
         #[arg(long)]
         json: bool,
@@ -154,6 +159,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             profile,
             clip,
             text,
+            image,
             json,
         } => bench(BenchArgs {
             model: model.as_deref(),
@@ -169,6 +175,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             profile,
             clip: clip.as_deref(),
             text: text.as_deref(),
+            image: image.as_deref(),
             json,
         }),
         Command::Eval(a) => eval(&a),

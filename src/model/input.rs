@@ -2,7 +2,6 @@
 
 use std::io::Cursor;
 
-use image::imageops::FilterType;
 use image::{DynamicImage, ImageReader, Limits, RgbImage};
 use serde::Deserialize;
 
@@ -274,25 +273,36 @@ impl Preprocessor {
             .image_size()
             .ok_or_else(|| InputError::NotImage(self.spec.shape.clone()))?;
         let rgb = flatten_alpha(img, self.spec.background);
-        let fitted = self.fit(rgb, w, h);
+        let fitted = self.fit(rgb, w, h)?;
         Ok(self.normalize(&fitted))
     }
 
-    fn fit(&self, rgb: RgbImage, w: u32, h: u32) -> RgbImage {
-        let filter = match self.spec.resize {
-            Resize::Nearest => FilterType::Nearest,
-            Resize::Bilinear => FilterType::Triangle,
-            Resize::Bicubic => FilterType::CatmullRom,
-            Resize::Lanczos3 => FilterType::Lanczos3,
+    /// Crop or pad to a square, then resize to `w`×`h` with the model's filter: one pass of
+    /// `fast_image_resize` (SIMD, the crop read in place), which matches PIL's convolution
+    /// resampling that the reference preprocessing uses.
+    fn fit(&self, rgb: RgbImage, w: u32, h: u32) -> Result<RgbImage, InputError> {
+        use fast_image_resize as fr;
+        let alg = match self.spec.resize {
+            Resize::Nearest => fr::ResizeAlg::Nearest,
+            Resize::Bilinear => fr::ResizeAlg::Convolution(fr::FilterType::Bilinear),
+            Resize::Bicubic => fr::ResizeAlg::Convolution(fr::FilterType::CatmullRom),
+            Resize::Lanczos3 => fr::ResizeAlg::Convolution(fr::FilterType::Lanczos3),
         };
         let (iw, ih) = rgb.dimensions();
-        let square = match self.spec.crop {
-            Crop::Stretch => rgb,
+        let mut options = fr::ResizeOptions::new().resize_alg(alg);
+        let (square, (sw, sh)) = match self.spec.crop {
+            Crop::Stretch => (rgb, (iw, ih)),
             Crop::Center => {
                 let side = ((iw.min(ih) as f32 * self.spec.crop_fraction) + 0.5).floor() as u32;
                 let side = side.clamp(1, iw.min(ih));
-                image::imageops::crop_imm(&rgb, (iw - side) / 2, (ih - side) / 2, side, side)
-                    .to_image()
+                let (left, top) = ((iw - side) / 2, (ih - side) / 2);
+                options = options.crop(
+                    f64::from(left),
+                    f64::from(top),
+                    f64::from(side),
+                    f64::from(side),
+                );
+                (rgb, (iw, ih))
             }
             Crop::Pad => {
                 let side = iw.max(ih);
@@ -303,14 +313,19 @@ impl Preprocessor {
                     i64::from((side - iw) / 2),
                     i64::from((side - ih) / 2),
                 );
-                canvas
+                (canvas, (side, side))
             }
         };
-        if square.dimensions() == (w, h) {
-            square
-        } else {
-            image::imageops::resize(&square, w, h, filter)
-        }
+        let resize_err = |e: &dyn std::fmt::Display| InputError::Image(format!("resize: {e}"));
+        let mut src = square.into_raw();
+        let src = fr::images::Image::from_slice_u8(sw, sh, &mut src, fr::PixelType::U8x3)
+            .map_err(|e| resize_err(&e))?;
+        let mut dst = fr::images::Image::new(w, h, fr::PixelType::U8x3);
+        fr::Resizer::new()
+            .resize(&src, &mut dst, &options)
+            .map_err(|e| resize_err(&e))?;
+        RgbImage::from_raw(w, h, dst.into_vec())
+            .ok_or_else(|| InputError::Image("resize: short output".into()))
     }
 
     fn normalize(&self, img: &RgbImage) -> Vec<f32> {

@@ -419,6 +419,81 @@ pub fn text(model: &ModelDir, o: &Options<'_>, text: &Path) -> anyhow::Result<Te
     })
 }
 
+/// `adaptd bench --image`: the image path of one photo, stage by stage and end to end, on one
+/// thread (the Rust side of `scripts/bench_image.py`, which runs PIL and onnxruntime beside it).
+#[derive(Debug, Serialize)]
+pub struct ImageReport {
+    #[serde(flatten)]
+    pub setup: Setup,
+    /// The image file, as given, and its size.
+    pub image: String,
+    pub bytes: usize,
+    pub width: u32,
+    pub height: u32,
+    /// Load of the embedder, ms.
+    pub load_ms: f64,
+    pub cached: bool,
+    /// (a) file bytes → pixels (JPEG/PNG decoding).
+    pub decode: Timing,
+    /// (b) pixels → input tensor: crop, resize, normalise (the model's `[input]` recipe).
+    pub preprocess: Timing,
+    /// (c) One backbone pass on that tensor.
+    pub backbone: Timing,
+    /// (d) file bytes → embedding ([`Embedder::embed_payload`], the path a worker takes).
+    pub end_to_end: Timing,
+}
+
+/// Times the image path of `image` with the daemon's embedder (its backbone loaded through the
+/// model cache in `cache_dir` when given), each stage `o.runs` times after `o.warmup`. One
+/// thread, the daemon's layout.
+pub fn image(
+    model: &ModelDir,
+    o: &Options<'_>,
+    image: &Path,
+    cache_dir: Option<&Path>,
+) -> anyhow::Result<ImageReport> {
+    anyhow::ensure!(
+        model.spec.audio.is_none() && model.spec.text.is_none() && model.spec.sensor.is_none(),
+        "--image needs an image model; {} takes sound, text or sensor windows",
+        model.dir.display()
+    );
+    anyhow::ensure!(
+        o.threads == 1 && o.batch <= 1 && o.input.is_none() && o.layout == DepthwiseLayout::Adaptd,
+        "--image measures the daemon's path on one thread: no --threads, --batch, --input or \
+         --depthwise-layout with it"
+    );
+    backbone::set_threads(1);
+    let bytes = std::fs::read(image).with_context(|| format!("reading {}", image.display()))?;
+    let started = Instant::now();
+    let embedder = Embedder::load_cached(model.clone(), false, cache_dir)?;
+    let load_ms = started.elapsed().as_secs_f64() * 1e3;
+    let decoded = crate::model::input::decode_image(&bytes)
+        .with_context(|| format!("{} is not an image adaptd can read", image.display()))?;
+    let tensor = embedder.preprocessor.from_image(&decoded)?;
+    let (runs, warmup) = (o.runs, o.warmup);
+    let decode = Timing::of(warmup, runs, || {
+        crate::model::input::decode_image(&bytes).map(drop)
+    })?;
+    let preprocess = Timing::of(warmup, runs, || {
+        embedder.preprocessor.from_image(&decoded).map(drop)
+    })?;
+    let backbone_t = Timing::of(warmup, runs, || embedder.backbone.embed(&tensor).map(drop))?;
+    let end_to_end = Timing::of(warmup, runs, || embedder.embed_payload(&bytes).map(drop))?;
+    Ok(ImageReport {
+        setup: Setup::of(&embedder.backbone, 1, 1, end_to_end.runs),
+        image: image.display().to_string(),
+        bytes: bytes.len(),
+        width: decoded.width(),
+        height: decoded.height(),
+        load_ms,
+        cached: embedder.backbone.info().cached,
+        decode,
+        preprocess,
+        backbone: backbone_t,
+        end_to_end,
+    })
+}
+
 /// Rate, channels and frames (samples per channel) of a WAV file, as the front-end decodes it
 /// (no duration limit); the channel count is read from the `fmt ` chunk.
 fn wav_shape(bytes: &[u8]) -> anyhow::Result<(u32, u16, usize)> {
