@@ -286,38 +286,9 @@ fn from_conv(model: &TypedModel, node: &TypedNode) -> TractResult<Option<(PatchC
         return Ok(None);
     }
     // Weights to OIHW order whatever the kernel format.
-    let kernel = kernel.to_plain_array_view::<f32>()?;
-    let kfmt = conv.kernel_fmt;
-    let (o_axis, h_axis, i_axis) = (
-        kfmt.o_axis(kernel.shape()),
-        kfmt.h_axis(),
-        kfmt.i_axis(kernel.shape()),
-    );
-    let o = kernel.shape()[o_axis];
-    if kernel.shape()[i_axis] != c {
-        return Ok(None);
-    }
-    let mut oihw = Vec::with_capacity(o * c * kh * kw);
-    let mut ix = [0usize; 4];
-    for oc in 0..o {
-        for ic in 0..c {
-            for y in 0..kh {
-                for x in 0..kw {
-                    ix[o_axis] = oc;
-                    ix[i_axis] = ic;
-                    ix[h_axis] = y;
-                    ix[h_axis + 1] = x;
-                    oihw.push(kernel[&ix[..]]);
-                }
-            }
-        }
-    }
-    let bias = bias.cast_to::<f32>()?;
-    let bv = bias.try_as_plain_ram()?;
-    let bias = match bv.as_slice::<f32>()? {
-        [b] => vec![*b; o],
-        b => b.to_vec(),
-    };
+    let o = kernel.shape()[conv.kernel_fmt.o_axis(kernel.shape())];
+    let oihw = super::oihw_weights(&kernel, conv.kernel_fmt, o, c)?;
+    let bias = super::conv_bias(&bias, o)?;
     let mut geo = Geometry {
         n: ishape.n().copied().unwrap_or(1),
         h: hw[0],
@@ -379,11 +350,8 @@ pub fn replace_convs(model: &mut TypedModel) -> TractResult<usize> {
             op = op.clamped(fused.0, fused.1);
             last = OutletId::new(next.id, 0);
         }
-        let mut patch = TypedModelPatch::default();
-        let x = patch.tap_model(model, input)?;
-        let y = patch.wire_node(&node.name, op, &[x])?;
-        patch.shunt_outside(model, last, y[0])?;
-        patch.apply(model)?;
+        let name = node.name.clone();
+        super::splice(model, &name, op, &[input], last)?;
         replaced += 1;
     }
     if replaced > 0 {
@@ -395,6 +363,7 @@ pub fn replace_convs(model: &mut TypedModel) -> TractResult<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::backbone::test_values as values;
 
     /// Straight from the definition, in f64, NHWC output; `x` in the layout `g.nchw` says.
     fn reference(
@@ -438,20 +407,6 @@ mod tests {
             }
         }
         out
-    }
-
-    fn values(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (0..len)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
     }
 
     #[test]

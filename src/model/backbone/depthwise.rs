@@ -464,38 +464,8 @@ fn from_conv(model: &TypedModel, node: &TypedNode) -> TractResult<Option<NhwcDep
         return Ok(None);
     }
     // Weights to OIHW order, `[C][kh][kw]`, whatever the kernel format.
-    let kernel = kernel.to_plain_array_view::<f32>()?;
-    let fmt = conv.kernel_fmt;
-    let (o_axis, h_axis, i_axis) = (
-        fmt.o_axis(kernel.shape()),
-        fmt.h_axis(),
-        fmt.i_axis(kernel.shape()),
-    );
-    ensure!(
-        kernel.ndim() == 4 && kernel.shape()[o_axis] == c && kernel.shape()[i_axis] == 1,
-        "depthwise kernel of shape {:?} ({fmt:?}) for {c} channels",
-        kernel.shape()
-    );
-    let mut oihw = Vec::with_capacity(c * kh * kw);
-    let mut ix = [0usize; 4];
-    for o in 0..c {
-        for y in 0..kh {
-            for x in 0..kw {
-                ix[o_axis] = o;
-                ix[i_axis] = 0;
-                ix[h_axis] = y;
-                ix[h_axis + 1] = x;
-                oihw.push(kernel[&ix[..]]);
-            }
-        }
-    }
-    let bias = bias.cast_to::<f32>()?;
-    let bv = bias.try_as_plain_ram()?;
-    let bias = bv.as_slice::<f32>()?;
-    let bias = match bias.len() {
-        1 => vec![bias[0]; c],
-        _ => bias.to_vec(),
-    };
+    let oihw = super::oihw_weights(&kernel, conv.kernel_fmt, c, 1)?;
+    let bias = super::conv_bias(&bias, c)?;
     NhwcDepthwise::new(geo, &oihw, &bias).map(Some)
 }
 
@@ -553,11 +523,8 @@ pub fn replace_depthwise(model: &mut TypedModel) -> TractResult<usize> {
             op = fused;
             last = OutletId::new(next.id, 0);
         }
-        let mut patch = TypedModelPatch::default();
-        let x = patch.tap_model(model, node.inputs[0])?;
-        let y = patch.wire_node(&node.name, op, &[x])?;
-        patch.shunt_outside(model, last, y[0])?;
-        patch.apply(model)?;
+        let (name, x) = (node.name.clone(), node.inputs[0]);
+        super::splice(model, &name, op, &[x], last)?;
         replaced += 1;
     }
     if replaced > 0 {
@@ -569,6 +536,7 @@ pub fn replace_depthwise(model: &mut TypedModel) -> TractResult<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::backbone::test_values as values;
 
     /// Straight from the definition, in f64, NHWC.
     fn reference(g: &Geometry, x: &[f32], oihw: &[f32], b: &[f32], lo: f32, hi: f32) -> Vec<f32> {
@@ -625,21 +593,6 @@ mod tests {
             oh: (h + 2 * p - span) / s + 1,
             ow: (w + 2 * p - span) / s + 1,
         }
-    }
-
-    /// A cheap deterministic generator in [-1, 1).
-    fn values(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (0..len)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
     }
 
     #[test]

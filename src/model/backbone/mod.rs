@@ -805,6 +805,85 @@ fn channel_last_from_inputs(model: &mut TypedModel) -> TractResult<bool> {
     Ok(false)
 }
 
+/// A conv kernel's weights in OIHW order (`[o][i][kh][kw]`, flattened) whatever its format,
+/// checked to have `o` output and `i` input channels (1 for a depthwise one).
+pub(super) fn oihw_weights(
+    kernel: &Tensor,
+    fmt: tract_onnx::tract_core::ops::cnn::KernelFormat,
+    o: usize,
+    i: usize,
+) -> TractResult<Vec<f32>> {
+    let view = kernel.to_plain_array_view::<f32>()?;
+    let shape = view.shape();
+    let (o_axis, h_axis, i_axis) = (fmt.o_axis(shape), fmt.h_axis(), fmt.i_axis(shape));
+    anyhow::ensure!(
+        view.ndim() == 4 && shape[o_axis] == o && shape[i_axis] == i,
+        "kernel of shape {shape:?} ({fmt:?}) for {o} × {i} channels"
+    );
+    let (kh, kw) = (shape[h_axis], shape[h_axis + 1]);
+    let mut out = Vec::with_capacity(o * i * kh * kw);
+    let mut ix = [0usize; 4];
+    for oc in 0..o {
+        for ic in 0..i {
+            for y in 0..kh {
+                for x in 0..kw {
+                    ix[o_axis] = oc;
+                    ix[i_axis] = ic;
+                    ix[h_axis] = y;
+                    ix[h_axis + 1] = x;
+                    out.push(view[&ix[..]]);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A conv bias as `o` f32 values (a single value applies to every channel).
+pub(super) fn conv_bias(bias: &Tensor, o: usize) -> TractResult<Vec<f32>> {
+    let bias = bias.cast_to::<f32>()?;
+    let bv = bias.try_as_plain_ram()?;
+    Ok(match bv.as_slice::<f32>()? {
+        [b] => vec![*b; o],
+        b => b.to_vec(),
+    })
+}
+
+/// Replaces the chain that ends at `last` with `op` reading `inputs`: the splice every op of
+/// adaptd's goes in with (the chain's nodes are left unconnected for `into_compact`).
+pub(super) fn splice(
+    model: &mut TypedModel,
+    name: &str,
+    op: impl Into<Box<dyn TypedOp>>,
+    inputs: &[OutletId],
+    last: OutletId,
+) -> TractResult<()> {
+    let mut patch = TypedModelPatch::default();
+    let taps = inputs
+        .iter()
+        .map(|&i| patch.tap_model(model, i))
+        .collect::<TractResult<TVec<_>>>()?;
+    let y = patch.wire_node(name, op, &taps)?;
+    patch.shunt_outside(model, last, y[0])?;
+    patch.apply(model)
+}
+
+/// Values in [-1, 1) from a cheap deterministic generator, for the ops' unit tests.
+#[cfg(test)]
+pub(super) fn test_values(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
 /// tract's `change_axes` propagation of `op` on `outlet` through the graph, with the model's
 /// inputs and outputs locked (their layout is the model's interface): the patch, or `None` when
 /// some node blocks it.

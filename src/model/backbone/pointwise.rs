@@ -843,15 +843,11 @@ pub fn replace_pointwise(model: &mut TypedModel) -> TractResult<usize> {
             op = op.clamped(fused.0, fused.1);
             last = OutletId::new(next.id, 0);
         }
-        let mut patch = TypedModelPatch::default();
         let x_ix = Product::of(model, node).map_or(0, |p| p.x_ix);
-        let mut inputs = tvec![patch.tap_model(model, node.inputs[x_ix])?];
-        if let Some(r) = residual {
-            inputs.push(patch.tap_model(model, r)?);
-        }
-        let y = patch.wire_node(&node.name, op, &inputs)?;
-        patch.shunt_outside(model, last, y[0])?;
-        patch.apply(model)?;
+        let mut inputs = vec![node.inputs[x_ix]];
+        inputs.extend(residual);
+        let name = node.name.clone();
+        super::splice(model, &name, op, &inputs, last)?;
         replaced += 1;
     }
     if replaced > 0 {
@@ -863,6 +859,7 @@ pub fn replace_pointwise(model: &mut TypedModel) -> TractResult<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::backbone::test_values as values;
 
     /// Straight from the definition, in f64.
     fn reference(
@@ -885,21 +882,6 @@ mod tests {
             }
         }
         out
-    }
-
-    /// A cheap deterministic generator in [-1, 1).
-    fn values(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (0..len)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
     }
 
     fn op(m: usize, k: usize, n: usize, seed: u64) -> (NhwcPointwise, Vec<f32>, Vec<f32>) {
