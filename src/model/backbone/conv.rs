@@ -12,7 +12,7 @@ use tract_onnx::tract_core::ops::change_axes::AxisOp;
 use tract_onnx::tract_core::ops::cnn::Conv;
 use tract_onnx::tract_core::ops::identity::Identity;
 
-use super::pointwise::{clamp_step, NhwcPointwise};
+use super::pointwise::NhwcPointwise;
 
 /// Output pixels whose patches are gathered at a time (their buffer stays in L1).
 const BLOCK: usize = 128;
@@ -287,8 +287,8 @@ fn from_conv(model: &TypedModel, node: &TypedNode) -> TractResult<Option<(PatchC
     }
     // Weights to OIHW order whatever the kernel format.
     let o = kernel.shape()[conv.kernel_fmt.o_axis(kernel.shape())];
-    let oihw = super::oihw_weights(&kernel, conv.kernel_fmt, o, c)?;
-    let bias = super::conv_bias(&bias, o)?;
+    let oihw = super::graph::oihw_weights(&kernel, conv.kernel_fmt, o, c)?;
+    let bias = super::graph::conv_bias(&bias, o)?;
     let mut geo = Geometry {
         n: ishape.n().copied().unwrap_or(1),
         h: hw[0],
@@ -328,30 +328,14 @@ pub fn replace_convs(model: &mut TypedModel) -> TractResult<usize> {
     let mut replaced = 0;
     for id in model.eval_order()? {
         let node = model.node(id);
-        let Some((mut op, input)) = from_conv(model, node)? else {
+        let Some((op, input)) = from_conv(model, node)? else {
             continue;
         };
-        let outputs = model.output_outlets()?.to_vec();
-        let mut last = OutletId::new(id, 0);
-        loop {
-            let succ = model.outlet_successors(last);
-            if succ.len() != 1 || outputs.contains(&last) {
-                break;
-            }
-            let next = model.node(succ[0].node);
-            if model.outlet_fact(OutletId::new(next.id, 0))?.shape != model.outlet_fact(last)?.shape
-            {
-                break;
-            }
-            let bounds = op.product.bounds();
-            let Some(fused) = clamp_step(model, next, last, bounds)? else {
-                break;
-            };
-            op = op.clamped(fused.0, fused.1);
-            last = OutletId::new(next.id, 0);
-        }
+        let bounds = op.product.bounds();
+        let ((lo, hi), last) = super::graph::follow_clamps(model, OutletId::new(id, 0), bounds)?;
+        let op = op.clamped(lo, hi);
         let name = node.name.clone();
-        super::splice(model, &name, op, &[input], last)?;
+        super::graph::splice(model, &name, op, &[input], last)?;
         replaced += 1;
     }
     if replaced > 0 {
@@ -363,7 +347,7 @@ pub fn replace_convs(model: &mut TypedModel) -> TractResult<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::backbone::test_values as values;
+    use crate::model::backbone::graph::test_values as values;
 
     /// Straight from the definition, in f64, NHWC output; `x` in the layout `g.nchw` says.
     fn reference(

@@ -10,9 +10,7 @@
 use std::sync::Arc;
 
 use tract_onnx::tract_core::internal::*;
-use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::cnn::Conv;
-use tract_onnx::tract_core::ops::math::{Max, Min};
 
 /// Most taps one output point may have (a 7×7 kernel is 49, an 8×8 one 64).
 const MAX_TAPS: usize = 64;
@@ -422,7 +420,7 @@ fn from_conv(model: &TypedModel, node: &TypedNode) -> TractResult<Option<NhwcDep
     let Some(conv) = node.op_as::<Conv>() else {
         return Ok(None);
     };
-    if super::depthwise_layout(conv) != Some(true) || conv.pool_spec.rank() != 2 {
+    if depthwise_layout(conv) != Some(true) || conv.pool_spec.rank() != 2 {
         return Ok(None);
     }
     let fact = model.outlet_fact(node.inputs[0])?;
@@ -464,20 +462,18 @@ fn from_conv(model: &TypedModel, node: &TypedNode) -> TractResult<Option<NhwcDep
         return Ok(None);
     }
     // Weights to OIHW order, `[C][kh][kw]`, whatever the kernel format.
-    let oihw = super::oihw_weights(&kernel, conv.kernel_fmt, c, 1)?;
-    let bias = super::conv_bias(&bias, c)?;
+    let oihw = super::graph::oihw_weights(&kernel, conv.kernel_fmt, c, 1)?;
+    let bias = super::graph::conv_bias(&bias, c)?;
     NhwcDepthwise::new(geo, &oihw, &bias).map(Some)
 }
 
-/// The constant a binary `op` node applies to its other input, when that is a uniform scalar.
-pub(super) fn uniform_operand(model: &TypedModel, node: &TypedNode, from: OutletId) -> Option<f32> {
-    let other = node.inputs.iter().find(|&&i| i != from)?;
-    let k = model.outlet_fact(*other).ok()?.konst.clone()?;
-    let k = k.cast_to::<f32>().ok()?;
-    let kv = k.try_as_plain_ram().ok()?;
-    let v = kv.as_slice::<f32>().ok()?;
-    let first = *v.first()?;
-    v.iter().all(|&x| x == first).then_some(first)
+/// Whether `conv` is a float depthwise convolution (one group per channel) and runs channel-last.
+pub(crate) fn depthwise_layout(conv: &tract_onnx::tract_core::ops::cnn::Conv) -> Option<bool> {
+    let depthwise = conv.group > 1
+        && conv.group == conv.input_channels()
+        && conv.group == conv.output_channels()
+        && conv.q_params.is_none();
+    depthwise.then(|| conv.pool_spec.data_format.c_is_last())
 }
 
 /// Replaces every channel-last float depthwise `Conv` in `model` with [`NhwcDepthwise`], fusing
@@ -487,44 +483,15 @@ pub fn replace_depthwise(model: &mut TypedModel) -> TractResult<usize> {
     let mut replaced = 0;
     for id in model.eval_order()? {
         let node = model.node(id);
-        let Some(mut op) = from_conv(model, node)? else {
+        let Some(op) = from_conv(model, node)? else {
             continue;
         };
-        // Follow a chain of single-successor Max/Min with uniform constants.
-        let mut last = OutletId::new(id, 0);
-        loop {
-            let succ = model.outlet_successors(last);
-            if succ.len() != 1 || model.output_outlets()?.contains(&last) {
-                break;
-            }
-            let next = model.node(succ[0].node);
-            let Some(bin) = next.op_as::<TypedBinOp>() else {
-                break;
-            };
-            let Some(k) = uniform_operand(model, next, last) else {
-                break;
-            };
-            if model.outlet_fact(OutletId::new(next.id, 0))?.shape != model.outlet_fact(last)?.shape
-            {
-                break;
-            }
-            let fused = if bin.0.is::<Max>() {
-                op.clamped(k, f32::INFINITY)
-            } else if bin.0.is::<Min>() {
-                op.clamped(f32::NEG_INFINITY, k)
-            } else {
-                break;
-            };
-            // Only a well-formed clamp fuses: `Min(·, 0)` then `Max(·, 6)` is the constant 6,
-            // which `[6, 0]` would not compute; a NaN bound is left to tract.
-            if k.is_nan() || fused.bounds().0 > fused.bounds().1 {
-                break;
-            }
-            op = fused;
-            last = OutletId::new(next.id, 0);
-        }
+        // Fuse a following chain of single-successor Max/Min with uniform constants.
+        let ((lo, hi), last) =
+            super::graph::follow_clamps(model, OutletId::new(id, 0), op.bounds())?;
+        let op = op.clamped(lo, hi);
         let (name, x) = (node.name.clone(), node.inputs[0]);
-        super::splice(model, &name, op, &[x], last)?;
+        super::graph::splice(model, &name, op, &[x], last)?;
         replaced += 1;
     }
     if replaced > 0 {
@@ -536,7 +503,9 @@ pub fn replace_depthwise(model: &mut TypedModel) -> TractResult<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::backbone::test_values as values;
+    use crate::model::backbone::graph::test_values as values;
+    use tract_onnx::tract_core::ops::binary::TypedBinOp;
+    use tract_onnx::tract_core::ops::math::{Max, Min};
 
     /// Straight from the definition, in f64, NHWC.
     fn reference(g: &Geometry, x: &[f32], oihw: &[f32], b: &[f32], lo: f32, hi: f32) -> Vec<f32> {

@@ -2,7 +2,8 @@
 //! rewrites, optimize, embed, the NNEF model cache, per-node profiling). Its submodules are
 //! adaptd's own ops for tract: `depthwise` (depthwise convolutions), `pointwise` (the matrix
 //! product of 1×1 convolutions and dense layers), `conv` (a small-patch conv such as the stem,
-//! through `pointwise`), and `tokens` (the text encoder's load).
+//! through `pointwise`), with the graph surgery they share in `graph`; and `tokens` (the text
+//! encoder's load).
 //!
 //! tract's API moves between versions; keeping every tract call here means an upgrade touches
 //! this directory only.
@@ -21,6 +22,7 @@ use crate::model::ModelDir;
 
 mod conv;
 mod depthwise;
+mod graph;
 mod pointwise;
 mod tokens;
 
@@ -699,22 +701,13 @@ pub fn inspect(path: &Path) -> Result<ModelReport, BackboneError> {
     })
 }
 
-/// Whether `conv` is a float depthwise convolution (one group per channel) and runs channel-last.
-pub(crate) fn depthwise_layout(conv: &tract_onnx::tract_core::ops::cnn::Conv) -> Option<bool> {
-    let depthwise = conv.group > 1
-        && conv.group == conv.input_channels()
-        && conv.group == conv.output_channels()
-        && conv.q_params.is_none();
-    depthwise.then(|| conv.pool_spec.data_format.c_is_last())
-}
-
 /// `[channel-last, total]` float depthwise convolutions in `model`.
 fn count_depthwise(model: &TypedModel) -> [usize; 2] {
     use tract_onnx::tract_core::ops::cnn::Conv;
     let layouts = model
         .nodes()
         .iter()
-        .filter_map(|n| n.op_as::<Conv>().and_then(depthwise_layout));
+        .filter_map(|n| n.op_as::<Conv>().and_then(depthwise::depthwise_layout));
     layouts.fold([0, 0], |[c, t], last| [c + last as usize, t + 1])
 }
 
@@ -742,13 +735,14 @@ fn channel_last_depthwise(model: &mut TypedModel) -> TractResult<()> {
             let Some(conv) = node.op_as::<Conv>() else {
                 continue;
             };
-            if depthwise_layout(conv) != Some(false) || !tried.insert(node.name.clone()) {
+            if depthwise::depthwise_layout(conv) != Some(false) || !tried.insert(node.name.clone())
+            {
                 continue;
             }
             let fmt = conv.pool_spec.data_format;
             let rank = conv.pool_spec.rank() + 1 + fmt.has_n() as usize;
             let c_axis = usize::from(fmt.has_n());
-            patch = propagate(model, node.inputs[0], AxisOp::Move(c_axis, rank - 1))?;
+            patch = graph::propagate(model, node.inputs[0], AxisOp::Move(c_axis, rank - 1))?;
             if patch.is_some() {
                 break;
             }
@@ -762,7 +756,7 @@ fn channel_last_depthwise(model: &mut TypedModel) -> TractResult<()> {
         let Some(patch) = patch else {
             for node in model.nodes() {
                 let conv = node.op_as::<Conv>();
-                if conv.and_then(depthwise_layout) == Some(false) {
+                if conv.and_then(depthwise::depthwise_layout) == Some(false) {
                     tracing::debug!(node = %node.name, "depthwise convolution stays channel-first");
                 }
             }
@@ -796,107 +790,11 @@ fn channel_last_from_inputs(model: &mut TypedModel) -> TractResult<bool> {
         pair.shunt_outside(&pivoted, input, nchw[0])?;
         pair.apply(&mut pivoted)?;
         let pivot = OutletId::new(pivoted.node_by_name("adaptd.input.nchw")?.id, 0);
-        if let Some(p) = propagate(&pivoted, pivot, AxisOp::Move(1, 3))? {
+        if let Some(p) = graph::propagate(&pivoted, pivot, AxisOp::Move(1, 3))? {
             p.apply(&mut pivoted)?;
             *model = pivoted.into_compact()?;
             return Ok(true);
         }
     }
     Ok(false)
-}
-
-/// A conv kernel's weights in OIHW order (`[o][i][kh][kw]`, flattened) whatever its format,
-/// checked to have `o` output and `i` input channels (1 for a depthwise one).
-pub(super) fn oihw_weights(
-    kernel: &Tensor,
-    fmt: tract_onnx::tract_core::ops::cnn::KernelFormat,
-    o: usize,
-    i: usize,
-) -> TractResult<Vec<f32>> {
-    let view = kernel.to_plain_array_view::<f32>()?;
-    let shape = view.shape();
-    let (o_axis, h_axis, i_axis) = (fmt.o_axis(shape), fmt.h_axis(), fmt.i_axis(shape));
-    anyhow::ensure!(
-        view.ndim() == 4 && shape[o_axis] == o && shape[i_axis] == i,
-        "kernel of shape {shape:?} ({fmt:?}) for {o} × {i} channels"
-    );
-    let (kh, kw) = (shape[h_axis], shape[h_axis + 1]);
-    let mut out = Vec::with_capacity(o * i * kh * kw);
-    let mut ix = [0usize; 4];
-    for oc in 0..o {
-        for ic in 0..i {
-            for y in 0..kh {
-                for x in 0..kw {
-                    ix[o_axis] = oc;
-                    ix[i_axis] = ic;
-                    ix[h_axis] = y;
-                    ix[h_axis + 1] = x;
-                    out.push(view[&ix[..]]);
-                }
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// A conv bias as `o` f32 values (a single value applies to every channel).
-pub(super) fn conv_bias(bias: &Tensor, o: usize) -> TractResult<Vec<f32>> {
-    let bias = bias.cast_to::<f32>()?;
-    let bv = bias.try_as_plain_ram()?;
-    Ok(match bv.as_slice::<f32>()? {
-        [b] => vec![*b; o],
-        b => b.to_vec(),
-    })
-}
-
-/// Replaces the chain that ends at `last` with `op` reading `inputs`: the splice every op of
-/// adaptd's goes in with (the chain's nodes are left unconnected for `into_compact`).
-pub(super) fn splice(
-    model: &mut TypedModel,
-    name: &str,
-    op: impl Into<Box<dyn TypedOp>>,
-    inputs: &[OutletId],
-    last: OutletId,
-) -> TractResult<()> {
-    let mut patch = TypedModelPatch::default();
-    let taps = inputs
-        .iter()
-        .map(|&i| patch.tap_model(model, i))
-        .collect::<TractResult<TVec<_>>>()?;
-    let y = patch.wire_node(name, op, &taps)?;
-    patch.shunt_outside(model, last, y[0])?;
-    patch.apply(model)
-}
-
-/// Values in [-1, 1) from a cheap deterministic generator, for the ops' unit tests.
-#[cfg(test)]
-pub(super) fn test_values(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
-/// tract's `change_axes` propagation of `op` on `outlet` through the graph, with the model's
-/// inputs and outputs locked (their layout is the model's interface): the patch, or `None` when
-/// some node blocks it.
-pub(super) fn propagate(
-    model: &TypedModel,
-    outlet: OutletId,
-    op: tract_onnx::tract_core::ops::change_axes::AxisOp,
-) -> TractResult<Option<TypedModelPatch>> {
-    use tract_onnx::tract_core::ops::change_axes::AxisChange;
-    use tract_onnx::tract_core::optim::change_axes::change_axes;
-    let mut locked = model.output_outlets()?.to_vec();
-    locked.extend(model.input_outlets()?.iter());
-    let change = AxisChange { outlet, op };
-    let mut explored = std::collections::HashSet::new();
-    Ok(change_axes(model, &change, &locked, &[], &mut explored)?.map(|(patch, _)| patch))
 }

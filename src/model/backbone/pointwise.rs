@@ -16,7 +16,7 @@ use std::sync::Arc;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::einsum::EinSum;
-use tract_onnx::tract_core::ops::math::{Add, Max, Min};
+use tract_onnx::tract_core::ops::math::Add;
 
 /// Out-channels per packed panel (two AVX-512 vectors, four AVX2 ones).
 const NR: usize = 32;
@@ -629,9 +629,9 @@ pub fn channel_last_products(model: &mut TypedModel) -> TractResult<()> {
             let (x_rank, y_rank) = (product.x.len(), product.y.len());
             if o + 1 != y_rank && tried.insert((node.name.clone(), true)) {
                 let out = OutletId::new(node.id, 0);
-                patch = super::propagate(model, out, AxisOp::Move(o, y_rank - 1))?;
+                patch = super::graph::propagate(model, out, AxisOp::Move(o, y_rank - 1))?;
             } else if i + 1 != x_rank && tried.insert((node.name.clone(), false)) {
-                patch = super::propagate(model, x_in, AxisOp::Move(i, x_rank - 1))?;
+                patch = super::graph::propagate(model, x_in, AxisOp::Move(i, x_rank - 1))?;
             }
             if patch.is_some() {
                 break;
@@ -745,32 +745,6 @@ fn channel_operand(
     }
 }
 
-/// The clamp `bounds` become when `next`, a binary op applied to `from`, is `Max(·, lo)` or
-/// `Min(·, hi)` with a uniform constant (ReLU6 once decluttered); `None` when it is anything
-/// else, or would make an ill-formed clamp (`Min(·, 0)` then `Max(·, 6)` is the constant 6,
-/// which `[6, 0]` would not compute; a NaN bound is left to tract).
-pub(super) fn clamp_step(
-    model: &TypedModel,
-    next: &TypedNode,
-    from: OutletId,
-    bounds: (f32, f32),
-) -> TractResult<Option<(f32, f32)>> {
-    let Some(bin) = next.op_as::<TypedBinOp>() else {
-        return Ok(None);
-    };
-    let Some(k) = super::depthwise::uniform_operand(model, next, from) else {
-        return Ok(None);
-    };
-    let fused = if bin.0.is::<Max>() {
-        (bounds.0.max(k), bounds.1)
-    } else if bin.0.is::<Min>() {
-        (bounds.0, bounds.1.min(k))
-    } else {
-        return Ok(None);
-    };
-    Ok((!k.is_nan() && fused.0 <= fused.1).then_some(fused))
-}
-
 /// Replaces every channel-last float 1×1 convolution in `model` (a decluttered `EinSum`) with
 /// [`NhwcPointwise`], fusing what directly follows it: the bias `Add`, `Max(·, lo)` /
 /// `Min(·, hi)` (ReLU6 once decluttered), and last a residual `Add` of an earlier activation.
@@ -837,7 +811,7 @@ pub fn replace_pointwise(model: &mut TypedModel) -> TractResult<usize> {
                 }
                 break;
             }
-            let Some(fused) = clamp_step(model, next, last, op.bounds())? else {
+            let Some(fused) = super::graph::clamp_step(model, next, last, op.bounds())? else {
                 break;
             };
             op = op.clamped(fused.0, fused.1);
@@ -847,7 +821,7 @@ pub fn replace_pointwise(model: &mut TypedModel) -> TractResult<usize> {
         let mut inputs = vec![node.inputs[x_ix]];
         inputs.extend(residual);
         let name = node.name.clone();
-        super::splice(model, &name, op, &inputs, last)?;
+        super::graph::splice(model, &name, op, &inputs, last)?;
         replaced += 1;
     }
     if replaced > 0 {
@@ -859,7 +833,7 @@ pub fn replace_pointwise(model: &mut TypedModel) -> TractResult<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::backbone::test_values as values;
+    use crate::model::backbone::graph::test_values as values;
 
     /// Straight from the definition, in f64.
     fn reference(
