@@ -114,6 +114,8 @@ pub enum AudioError {
     Empty,
     #[error("sample {index} is not finite")]
     NonFinite { index: usize },
+    #[error("sample {index} is {value}, outside ±{MAX_LEVEL} (a float WAV's full scale is ±1)")]
+    OutOfRange { index: usize, value: f32 },
     #[error("sample rate {0} Hz is out of range (1000–384000)")]
     Rate(u32),
     #[error("{0} channels; at most {MAX_CHANNELS} are accepted")]
@@ -130,6 +132,7 @@ impl AudioError {
         match self {
             AudioError::TooLong { .. } => "too_long",
             AudioError::NonFinite { .. } => "non_finite",
+            AudioError::OutOfRange { .. } => "out_of_range",
             _ => "bad_payload",
         }
     }
@@ -189,6 +192,26 @@ pub fn is_wav(bytes: &[u8]) -> bool {
 /// Most channels a WAV payload may have (down-mixed to mono; 32 covers every microphone array).
 pub const MAX_CHANNELS: u16 = 32;
 
+/// Largest magnitude a sample may have. Integer PCM decodes to ±1; a float WAV's full scale is
+/// ±1 too, and a sample 60 dB above it is not audio. Magnitudes near `f32::MAX` overflow the
+/// resampler's FFT to infinity, on which rubato panics (found by fuzzing): they are refused.
+pub const MAX_LEVEL: f32 = 1000.0;
+
+/// The first sample that is not finite or lies outside ±[`MAX_LEVEL`], as the error it makes.
+fn check_levels(samples: &[f32]) -> Result<(), AudioError> {
+    match samples
+        .iter()
+        .position(|v| !v.is_finite() || v.abs() > MAX_LEVEL)
+    {
+        Some(index) if !samples[index].is_finite() => Err(AudioError::NonFinite { index }),
+        Some(index) => Err(AudioError::OutOfRange {
+            index,
+            value: samples[index],
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Decodes a WAV file (PCM 8/16/24/32-bit integer or 32-bit float, up to [`MAX_CHANNELS`]
 /// channels) and down-mixes it to mono by averaging the channels. The data length in the
 /// header is not trusted: a stream written before its length was known (`arecord` to a pipe)
@@ -217,9 +240,7 @@ pub fn decode_wav(bytes: &[u8], max_seconds: f64) -> Result<Clip, AudioError> {
             })?
         }
     };
-    if let Some(index) = interleaved.iter().position(|v| !v.is_finite()) {
-        return Err(AudioError::NonFinite { index });
-    }
+    check_levels(&interleaved)?;
     let samples: Vec<f32> = interleaved
         .chunks_exact(channels)
         .map(|c| c.iter().sum::<f32>() / channels as f32)
@@ -392,9 +413,7 @@ impl FrontEnd {
                 max: self.spec.max_seconds,
             });
         }
-        if let Some(index) = clip.samples.iter().position(|v| !v.is_finite()) {
-            return Err(AudioError::NonFinite { index });
-        }
+        check_levels(&clip.samples)?;
         let mut x = resample(&clip.samples, clip.rate, self.spec.sample_rate)?;
         let patch = self.spec.patch_samples();
         let step = self.spec.patch_hop_frames * self.spec.hop;
@@ -604,6 +623,54 @@ mod tests {
         let folded = resample(&high, 44100, 16000).expect("resample");
         let rms = (folded[200..15800].iter().map(|v| v * v).sum::<f32>() / 15600.0).sqrt();
         assert!(rms < 1e-3, "aliased rms {rms}");
+    }
+
+    /// A 32-bit float WAV of `samples` (mono).
+    fn float_wav(samples: &[f32], rate: u32) -> Vec<u8> {
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: rate,
+            bits_per_sample: 32,
+            sample_format: hound::SampleFormat::Float,
+        };
+        let mut out = std::io::Cursor::new(Vec::new());
+        let mut w = hound::WavWriter::new(&mut out, spec).expect("writer");
+        for v in samples {
+            w.write_sample(*v).expect("sample");
+        }
+        w.finalize().expect("finalize");
+        out.into_inner()
+    }
+
+    /// The fuzzer's crash (`fuzz/seeds/audio_payload/float-overflow.wav`): float samples near
+    /// `f32::MAX` at 44.1 kHz overflowed the resampler's FFT and rubato panicked, which aborts
+    /// the daemon. They are refused with `out_of_range` before resampling, from a WAV and from a
+    /// clip that did not come through the WAV decoder.
+    #[test]
+    fn huge_float_samples_are_refused_before_the_resampler() {
+        let fe = FrontEnd::new(yamnet());
+        let mut x = tone(440.0, 44100, 0.5);
+        x[100] = 3.0e38;
+        let err = decode_wav(&float_wav(&x, 44100), 30.0).expect_err("huge sample");
+        assert_eq!(err.code(), "out_of_range", "{err}");
+        assert!(err.to_string().contains("sample 100"), "{err}");
+        let clip = Clip {
+            samples: x,
+            rate: 44100,
+        };
+        assert_eq!(fe.patches(&clip).expect_err("huge").code(), "out_of_range");
+        // Loud but plausible float audio (over full scale, under the limit) still works.
+        let loud: Vec<f32> = tone(440.0, 44100, 0.5).iter().map(|v| v * 400.0).collect();
+        let clip = decode_wav(&float_wav(&loud, 44100), 30.0).expect("loud");
+        let patches = fe.patches(&clip).expect("patches");
+        assert!(patches.iter().flatten().all(|v| v.is_finite()));
+        let crash = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fuzz/seeds/audio_payload/float-overflow.wav"
+        ))
+        .expect("seed");
+        let err = decode_wav(&crash, 30.0).expect_err("the crash input is refused");
+        assert_eq!(err.code(), "out_of_range", "{err}");
     }
 
     #[test]
