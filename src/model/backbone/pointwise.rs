@@ -22,10 +22,12 @@ use tract_onnx::tract_core::ops::math::Add;
 const NR: usize = 32;
 /// Bytes of activations a block of rows may take so that it stays in L2 while every panel
 /// passes over it.
+#[cfg(target_arch = "x86_64")]
 const ROW_BLOCK_BYTES: usize = 96 * 1024;
 
-/// Which vector kernel this CPU runs.
+/// Which vector kernel this CPU runs (x86_64 only: elsewhere tract's products run).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 enum Isa {
     Avx512,
     Avx2Fma,
@@ -222,6 +224,7 @@ struct Job<'a> {
 
 impl Job<'_> {
     /// Rows per block: as many as keep the block's activations in L2, a multiple of `mr`.
+    #[cfg(target_arch = "x86_64")]
     fn row_block(&self, mr: usize) -> usize {
         let rows = ROW_BLOCK_BYTES / (4 * self.k);
         (rows / mr).max(1) * mr
