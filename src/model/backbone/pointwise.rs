@@ -648,10 +648,14 @@ pub fn channel_last_products(model: &mut TypedModel) -> TractResult<()> {
     }
 }
 
-/// The op for a float `EinSum` that is a channel-last 1×1 convolution on a concrete input
-/// (`…i, oi -> …o` or `…i, io -> …o`, every other axis passing through in order) with constant
-/// weights; `None` for anything else.
-fn from_einsum(model: &TypedModel, node: &TypedNode) -> TractResult<Option<NhwcPointwise>> {
+/// The op for a float `EinSum` that is a channel-last 1×1 convolution or dense layer
+/// (`…i, oi -> …o` or `…i, io -> …o`, every other axis passing through in order, the rows
+/// concrete or symbolic) with constant weights, and the activations' outlet it reads; `None`
+/// for anything else.
+fn from_einsum(
+    model: &TypedModel,
+    node: &TypedNode,
+) -> TractResult<Option<(NhwcPointwise, OutletId)>> {
     let Some(Product {
         x_ix,
         x,
@@ -720,7 +724,7 @@ fn from_einsum(model: &TypedModel, node: &TypedNode) -> TractResult<Option<NhwcP
     }
     let mut op = NhwcPointwise::new(k, &weights, &vec![0.0; n], out_shape)?;
     op.rows_from = rows_from;
-    Ok(Some(op))
+    Ok(Some((op, node.inputs[x_ix])))
 }
 
 /// A constant `op` node's other operand, as one value per output channel (`n` of them), when it
@@ -759,7 +763,7 @@ pub fn replace_pointwise(model: &mut TypedModel) -> TractResult<usize> {
     let original = model.nodes().len();
     for (pos, &id) in order.iter().enumerate() {
         let node = model.node(id);
-        let Some(mut op) = from_einsum(model, node)? else {
+        let Some((mut op, x)) = from_einsum(model, node)? else {
             continue;
         };
         let outputs = model.output_outlets()?.to_vec();
@@ -820,8 +824,7 @@ pub fn replace_pointwise(model: &mut TypedModel) -> TractResult<usize> {
             op = op.clamped(fused.0, fused.1);
             last = OutletId::new(next.id, 0);
         }
-        let x_ix = Product::of(model, node).map_or(0, |p| p.x_ix);
-        let mut inputs = vec![node.inputs[x_ix]];
+        let mut inputs = vec![x];
         inputs.extend(residual);
         let name = node.name.clone();
         super::graph::splice(model, &name, op, &inputs, last)?;
