@@ -317,14 +317,18 @@ impl Preprocessor {
             }
         };
         let resize_err = |e: &dyn std::fmt::Display| InputError::Image(format!("resize: {e}"));
-        let mut src = square.into_raw();
-        let src = fr::images::Image::from_slice_u8(sw, sh, &mut src, fr::PixelType::U8x3)
+        // Typed views: `Resizer::resize` dispatches over all 13 pixel types and links every
+        // one's kernels (about 2 MiB of code); only RGB u8 is ever resized here.
+        let src = square.into_raw();
+        let src = fr::images::TypedImageRef::<fr::pixels::U8x3>::from_buffer(sw, sh, &src)
             .map_err(|e| resize_err(&e))?;
-        let mut dst = fr::images::Image::new(w, h, fr::PixelType::U8x3);
+        let mut out = vec![0u8; w as usize * h as usize * 3];
+        let mut dst = fr::images::TypedImage::<fr::pixels::U8x3>::from_buffer(w, h, &mut out)
+            .map_err(|e| resize_err(&e))?;
         fr::Resizer::new()
-            .resize(&src, &mut dst, &options)
+            .resize_typed(&src, &mut dst, &options)
             .map_err(|e| resize_err(&e))?;
-        RgbImage::from_raw(w, h, dst.into_vec())
+        RgbImage::from_raw(w, h, out)
             .ok_or_else(|| InputError::Image("resize: short output".into()))
     }
 
