@@ -233,19 +233,7 @@ fn payloads_the_model_does_not_take_are_refused_with_stable_codes() {
     assert_eq!(a, b);
     // NaN in a float WAV, and a clip over the duration limit.
     let float_wav = |samples: &[f32], rate: u32| {
-        let spec = hound::WavSpec {
-            channels: 1,
-            sample_rate: rate,
-            bits_per_sample: 32,
-            sample_format: hound::SampleFormat::Float,
-        };
-        let mut cur = std::io::Cursor::new(Vec::new());
-        let mut w = hound::WavWriter::new(&mut cur, spec).expect("writer");
-        for s in samples {
-            w.write_sample(*s).expect("sample");
-        }
-        w.finalize().expect("finalize");
-        cur.into_inner()
+        adaptd::model::audio::encode_float_wav(samples, rate).expect("wav")
     };
     let mut nan = vec![0.1f32; 1600];
     nan[700] = f32::NAN;

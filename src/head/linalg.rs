@@ -163,11 +163,7 @@ pub(crate) fn cholesky_solve(mut a: DMatrix<f64>, b: &DMatrix<f64>) -> Option<DM
     } else {
         1.0
     };
-    for j in 0..n {
-        for i in j + 1..n {
-            a[(j, i)] = a[(i, j)];
-        }
-    }
+    a.fill_upper_triangle_with_lower_triangle();
     let diagonal_blocks: Vec<DMatrix<f64>> = (0..n)
         .step_by(BLOCK)
         .map(|k0| {
@@ -201,19 +197,14 @@ pub(crate) fn cholesky_solve(mut a: DMatrix<f64>, b: &DMatrix<f64>) -> Option<DM
     None
 }
 
-/// Puts back the lower triangle [`cholesky_in_place`] overwrote: the diagonal blocks from
-/// their copies, the rest from the mirrored strict upper triangle, which it does not write
-/// outside the diagonal blocks.
+/// Puts back the lower triangle [`cholesky_in_place`] overwrote: from the mirrored strict
+/// upper triangle, which it does not write outside the diagonal blocks, then the diagonal
+/// blocks from their copies.
 fn restore_lower(a: &mut DMatrix<f64>, diagonal_blocks: &[DMatrix<f64>]) {
-    let n = a.nrows();
-    for (block, k0) in diagonal_blocks.iter().zip((0..n).step_by(BLOCK)) {
+    a.fill_lower_triangle_with_upper_triangle();
+    for (block, k0) in diagonal_blocks.iter().zip((0..a.nrows()).step_by(BLOCK)) {
         let w = block.nrows();
         a.view_mut((k0, k0), (w, w)).copy_from(block);
-        for j in k0..k0 + w {
-            for i in k0 + w..n {
-                a[(i, j)] = a[(j, i)];
-            }
-        }
     }
 }
 

@@ -167,18 +167,45 @@ pub fn pcm_s16le(bytes: &[u8], rate: u32) -> Result<Clip, AudioError> {
 /// Encodes interleaved samples in [-1, 1] (`channels` per frame) as a 16-bit PCM WAV, clamped
 /// and rounded: what a microphone publisher sends (the tests', `scripts/`' and tools' WAVs).
 pub fn encode_wav(interleaved: &[f32], rate: u32, channels: u16) -> Result<Vec<u8>, AudioError> {
+    write_wav(
+        interleaved
+            .iter()
+            .map(|v| (v.clamp(-1.0, 1.0) * 32767.0).round() as i16),
+        interleaved.len(),
+        rate,
+        channels,
+        16,
+        hound::SampleFormat::Int,
+    )
+}
+
+/// Encodes mono samples as a 32-bit float WAV, values as given (not clamped, NaN kept): what
+/// float recorders write, and the tests' way to send out-of-range or non-finite audio.
+pub fn encode_float_wav(samples: &[f32], rate: u32) -> Result<Vec<u8>, AudioError> {
+    let format = hound::SampleFormat::Float;
+    write_wav(samples.iter().copied(), samples.len(), rate, 1, 32, format)
+}
+
+fn write_wav<S: hound::Sample>(
+    samples: impl Iterator<Item = S>,
+    len: usize,
+    rate: u32,
+    channels: u16,
+    bits_per_sample: u16,
+    sample_format: hound::SampleFormat,
+) -> Result<Vec<u8>, AudioError> {
     let spec = hound::WavSpec {
         channels,
         sample_rate: rate,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
+        bits_per_sample,
+        sample_format,
     };
     let fail = |e: hound::Error| AudioError::Wav(e.to_string());
-    let mut out = std::io::Cursor::new(Vec::with_capacity(44 + 2 * interleaved.len()));
+    let bytes = 44 + len * usize::from(bits_per_sample / 8);
+    let mut out = std::io::Cursor::new(Vec::with_capacity(bytes));
     let mut w = hound::WavWriter::new(&mut out, spec).map_err(fail)?;
-    for v in interleaved {
-        w.write_sample((v.clamp(-1.0, 1.0) * 32767.0).round() as i16)
-            .map_err(fail)?;
+    for v in samples {
+        w.write_sample(v).map_err(fail)?;
     }
     w.finalize().map_err(fail)?;
     Ok(out.into_inner())
@@ -625,21 +652,8 @@ mod tests {
         assert!(rms < 1e-3, "aliased rms {rms}");
     }
 
-    /// A 32-bit float WAV of `samples` (mono).
     fn float_wav(samples: &[f32], rate: u32) -> Vec<u8> {
-        let spec = hound::WavSpec {
-            channels: 1,
-            sample_rate: rate,
-            bits_per_sample: 32,
-            sample_format: hound::SampleFormat::Float,
-        };
-        let mut out = std::io::Cursor::new(Vec::new());
-        let mut w = hound::WavWriter::new(&mut out, spec).expect("writer");
-        for v in samples {
-            w.write_sample(*v).expect("sample");
-        }
-        w.finalize().expect("finalize");
-        out.into_inner()
+        encode_float_wav(samples, rate).expect("float wav")
     }
 
     /// The fuzzer's crash (`fuzz/seeds/audio_payload/float-overflow.wav`): float samples near
