@@ -12,8 +12,8 @@
 //! (`--learn N` first times N labeled images sent at once until all are learned)
 //! ```
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,9 @@ use base64::Engine;
 use clap::Parser;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{json, Value};
+
+mod common;
+use common::{free_port, rss, start_mosquitto, Killed};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -70,60 +73,6 @@ static LEARNED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new
 static ERRORS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 /// `stored_samples_bytes` of adaptd's latest `{root}/stats` (the sample reservoir).
 static RESERVOIR: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_mosquitto(dir: &Path, port: u16, nodelay_broker: bool) -> Result<Killed> {
-    let conf = dir.join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "user root\nlistener {port} 127.0.0.1\nallow_anonymous true\n\
-             max_queued_messages 0\nset_tcp_nodelay {nodelay_broker}\n"
-        ),
-    )?;
-    let child = Command::new("mosquitto")
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting mosquitto (apt-get install mosquitto)")?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("mosquitto did not start");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(Killed(child))
-}
-
-/// Peak and current RSS of a process, from /proc (bytes).
-fn rss(pid: u32) -> (u64, u64) {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-            .map_or(0, |kb| kb * 1024)
-    };
-    (field("VmHWM:"), field("VmRSS:"))
-}
 
 fn quantile(v: &mut [f64], q: f64) -> f64 {
     if v.is_empty() {
@@ -244,7 +193,11 @@ async fn main() -> Result<()> {
     let tmp = std::env::temp_dir().join(format!("adaptd-loadgen-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;
     let port = free_port()?;
-    let _broker = start_mosquitto(&tmp, port, !args.broker_nagle)?;
+    let _broker = start_mosquitto(
+        &tmp,
+        port,
+        &format!("set_tcp_nodelay {}\n", !args.broker_nagle),
+    )?;
 
     // The bare backbone, same binary, same machine, same run.
     let bench = Command::new(&args.adaptd)

@@ -1,5 +1,6 @@
 //! Fleet learning across real adaptd processes on one mosquitto: exact merging of what two
-//! boards learned, idempotent republishing, recovery from retained heads after a restart, and
+//! boards learned, idempotent republishing, recovery from retained heads after a restart and
+//! from the state directory without them, and
 //! every kind of bad peer head rejected with an error and without effect.
 
 mod common;
@@ -47,7 +48,7 @@ fn key_of(dir: &std::path::Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_boards_merged_predict_like_one_board_taught_everything() {
-    let broker = Mosquitto::start();
+    let mut broker = Mosquitto::start();
     let tmp = tempfile::tempdir().expect("tmp");
     let (sa, sb, sc) = (
         tmp.path().join("a"),
@@ -148,7 +149,79 @@ async fn two_boards_merged_predict_like_one_board_taught_everything() {
     info(&c, &ra, |i| peer_version(i, "board-b").is_some()).await;
     let after = predict(&c, &ra, "after-restart", tests[0].1).await;
     assert_eq!(after["label"], reference[0]["label"]);
-    drop(b);
+
+    // Without the broker's copy: peers' heads are kept in the state directory. B and A stop
+    // and the broker loses everything it kept (retained heads, sessions); A restarted still
+    // predicts with B's statistics. (An empty retained message would not do: A's kept
+    // session would deliver it, and it withdraws B's head, as it should.)
+    let mut b = b;
+    assert!(b.stop());
+    assert!(a.stop());
+    drop(c);
+    broker.kill();
+    let _ = std::fs::remove_file(broker.dir().join("mosquitto.db"));
+    broker.restart();
+    let c = Client::connect(broker.port, &["adaptd/#"]).await;
+    a.restart();
+    let i = info(&c, &ra, |i| peer_version(i, "board-b").is_some()).await;
+    assert_eq!(i["fleet"]["rebuilds"], 1, "{i}");
+    let alone = predict(&c, &ra, "restored", tests[0].1).await;
+    assert_eq!(alone["label"], reference[0]["label"]);
+    for (label, s) in &scores(&reference[0]) {
+        let d = (scores(&alone).get(label).copied().unwrap_or(f64::NAN) - s).abs();
+        assert!(d < 1e-4, "{label}: {s} vs {alone}");
+    }
+}
+
+/// Two sites, each with its own mosquitto, joined by a mosquitto bridge that carries only the
+/// fleet topics (as between a warehouse and a head office): a board at site A predicts what a
+/// board at site B taught, and the other way round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boards_behind_two_bridged_brokers_learn_from_each_other() {
+    let site_a = Mosquitto::start();
+    let site_b = Mosquitto::start_with(&format!(
+        "connection site-a\naddress 127.0.0.1:{}\ntopic adaptd/fleet/# both 1\n\
+         cleansession true\nrestart_timeout 1\n",
+        site_a.port
+    ));
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (sa, sb) = (tmp.path().join("a"), tmp.path().join("b"));
+    let trusted = format!("[\"{}\", \"{}\"]", key_of(&sa), key_of(&sb));
+    let fleet_env = [
+        ("ADAPTD_FLEET_GROUP", GROUP),
+        ("ADAPTD_FLEET_TRUSTED_KEYS", trusted.as_str()),
+        ("ADAPTD_ADAPT_METHOD", "none"),
+    ];
+    let a = Daemon::start(&site_a.url(), &sa, "board-a", &fleet_env);
+    let b = Daemon::start(&site_b.url(), &sb, "board-b", &fleet_env);
+    let ca = Client::connect(site_a.port, &["adaptd/#"]).await;
+    let cb = Client::connect(site_b.port, &["adaptd/#"]).await;
+    let (ra, rb) = (a.root(), b.root());
+    ca.wait_for(&format!("{ra}/status"), |m| m.payload == b"online")
+        .await;
+    cb.wait_for(&format!("{rb}/status"), |m| m.payload == b"online")
+        .await;
+    // Each board's own topics stay on its site's broker.
+    assert!(ca.on(&format!("{rb}/status")).is_empty());
+
+    let cats = variants("chelsea.jpg", 4, 31);
+    let cups = variants("coffee.jpg", 4, 32);
+    learn_all(&ca, &ra, "cat", &cats[..3]).await;
+    learn_all(&cb, &rb, "cup", &cups[..3]).await;
+    info(&ca, &ra, |i| {
+        i["fleet"]["peers"][0]["id"] == "board-b" && i["fleet"]["peers"][0]["samples"] == 3
+    })
+    .await;
+    info(&cb, &rb, |i| {
+        i["fleet"]["peers"][0]["id"] == "board-a" && i["fleet"]["peers"][0]["samples"] == 3
+    })
+    .await;
+    let at_a = predict(&ca, &ra, "cup-at-a", &cups[3]).await;
+    assert_eq!(at_a["top"][0]["label"], "cup", "{at_a}");
+    let at_b = predict(&cb, &rb, "cat-at-b", &cats[3]).await;
+    assert_eq!(at_b["top"][0]["label"], "cat", "{at_b}");
+    assert!(ca.on(&format!("{ra}/error")).is_empty());
+    assert!(cb.on(&format!("{rb}/error")).is_empty());
 }
 
 fn signed(id: &Identity, device: &str, head: &Head) -> Vec<u8> {

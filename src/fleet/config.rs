@@ -11,6 +11,9 @@ fn d_max_peer_samples() -> u64 {
 fn d_max_peers() -> usize {
     64
 }
+fn d_max_store_mb() -> u64 {
+    1024
+}
 
 /// The `[fleet]` section of the config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,6 +40,10 @@ pub struct FleetConfig {
     /// Most peers merged.
     #[serde(default = "d_max_peers")]
     pub max_peers: usize,
+    /// Most MiB of peer heads kept in the state directory (`fleet-heads/`); a head that would
+    /// go beyond is refused (`fleet_store_full`).
+    #[serde(default = "d_max_store_mb")]
+    pub max_store_mb: u64,
 }
 
 impl Default for FleetConfig {
@@ -49,6 +56,7 @@ impl Default for FleetConfig {
             exclude: Vec::new(),
             max_peer_samples: d_max_peer_samples(),
             max_peers: d_max_peers(),
+            max_store_mb: d_max_store_mb(),
         }
     }
 }
@@ -73,10 +81,15 @@ impl FleetConfig {
         for k in &self.trusted_keys {
             parse_key(k)?;
         }
-        if self.max_peers == 0 || self.max_peer_samples == 0 {
-            return Err("max_peers and max_peer_samples must be ≥ 1".into());
+        if self.max_peers == 0 || self.max_peer_samples == 0 || self.max_store_mb == 0 {
+            return Err("max_peers, max_peer_samples and max_store_mb must be ≥ 1".into());
         }
         Ok(())
+    }
+
+    /// [`max_store_mb`](Self::max_store_mb) in bytes.
+    pub fn max_store_bytes(&self) -> u64 {
+        self.max_store_mb.saturating_mul(1 << 20)
     }
 
     /// The trusted keys: the list plus the file.

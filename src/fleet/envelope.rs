@@ -86,6 +86,8 @@ pub struct Verified {
     pub head: Head,
     pub key: String,
     pub head_sha256: String,
+    /// The head file as signed (what the peer store keeps).
+    pub bytes: Vec<u8>,
 }
 
 /// Checks an envelope from `peer`'s topic: format, group, trusted key, signature, then the
@@ -165,6 +167,7 @@ pub fn open(
         head,
         key: key_hex,
         head_sha256: hex::encode(Sha256::digest(&env.head.0)),
+        bytes: env.head.0,
     })
 }
 

@@ -7,6 +7,7 @@ mod config;
 mod envelope;
 mod identity;
 mod peers;
+mod store;
 #[cfg(test)]
 mod testing;
 
@@ -15,7 +16,8 @@ use std::path::Path;
 pub use config::{parse_key, FleetConfig};
 pub use envelope::{open, Envelope, Verified, ENVELOPE_FORMAT};
 pub use identity::Identity;
-pub use peers::{Accepted, Peer, Peers, Seen};
+pub use peers::{rebuild_period, Accepted, Peer, Peers, Seen};
+pub use store::PeerStore;
 
 use crate::head::{Algorithm, Expect, HeadError};
 
@@ -42,6 +44,10 @@ pub enum FleetError {
     TooManyPeers(usize),
     #[error("peer {0} is excluded")]
     Excluded(String),
+    #[error("peer heads would take {need} bytes on disk, above fleet.max_store_mb ({cap} bytes)")]
+    StoreFull { need: u64, cap: u64 },
+    #[error("cannot store the peer head: {0}")]
+    Store(String),
     #[error(transparent)]
     Head(#[from] HeadError),
 }
@@ -60,6 +66,8 @@ impl FleetError {
             FleetError::TooManyPeers(_) => "fleet_too_many_peers",
             FleetError::Absurd(_) => "fleet_absurd",
             FleetError::Excluded(_) => "fleet_excluded",
+            FleetError::StoreFull { .. } => "fleet_store_full",
+            FleetError::Store(_) => "fleet_store_failed",
             FleetError::Head(e) => e.code(),
         }
     }
@@ -103,7 +111,7 @@ impl FleetState {
         algorithm: Algorithm,
     ) -> Result<Accepted, FleetError> {
         if payload.is_empty() {
-            return Ok(if self.peers.heads.remove(peer).is_some() {
+            return Ok(if self.peers.withdraw(peer) {
                 Accepted::Updated
             } else {
                 Accepted::Unchanged
@@ -118,7 +126,14 @@ impl FleetState {
             algorithm,
             self.config.max_peer_samples,
         )
-        .and_then(|v| self.peers.accept(peer, v, self.config.max_peers));
+        .and_then(|v| {
+            self.peers.accept(
+                peer,
+                v,
+                self.config.max_peers,
+                self.config.max_store_bytes(),
+            )
+        });
         if result.is_err() {
             self.peers.rejected += 1;
         }
@@ -134,6 +149,8 @@ impl FleetState {
             "peers": self.peers.info(),
             "excluded": self.peers.excluded,
             "rejected": self.peers.rejected,
+            "stored_bytes": self.peers.stored_bytes(),
+            "rebuilds": self.peers.rebuilds,
         })
     }
 }

@@ -75,6 +75,9 @@ pub enum HeadError {
     /// Encoding a head file failed (not expected to happen).
     #[error("cannot encode head: {0}")]
     Encode(String),
+    /// `unmerge` was given a head that was not merged into this one.
+    #[error("not merged into this head: {0}")]
+    NotMerged(String),
 }
 
 impl HeadError {
@@ -95,6 +98,7 @@ impl HeadError {
             HeadError::NoClasses => "no_classes",
             HeadError::TooLarge { .. } => "too_large",
             HeadError::Encode(_) => "encode_failed",
+            HeadError::NotMerged(_) => "not_merged",
         }
     }
 }

@@ -774,6 +774,84 @@ impl Head {
         Ok(())
     }
 
+    /// Removes what [`merge`](Self::merge)`(other)` added: the exact inverse for `auto`, `ncm`,
+    /// `slda` and `ridge` (up to float rounding), so a sum of heads can replace one of its
+    /// terms without being rebuilt (the fleet's running total). Every class of `other` must be
+    /// in `self` with at least as many samples (`not_merged` otherwise, and nothing changes);
+    /// classes left without samples disappear. `unsupported` for `sgd`, whose merge is an
+    /// average.
+    pub fn unmerge(&mut self, other: &Head) -> Result<(), HeadError> {
+        if !self.algorithm().is_exact() || other.algorithm() != self.algorithm() {
+            return Err(HeadError::Unsupported(format!(
+                "unmerge of {} from {}",
+                other.algorithm(),
+                self.algorithm()
+            )));
+        }
+        if other.dim != self.dim || other.backbone != self.backbone {
+            return Err(HeadError::NotMerged("another backbone or dimension".into()));
+        }
+        let mut mapping = Vec::with_capacity(other.classes.len());
+        for c in &other.classes {
+            match self.find(&c.name) {
+                Some(i) if self.classes[i].stats.count() >= c.stats.count() => {
+                    mapping.push(Some(i))
+                }
+                _ => {
+                    return Err(HeadError::NotMerged(format!(
+                        "class {:?} with {} samples",
+                        c.name,
+                        c.stats.count()
+                    )))
+                }
+            }
+        }
+        if other.source.count() > self.source.count() {
+            return Err(HeadError::NotMerged(format!(
+                "{} samples, more than this head's {}",
+                other.source.count(),
+                self.source.count()
+            )));
+        }
+        match (&mut self.learner, &other.learner) {
+            (Learner::Ncm(a), Learner::Ncm(b)) => a.unmerge(b, &mapping),
+            (Learner::Auto(a), Learner::Auto(b)) => {
+                a.ncm.unmerge(&b.ncm, &mapping);
+                a.scatter
+                    .unmerge(&b.scatter, &self.classes, &other.classes, &mapping);
+            }
+            (Learner::Slda(a), Learner::Slda(b)) | (Learner::Ridge(a), Learner::Ridge(b)) => {
+                a.unmerge(b, &self.classes, &other.classes, &mapping)
+            }
+            _ => {
+                return Err(HeadError::AlgorithmMismatch {
+                    expected: self.algorithm(),
+                    got: other.algorithm(),
+                })
+            }
+        }
+        for (c, m) in other.classes.iter().zip(&mapping) {
+            if let Some(i) = m {
+                self.classes[*i].stats.subtract(&c.stats);
+            }
+        }
+        // Highest index first, so the indices still to remove stay valid.
+        let mut empty: Vec<usize> = mapping
+            .iter()
+            .flatten()
+            .copied()
+            .filter(|&i| self.classes[i].stats.count() == 0)
+            .collect();
+        empty.sort_unstable();
+        empty.dedup();
+        for i in empty.into_iter().rev() {
+            self.remove_class(i);
+        }
+        self.source.subtract(&other.source);
+        self.touch();
+        Ok(())
+    }
+
     /// An immutable prediction snapshot. Does the expensive work (for `slda` and `ridge` a
     /// Cholesky solve, O(d³)); cached until the next mutation.
     pub fn snapshot(&self) -> Predictor {

@@ -60,6 +60,15 @@ impl NcmState {
         }
     }
 
+    /// The inverse of [`merge`](Self::merge) for classes that are all in `self`.
+    pub(crate) fn unmerge(&mut self, other: &NcmState, mapping: &[Option<usize>]) {
+        for (src, m) in other.normalized_sum.iter().zip(mapping) {
+            if let Some(dst) = m.and_then(|i| self.normalized_sum.get_mut(i)) {
+                dst.iter_mut().zip(src).for_each(|(a, b)| *a -= b);
+            }
+        }
+    }
+
     /// Weights `W_c = m_c / (|m_c| T)`, no bias, L2-normalized input. Without
     /// standardization `m_c` is the mean of the normalized embeddings of class `c`; with it,
     /// `m_c` is the class mean of standardized embeddings (computed from raw sums, so merges

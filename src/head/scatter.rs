@@ -100,6 +100,41 @@ impl ScatterState {
         }
     }
 
+    /// The inverse of [`merge`](Self::merge): removes `other`'s scatter and, for every class
+    /// in both, the between-part, with `μ_a` the mean of what remains (`mine` are the merged
+    /// classes, before their statistics are reduced). Call before reducing the class tables.
+    pub(crate) fn unmerge(
+        &mut self,
+        other: &ScatterState,
+        mine: &[Class],
+        theirs: &[Class],
+        mapping: &[Option<usize>],
+    ) {
+        self.packed
+            .iter_mut()
+            .zip(&other.packed)
+            .for_each(|(a, b)| *a -= b);
+        self.count = self.count.saturating_sub(other.count);
+        for (cb, m) in theirs.iter().zip(mapping) {
+            let Some(cab) = m.and_then(|i| mine.get(i)) else {
+                continue;
+            };
+            let nb = cb.stats.count() as f64;
+            let na = cab.stats.count().saturating_sub(cb.stats.count()) as f64;
+            if na == 0.0 || nb == 0.0 {
+                continue;
+            }
+            let delta: Vec<f64> = cab
+                .stats
+                .sum()
+                .iter()
+                .zip(cb.stats.sum())
+                .map(|(ab, b)| (ab - b) / na - b / nb)
+                .collect();
+            syr_packed(&mut self.packed, -na * nb / (na + nb), &delta);
+        }
+    }
+
     pub(crate) fn clear(&mut self) {
         self.packed.iter_mut().for_each(|v| *v = 0.0);
         self.count = 0;

@@ -142,6 +142,19 @@ fn assert_heads_close(a: &Head, b: &Head, probes: &[Sample], tol: f64) {
             assert_eq!(x.count, y.count);
             assert!(rel_close(&x.packed, &y.packed, tol), "scatter differs");
         }
+        (Learner::Auto(x), Learner::Auto(y)) => {
+            for c in &ca {
+                let i = a.find(&c.name).unwrap();
+                let j = b.find(&c.name).unwrap();
+                assert!(rel_close(
+                    &x.ncm.normalized_sum[i],
+                    &y.ncm.normalized_sum[j],
+                    tol
+                ));
+            }
+            assert_eq!(x.scatter.count, y.scatter.count);
+            assert!(rel_close(&x.scatter.packed, &y.scatter.packed, tol));
+        }
         (Learner::Sgd(_), Learner::Sgd(_)) => {}
         _ => panic!("different learners"),
     }
@@ -319,6 +332,85 @@ fn merge_equals_union_for_exact_learners() {
             assert_heads_close(&a, &train(&cfg, d, &shuffled), &probes, 1e-9);
         }
     }
+}
+
+#[test]
+fn unmerge_is_the_inverse_of_merge() {
+    let d = 12;
+    for algorithm in [
+        Algorithm::Auto,
+        Algorithm::Ncm,
+        Algorithm::Slda,
+        Algorithm::Ridge,
+    ] {
+        let cfg = config(algorithm, false);
+        let (data, probes) = blobs(11, d, 5, 12, 2, 2.0, 1.5);
+        // Three boards with overlapping classes: c0 is on all three, c4 only on C.
+        let part = |k: usize| -> Vec<Sample> {
+            data.iter()
+                .enumerate()
+                .filter(|(i, s)| match k {
+                    0 => s.1 != "c4" && i % 3 == 0,
+                    1 => s.1 != "c4" && i % 3 == 1,
+                    _ => ["c0", "c4"].contains(&s.1.as_str()) && i % 3 == 2 || s.1 == "c4",
+                })
+                .map(|(_, s)| s.clone())
+                .collect()
+        };
+        let (a, b, c) = (
+            train(&cfg, d, &part(0)),
+            train(&cfg, d, &part(1)),
+            train(&cfg, d, &part(2)),
+        );
+        let mut total = Head::new(&cfg, d, BACKBONE);
+        for h in [&a, &b, &c] {
+            total.merge(h).unwrap();
+        }
+        let mut ac = Head::new(&cfg, d, BACKBONE);
+        ac.merge(&a).unwrap();
+        ac.merge(&c).unwrap();
+        let mut without_b = total.clone();
+        without_b.unmerge(&b).unwrap();
+        assert_heads_close(&without_b, &ac, &probes, 1e-9);
+        // C alone holds c4: removing C removes the class.
+        let mut ab = total.clone();
+        ab.unmerge(&c).unwrap();
+        assert!(ab.find("c4").is_none(), "{algorithm}");
+        let mut just_ab = a.clone();
+        just_ab.merge(&b).unwrap();
+        assert_heads_close(&ab, &just_ab, &probes, 1e-9);
+        // Replacing a term (the fleet's running total): remove B's old head, add its new one.
+        let b2 = train(&cfg, d, &part(1)[..7]);
+        let mut replaced = total.clone();
+        replaced.unmerge(&b).unwrap();
+        replaced.merge(&b2).unwrap();
+        let mut rebuilt = a.clone();
+        rebuilt.merge(&c).unwrap();
+        rebuilt.merge(&b2).unwrap();
+        assert_heads_close(&replaced, &rebuilt, &probes, 1e-9);
+        // Everything removed: nothing left.
+        let mut empty = total.clone();
+        for h in [&c, &a, &b] {
+            empty.unmerge(h).unwrap();
+        }
+        assert!(empty.classes().is_empty());
+        assert_eq!(empty.samples(), 0);
+        // A head that was not merged in: refused, nothing changes.
+        let v = ab.version();
+        let err = ab.unmerge(&c).unwrap_err();
+        assert_eq!(err.code(), "not_merged", "{algorithm}");
+        assert_eq!(ab.version(), v);
+        let big = train(&cfg, d, &data);
+        assert_eq!(ab.unmerge(&big).unwrap_err().code(), "not_merged");
+    }
+    let sgd = train(
+        &config(Algorithm::Sgd, false),
+        2,
+        &[(vec![1.0, 2.0], "a".into())],
+    );
+    let mut twice = sgd.clone();
+    twice.merge(&sgd).unwrap();
+    assert_eq!(twice.unmerge(&sgd).unwrap_err().code(), "unsupported");
 }
 
 #[test]

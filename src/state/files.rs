@@ -40,6 +40,12 @@ pub const FLEET_KEY: &str = "fleet.key";
 /// time (JSON), written by `fleet::Peers` whenever either changes.
 pub const FLEET_PEERS: &str = "fleet-peers.json";
 
+/// Directory of the fleet peers' latest heads (`fleet::PeerStore`): one head file per peer,
+/// named by the SHA-256 of its device id (`<hex>.cbor`), replaced without fsync (a file lost or
+/// stale after a power cut fails its hash check against [`FLEET_PEERS`] and the peer's
+/// retained head fills the slot again).
+pub const FLEET_HEADS: &str = "fleet-heads";
+
 /// The training record (JSON, `daemon::learner::record`): prequential accuracy overall and per
 /// class, written by the learner after each snapshot; a statistic, reset with the head.
 pub const TRAINING: &str = "training.json";
@@ -95,6 +101,15 @@ pub(crate) fn fsync_dir(dir: &Path) -> io::Result<()> {
 /// Writes `bytes` to `path` atomically (see [`write_atomic_with`]), with the default mode.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     write_atomic_with(path, None, |w| w.write_all(bytes))
+}
+
+/// Replaces `path` with `bytes` through a temp file and a rename, without fsync: a reader never
+/// sees a partial file, but a power cut may leave the old one (or none). For files that can be
+/// recovered from elsewhere (the fleet peers' heads).
+pub fn replace_unsynced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension(TEMP_EXTENSION);
+    fs::write(&tmp, bytes).map_err(|e| ctx(e, "write", &tmp))?;
+    fs::rename(&tmp, path).map_err(|e| ctx(e, "rename to", path))
 }
 
 /// Writes `path` atomically: the content streamed by `write` through a buffered writer into a

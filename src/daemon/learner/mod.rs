@@ -122,7 +122,12 @@ pub struct Learner {
     record: record::Record,
     since_snapshot: u64,
     unpublished: u64,
+    /// The local head changed: `{root}/head`, the fleet envelope and `info` are due.
     head_dirty: bool,
+    /// Only the fleet changed (a peer's head): `info` is due, the local head is not
+    /// republished (at fleet scale every peer update would otherwise make every board resend
+    /// its own head).
+    info_dirty: bool,
     predictor_stale: bool,
     last_publish: Instant,
     /// Predictor refreshes (possibly O(d³)).
@@ -162,8 +167,17 @@ impl DutyCycle {
 
 impl Learner {
     /// A learner over restored state.
-    pub fn new(ctx: Context, restored: Restored, store: Store, fleet: FleetState) -> Learner {
+    pub fn new(ctx: Context, restored: Restored, store: Store, mut fleet: FleetState) -> Learner {
         let now = Instant::now();
+        if fleet.config.enabled() {
+            // Peers' heads from the state directory: predictions start with the fleet head
+            // before the broker resends anything (the retained heads then change nothing).
+            fleet.peers.restore(
+                &expect_head(&ctx.backbone),
+                restored.head.algorithm(),
+                &fleet.config.group,
+            );
+        }
         let record = record::Record::load(&store.dir().join(crate::state::files::TRAINING));
         Learner {
             ctx,
@@ -177,6 +191,7 @@ impl Learner {
             since_snapshot: 0,
             unpublished: 0,
             head_dirty: true,
+            info_dirty: false,
             predictor_stale: true,
             last_publish: now - Duration::from_secs(3600),
             refresh: DutyCycle::new(now),
@@ -460,6 +475,18 @@ impl Learner {
     }
 
     fn publish_head_and_info(&mut self) {
+        if !self.head_dirty {
+            // Only the fleet changed: the info document alone.
+            if self
+                .ctx
+                .outbox
+                .retain(&self.ctx.outbox.topics.info, &self.info())
+            {
+                self.info_dirty = false;
+                self.last_publish = Instant::now();
+            }
+            return;
+        }
         let outbox = &self.ctx.outbox;
         match self.head.to_bytes() {
             Ok(bytes) => {
@@ -486,6 +513,7 @@ impl Learner {
         }
         if outbox.retain(&outbox.topics.info, &self.info()) {
             self.head_dirty = false;
+            self.info_dirty = false;
             self.unpublished = 0;
             self.last_publish = Instant::now();
         }
@@ -525,9 +553,14 @@ impl Learner {
         {
             Ok(Accepted::Updated) => {
                 tracing::info!(peer, "fleet head updated");
-                self.head_dirty = true;
-                // Predictions follow peers at once, not at the next duty-cycle slot.
-                self.refresh_predictor();
+                self.info_dirty = true;
+                self.predictor_stale = true;
+                // Predictions follow peers at once, not at the next duty-cycle slot; during a
+                // burst of peer heads (a fleet reconnecting) refreshes keep to the duty cycle
+                // of `housekeeping`, as for samples.
+                if self.ctx.queue.learner_depth() == 0 {
+                    self.refresh_predictor();
+                }
             }
             Ok(Accepted::Unchanged) => {}
             Err(e) => {
@@ -564,7 +597,7 @@ impl Learner {
         }
         let due = self.last_publish.elapsed() >= publish.head_interval
             || self.unpublished >= publish.head_every_samples;
-        if self.head_dirty && due && !self.predictor_stale {
+        if (self.head_dirty || self.info_dirty) && due && !self.predictor_stale {
             self.publish_head_and_info();
         }
         if self.last_stats.elapsed() >= publish.stats_interval {
