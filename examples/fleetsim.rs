@@ -80,6 +80,9 @@ struct Args {
     /// One JSON object per fleet size instead of the table.
     #[arg(long)]
     json: bool,
+    /// Extra environment of the real adaptd, KEY=VALUE (repeatable), e.g. allocator settings.
+    #[arg(long = "env")]
+    daemon_env: Vec<String>,
 }
 
 /// What the observer client saw.
@@ -210,12 +213,14 @@ fn cpu_secs(pid: u32) -> f64 {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces) start at ')'.
     let rest = text.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    // utime and stime are fields 14 and 15 of stat, 12 and 13 after ')' (state is not numeric).
-    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    // After ')' come fields 3 (state), 4, …: utime and stime are fields 14 and 15.
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| {
+        f.get(i - 3)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let ticks = field(14) + field(15);
     ticks as f64 / 100.0
 }
 
@@ -404,6 +409,7 @@ async fn level(args: &Args, algorithm: Algorithm, n: usize) -> Result<Value> {
             .env("ADAPTD_ADAPT_METHOD", "none")
             .env("ADAPTD_PUBLISH_HEAD_INTERVAL_SECS", "1")
             .env("ADAPTD_LOG", "warn")
+            .envs(args.daemon_env.iter().filter_map(|kv| kv.split_once('=')))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -9,7 +9,7 @@ fn d_max_peer_samples() -> u64 {
     1_000_000
 }
 fn d_max_peers() -> usize {
-    64
+    1024
 }
 fn d_max_store_mb() -> u64 {
     1024

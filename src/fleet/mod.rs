@@ -34,6 +34,8 @@ pub enum FleetError {
     WrongPeer { topic: String, got: String },
     #[error("peer {peer} is bound to another key")]
     KeyChanged { peer: String },
+    #[error("the key of {peer} already signs the head of {other}: one key, one board")]
+    KeyReused { peer: String, other: String },
     #[error("replayed or stale head: version {got} of {peer}, already have {have}")]
     Replay { peer: String, have: u64, got: u64 },
     #[error("peer head claims {got} samples, above the cap of {cap} (fleet.max_peer_samples)")]
@@ -61,6 +63,7 @@ impl FleetError {
             FleetError::BadSignature => "fleet_bad_signature",
             FleetError::WrongPeer { .. } => "fleet_wrong_peer",
             FleetError::KeyChanged { .. } => "fleet_key_changed",
+            FleetError::KeyReused { .. } => "fleet_key_reused",
             FleetError::Replay { .. } => "fleet_replay",
             FleetError::TooManySamples { .. } => "fleet_too_many_samples",
             FleetError::TooManyPeers(_) => "fleet_too_many_peers",

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -63,7 +64,16 @@ pub struct Peers {
     total: Option<Head>,
     /// Changes of the total since it was last rebuilt exactly.
     since_rebuild: u64,
+    /// `seen` changed since the peers file was last written, and when that was.
+    unsaved: bool,
+    saved_at: Instant,
 }
+
+/// Accepted heads are written to the peers file at most this often (and at shutdown): the file
+/// is O(peers) and fsynced, and a fleet of a thousand boards updates several times a second.
+/// What a crash loses is at most this much of replay state: the stored head whose hash the
+/// older file does not match is not restored, and the peer's retained head brings it back.
+const SAVE_EVERY: Duration = Duration::from_secs(5);
 
 /// What [`Peers::accept`] did.
 #[derive(Debug, PartialEq, Eq)]
@@ -122,6 +132,8 @@ impl Peers {
             store: PeerStore::open(dir),
             total: None,
             since_rebuild: 0,
+            unsaved: false,
+            saved_at: Instant::now(),
         }
     }
 
@@ -162,7 +174,17 @@ impl Peers {
         self.rebuild();
     }
 
-    fn save(&self) {
+    /// Writes the peers file if accepted heads are waiting and it was last written
+    /// [`SAVE_EVERY`] ago, or `now` (shutdown).
+    pub fn save_due(&mut self, now: bool) {
+        if self.unsaved && (now || self.saved_at.elapsed() >= SAVE_EVERY) {
+            self.save();
+        }
+    }
+
+    fn save(&mut self) {
+        self.unsaved = false;
+        self.saved_at = Instant::now();
         let Some(p) = &self.path else { return };
         let file = PeersFile {
             group: self.group.clone(),
@@ -179,7 +201,8 @@ impl Peers {
         }
     }
 
-    /// Takes a verified head from `peer`: rejects excluded peers, key changes, versions older
+    /// Takes a verified head from `peer`: rejects excluded peers, key changes, a key that signs
+    /// another peer's slot, versions older
     /// than (or equal to but different from) the last accepted one, a new peer beyond
     /// `max_peers` and a head that would take the store beyond `max_bytes`. The head goes to
     /// the store, then replaces the peer's old one in the fleet total.
@@ -209,6 +232,18 @@ impl Peers {
                 return Ok(Accepted::Unchanged);
             }
         }
+        // One key, one board: a stolen key cannot take many slots under made-up device ids
+        // (each with up to `max_peer_samples`).
+        if let Some((other, _)) = self
+            .heads
+            .iter()
+            .find(|(id, p)| id.as_str() != peer && p.key == v.key)
+        {
+            return Err(FleetError::KeyReused {
+                peer: peer.into(),
+                other: other.clone(),
+            });
+        }
         if !self.heads.contains_key(peer) && self.heads.len() >= max_peers {
             return Err(FleetError::TooManyPeers(max_peers));
         }
@@ -235,7 +270,8 @@ impl Peers {
         };
         self.heads.insert(peer.into(), slot(&seen, &v.head));
         self.seen.insert(peer.into(), seen);
-        self.save();
+        self.unsaved = true;
+        self.save_due(false);
         let updated = match old {
             // A new slot.
             None => self.add_to_total(&v.head),
@@ -447,6 +483,40 @@ mod tests {
     }
 
     #[test]
+    fn one_key_takes_one_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let [a, b] = <[Identity; 2]>::try_from(ids(dir.path(), &["a", "b"]))
+            .ok()
+            .unwrap();
+        let trusted = [key(&a), key(&b)];
+        let mut p = Peers::load(None, vec![]);
+        p.accept(
+            "a",
+            verify(&a, "a", &head("cat", 3, 0.0, 1), &trusted).unwrap(),
+            8,
+            u64::MAX,
+        )
+        .unwrap();
+        // a's key signing for a made-up device id.
+        let sybil = verify(&a, "a2", &head("cup", 900, 1.0, 1), &trusted).unwrap();
+        let e = p.accept("a2", sybil, 8, u64::MAX).unwrap_err();
+        assert_eq!(e.code(), "fleet_key_reused");
+        assert_eq!(p.total().unwrap().samples(), 3);
+        p.accept(
+            "b",
+            verify(&b, "b", &head("cup", 2, 1.0, 1), &trusted).unwrap(),
+            8,
+            u64::MAX,
+        )
+        .unwrap();
+        // Once a's slot is withdrawn (a renamed board), its key may sign for the new id.
+        assert!(p.withdraw("a"));
+        let renamed = verify(&a, "a2", &head("cat", 3, 0.0, 1), &trusted).unwrap();
+        p.accept("a2", renamed, 8, u64::MAX).unwrap();
+        assert_eq!(p.total().unwrap().samples(), 5);
+    }
+
+    #[test]
     fn replays_and_key_changes_are_refused_across_restarts() {
         let dir = tempfile::tempdir().unwrap();
         let [a, a2] = <[Identity; 2]>::try_from(ids(dir.path(), &["a", "a-new"]))
@@ -478,6 +548,7 @@ mod tests {
             "fleet_replay"
         );
         // After a restart the remembered version still holds, the same head is accepted again.
+        peers.save_due(true);
         let mut peers = Peers::load(Some(&state), vec![]);
         let old = verify(&a, "a", &head("x", 1, 0.0, 4), &trusted).unwrap();
         assert_eq!(
@@ -598,6 +669,7 @@ mod tests {
             }
             // A restart restores the same fleet head from the stored files.
             let before = peers.fleet_head(&local);
+            peers.save_due(true);
             let mut again = Peers::load(Some(&state), vec![]);
             again.restore(&expect(), algorithm, "");
             assert_eq!(again.heads, peers.heads);
@@ -639,6 +711,7 @@ mod tests {
         let n = b.len() / 2;
         b[n] ^= 1;
         std::fs::write(&file_a, b).unwrap();
+        peers.save_due(true);
         let mut again = Peers::load(Some(&state), vec![]);
         again.restore(&expect(), ha.algorithm(), "");
         assert_eq!(again.heads.keys().collect::<Vec<_>>(), ["b"]);

@@ -575,6 +575,7 @@ impl Learner {
 
     fn housekeeping(&mut self, stopping: bool) {
         self.ctx.dashboard.tick();
+        self.fleet.peers.save_due(stopping);
         let publish = self.ctx.settings.publish.clone();
         if self.predictor_stale {
             // Bound the time spent on (possibly O(d³)) snapshots to ~10% of the wall clock.
