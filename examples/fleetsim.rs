@@ -30,12 +30,12 @@ use base64::Engine;
 use clap::Parser;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, QoS};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 mod common;
-use common::{free_port, rss, start_mosquitto, Killed};
+use common::{connect, free_port, rss, start_mosquitto, Killed};
 
 const GROUP: &str = "sim";
 
@@ -101,43 +101,10 @@ static SYS_SENT: AtomicU64 = AtomicU64::new(0);
 
 type Shared = Arc<Mutex<Seen>>;
 
-async fn connect(port: u16, id: &str, subs: Vec<String>) -> Result<(AsyncClient, Shared)> {
-    let mut o = MqttOptions::new(id, "127.0.0.1", port);
-    o.set_max_packet_size(64 << 20, 64 << 20);
-    o.set_keep_alive(Duration::from_secs(60));
-    o.set_inflight(100);
-    let (client, mut el) = AsyncClient::new(o, 4096);
+async fn observe(port: u16, filters: Vec<String>) -> Result<(AsyncClient, Shared)> {
     let seen: Shared = Arc::default();
-    let (s, c) = (seen.clone(), client.clone());
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let mut ready = Some(ready_tx);
-    tokio::spawn(async move {
-        loop {
-            match el.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    for f in &subs {
-                        let _ = c.subscribe(f.clone(), QoS::AtMostOnce).await;
-                    }
-                    if subs.is_empty() {
-                        if let Some(r) = ready.take() {
-                            let _ = r.send(());
-                        }
-                    }
-                }
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    if let Some(r) = ready.take() {
-                        let _ = r.send(());
-                    }
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => on_message(&s, &p.topic, &p.payload),
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-    });
-    tokio::time::timeout(Duration::from_secs(10), ready_rx)
-        .await
-        .context("connecting to the broker")??;
+    let s = seen.clone();
+    let client = connect(port, "fleetsim", filters, move |t, p| on_message(&s, t, p)).await?;
     Ok((client, seen))
 }
 
@@ -377,9 +344,8 @@ async fn level(args: &Args, algorithm: Algorithm, n: usize) -> Result<Value> {
     let broker_pid = broker.0.id();
     let device = "real";
     let root = format!("adaptd/{device}");
-    let (client, seen) = connect(
+    let (client, seen) = observe(
         port,
-        "fleetsim",
         vec![format!("{root}/#"), "$SYS/broker/bytes/+".into()],
     )
     .await?;
@@ -640,7 +606,7 @@ async fn level(args: &Args, algorithm: Algorithm, n: usize) -> Result<Value> {
     wait_until(
         "every peer after the restart",
         Duration::from_secs(600),
-        peers_seen(n + 1),
+        peers_seen(n + usize::from(args.probes > 0)),
     )
     .await?;
     let restart_all_secs = t.elapsed().as_secs_f64();
@@ -771,6 +737,7 @@ fn drift(args: &Args, algorithm: Algorithm, n: usize) -> Result<()> {
             "learner": algorithm.as_str(),
             "dim": args.dim,
             "updates_since_rebuild": period - 1,
+            "envelope_bytes": fleet.seal(0)?.len(),
             "max_rel_drift_class_sums": worst_sum,
             "max_rel_drift_covariance": worst_cov,
             "update_ms": per_update_ms,

@@ -20,11 +20,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use base64::Engine;
 use clap::Parser;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, QoS};
 use serde_json::{json, Value};
 
 mod common;
-use common::{free_port, rss, start_mosquitto, Killed};
+use common::{connect, free_port, rss, start_mosquitto, Killed};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -84,76 +84,46 @@ fn quantile(v: &mut [f64], q: f64) -> f64 {
 
 type Waiters = Arc<Mutex<std::collections::HashMap<String, tokio::sync::oneshot::Sender<Value>>>>;
 
-async fn connect(port: u16, root: &str) -> Result<(AsyncClient, Waiters)> {
-    let mut o = MqttOptions::new(format!("loadgen-{}", std::process::id()), "127.0.0.1", port);
-    o.set_max_packet_size(16 << 20, 16 << 20);
-    o.set_keep_alive(Duration::from_secs(30));
-    let (client, mut el) = AsyncClient::new(o, 1024);
-    let mut net = rumqttc::NetworkOptions::new();
-    net.set_tcp_nodelay(true);
-    el.set_network_options(net);
+async fn connect_to(port: u16, root: &str) -> Result<(AsyncClient, Waiters)> {
     let waiters: Waiters = Arc::default();
     let w = waiters.clone();
-    let c = client.clone();
-    let sub = format!("{root}/#");
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let mut ready = Some(ready_tx);
-    tokio::spawn(async move {
-        loop {
-            match el.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    let _ = c.subscribe(sub.clone(), QoS::AtMostOnce).await;
-                }
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    if let Some(r) = ready.take() {
-                        let _ = r.send(());
-                    }
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if p.topic.ends_with("/error") {
-                        ERRORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    if p.topic.ends_with("/learned") {
-                        LEARNED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    if p.topic.ends_with("/stats") {
-                        if let Some(b) = serde_json::from_slice::<Value>(&p.payload)
-                            .ok()
-                            .and_then(|v| v["stored_samples_bytes"].as_u64())
-                        {
-                            RESERVOIR.store(b, std::sync::atomic::Ordering::Relaxed);
-                        }
-                    }
-                    let key = if p.topic.ends_with("/prediction") || p.topic.ends_with("/error") {
-                        serde_json::from_slice::<Value>(&p.payload)
-                            .ok()
-                            .and_then(|v| {
-                                let id = v["id"].as_str()?.to_string();
-                                Some((id, v))
-                            })
-                    } else if p.topic.ends_with("/status") && &p.payload[..] == b"online" {
-                        Some(("status:online".to_string(), Value::Null))
-                    } else if p.topic.ends_with("/learned") {
-                        serde_json::from_slice::<Value>(&p.payload)
-                            .ok()
-                            .map(|v| ("learned".to_string(), v))
-                    } else {
-                        None
-                    };
-                    if let Some((k, v)) = key {
-                        if let Some(tx) = w.lock().expect("lock").remove(&k) {
-                            let _ = tx.send(v);
-                        }
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+    let on_message = move |topic: &str, payload: &[u8]| {
+        if topic.ends_with("/error") {
+            ERRORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        if topic.ends_with("/learned") {
+            LEARNED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        if topic.ends_with("/stats") {
+            if let Some(b) = serde_json::from_slice::<Value>(payload)
+                .ok()
+                .and_then(|v| v["stored_samples_bytes"].as_u64())
+            {
+                RESERVOIR.store(b, std::sync::atomic::Ordering::Relaxed);
             }
         }
-    });
-    tokio::time::timeout(Duration::from_secs(10), ready_rx)
-        .await
-        .context("subscribing")??;
+        let key = if topic.ends_with("/prediction") || topic.ends_with("/error") {
+            serde_json::from_slice::<Value>(payload).ok().and_then(|v| {
+                let id = v["id"].as_str()?.to_string();
+                Some((id, v))
+            })
+        } else if topic.ends_with("/status") && payload == b"online" {
+            Some(("status:online".to_string(), Value::Null))
+        } else if topic.ends_with("/learned") {
+            serde_json::from_slice::<Value>(payload)
+                .ok()
+                .map(|v| ("learned".to_string(), v))
+        } else {
+            None
+        };
+        if let Some((k, v)) = key {
+            if let Some(tx) = w.lock().expect("lock").remove(&k) {
+                let _ = tx.send(v);
+            }
+        }
+    };
+    let id = format!("loadgen-{}", std::process::id());
+    let client = connect(port, &id, vec![format!("{root}/#")], on_message).await?;
     Ok((client, waiters))
 }
 
@@ -209,7 +179,7 @@ async fn main() -> Result<()> {
 
     let device = "loadgen";
     let root = format!("adaptd/{device}");
-    let (client, waiters) = connect(port, &root).await?;
+    let (client, waiters) = connect_to(port, &root).await?;
     let online = {
         let w = waiters.clone();
         tokio::spawn(async move { wait_key(&w, "status:online", Duration::from_secs(60)).await })

@@ -8,7 +8,7 @@
 //! | [`head`] | streaming linear heads, snapshots, merge, head file format |
 //! | [`adapt`] | domain adaptation maths (target statistics, mean/coral/t3a, drift) and its handle |
 //! | [`state`] | the state directory: write-ahead log, snapshots, kept heads, sample reservoir, the ledger of learned samples by id (unlearning) |
-//! | [`fleet`] | fleet learning: board key, signed head envelopes, peers, the fleet head |
+//! | [`fleet`] | fleet learning: board key, signed head envelopes, peers, the peer head store, the running fleet total |
 //! | [`config`] | the embedded default TOML, config file + `ADAPTD_*` overrides → validated settings |
 //! | [`daemon`] | `adaptd run`: MQTT driver, requests, workers, learner, adaptation thread, broker |
 //! | [`eval`] | `adaptd eval`: the learning and adaptation benchmarks |

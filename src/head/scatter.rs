@@ -81,10 +81,7 @@ impl ScatterState {
             .zip(&other.packed)
             .for_each(|(a, b)| *a += b);
         self.count += other.count;
-        for (cb, m) in theirs.iter().zip(mapping) {
-            let Some(ca) = m.and_then(|i| mine.get(i)) else {
-                continue;
-            };
+        for (ca, cb) in shared(mine, theirs, mapping) {
             let (na, nb) = (ca.stats.count() as f64, cb.stats.count() as f64);
             if na == 0.0 || nb == 0.0 {
                 continue;
@@ -115,10 +112,7 @@ impl ScatterState {
             .zip(&other.packed)
             .for_each(|(a, b)| *a -= b);
         self.count = self.count.saturating_sub(other.count);
-        for (cb, m) in theirs.iter().zip(mapping) {
-            let Some(cab) = m.and_then(|i| mine.get(i)) else {
-                continue;
-            };
+        for (cab, cb) in shared(mine, theirs, mapping) {
             let nb = cb.stats.count() as f64;
             let na = cab.stats.count().saturating_sub(cb.stats.count()) as f64;
             if na == 0.0 || nb == 0.0 {
@@ -139,4 +133,17 @@ impl ScatterState {
         self.packed.iter_mut().for_each(|v| *v = 0.0);
         self.count = 0;
     }
+}
+
+/// The classes of `theirs` that `mine` also has (`mapping[j]`: the index in `mine` of
+/// `theirs[j]`), as (mine, theirs) pairs.
+fn shared<'a>(
+    mine: &'a [Class],
+    theirs: &'a [Class],
+    mapping: &'a [Option<usize>],
+) -> impl Iterator<Item = (&'a Class, &'a Class)> {
+    theirs
+        .iter()
+        .zip(mapping)
+        .filter_map(|(cb, m)| Some((mine.get((*m)?)?, cb)))
 }
