@@ -94,6 +94,8 @@ struct Seen {
     error_codes: HashMap<String, u64>,
     waiters: HashMap<String, tokio::sync::oneshot::Sender<Value>>,
     head: Option<Vec<u8>>,
+    /// Deepest learner queue in `{root}/stats` (`queues.learn`).
+    max_learn_queue: u64,
 }
 
 static SYS_RECEIVED: AtomicU64 = AtomicU64::new(0);
@@ -127,6 +129,10 @@ fn on_message(seen: &Shared, topic: &str, payload: &[u8]) {
         s.online += 1;
     } else if topic.ends_with("/info") {
         s.info = serde_json::from_slice(payload).ok();
+    } else if topic.ends_with("/stats") {
+        let v: Value = serde_json::from_slice(payload).unwrap_or(Value::Null);
+        let depth = v["queues"]["learn"].as_u64().unwrap_or(0);
+        s.max_learn_queue = s.max_learn_queue.max(depth);
     } else if topic.ends_with("/head") {
         s.head = Some(payload.to_vec());
     } else if topic.ends_with("/prediction") || topic.ends_with("/error") {
@@ -594,6 +600,7 @@ async fn level(args: &Args, algorithm: Algorithm, n: usize) -> Result<Value> {
     drop(daemon);
     seen.lock().expect("lock").info = None;
     let online_before = seen.lock().expect("lock").online;
+    seen.lock().expect("lock").max_learn_queue = 0;
     let t = Instant::now();
     daemon = start()?;
     wait_until(
@@ -614,6 +621,7 @@ async fn level(args: &Args, algorithm: Algorithm, n: usize) -> Result<Value> {
     let (restart_hwm, restart_rss) = rss(daemon.0.id());
     let broker_rss = rss(broker_pid).1;
     let errors = seen.lock().expect("lock").error_codes.clone();
+    let restart_queue = seen.lock().expect("lock").max_learn_queue;
     drop(daemon);
     drop(broker);
 
@@ -645,6 +653,7 @@ async fn level(args: &Args, algorithm: Algorithm, n: usize) -> Result<Value> {
         "restart_all_peers_secs": restart_all_secs,
         "restart_rss_bytes": restart_rss,
         "restart_rss_peak_bytes": restart_hwm,
+        "restart_max_learner_queue": restart_queue,
         "errors": errors,
     }))
 }
