@@ -203,6 +203,9 @@ impl AfterConnect {
     }
 }
 
+/// How often the MQTT loop looks again at a learner backlog over its bytes bound.
+const BACKLOG_WAIT: Duration = Duration::from_millis(20);
+
 /// Polls the event loop until `client.disconnect()` has gone out (or the connection is lost
 /// while stopping). Hands inbound messages to the intake; never does heavy work itself.
 pub async fn drive(mut eventloop: EventLoop, driver: Driver) {
@@ -222,6 +225,11 @@ pub async fn drive(mut eventloop: EventLoop, driver: Driver) {
     let has_fleet = outbox.topics.fleet.is_some();
     let mut backoff = Backoff::new(backoff.0, backoff.1);
     loop {
+        // Backpressure: while the learner's backlog is large (a fleet's retained heads after a
+        // restart, megabytes each), read nothing more from the broker; TCP holds the rest.
+        while intake.queue.learner_full() && !shutdown.is_triggered() {
+            tokio::time::sleep(BACKLOG_WAIT).await;
+        }
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 bump(&stats.connects);

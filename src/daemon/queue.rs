@@ -18,6 +18,12 @@ use crate::daemon::topics::Route;
 /// learn messages.
 pub const LEARNER_QUEUE: u64 = 1024;
 
+/// Bytes of learner-bound payloads allowed to wait before the MQTT loop stops reading from the
+/// broker ([`WorkQueue::learner_full`]). After a restart every peer's retained head arrives at
+/// once, megabytes each, faster than the learner merges them, and the broker's in-flight
+/// window did not bound them (70 slda heads, 470 MB, were seen queued): TCP holds the rest.
+pub const LEARNER_QUEUE_BYTES: u64 = 64 << 20;
+
 /// How often an idle worker looks at the shutdown token.
 const IDLE_CHECK: Duration = Duration::from_millis(200);
 
@@ -69,6 +75,8 @@ pub struct WorkQueue {
     shutdown: Shutdown,
     /// Learner-bound messages queued or on their way to the learner.
     learner_depth: AtomicU64,
+    /// Their payload bytes.
+    learner_bytes: AtomicU64,
 }
 
 impl WorkQueue {
@@ -80,6 +88,7 @@ impl WorkQueue {
             infer_cap: infer_cap.max(1),
             shutdown,
             learner_depth: AtomicU64::new(0),
+            learner_bytes: AtomicU64::new(0),
         }
     }
 
@@ -117,10 +126,12 @@ impl WorkQueue {
         {
             return Err((Refused::Busy, Box::new(job)));
         }
+        let bytes = job.publish.payload.len() as u64;
         let seq = l.next_seq;
         l.next_seq += 1;
         l.learner.push_back((seq, job));
         self.learner_depth.fetch_add(1, Ordering::Relaxed);
+        self.learner_bytes.fetch_add(bytes, Ordering::Relaxed);
         drop(l);
         self.ready.notify_one();
         Ok(seq)
@@ -155,9 +166,17 @@ impl WorkQueue {
         }
     }
 
-    /// Called by the learner for each message it has applied.
-    pub fn learner_done(&self) {
+    /// Called by the learner for each message it has applied (`bytes`: its payload's length).
+    pub fn learner_done(&self, bytes: usize) {
         self.learner_depth.fetch_sub(1, Ordering::Relaxed);
+        self.learner_bytes
+            .fetch_sub(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Whether the learner's backlog holds [`LEARNER_QUEUE_BYTES`] or more: the MQTT loop
+    /// stops reading until it does not.
+    pub fn learner_full(&self) -> bool {
+        self.learner_bytes.load(Ordering::Relaxed) >= LEARNER_QUEUE_BYTES
     }
 
     /// Inference requests waiting.
@@ -212,6 +231,25 @@ mod tests {
     }
 
     #[test]
+    fn a_learner_backlog_of_many_bytes_is_full_until_applied() {
+        let q = WorkQueue::new(8, Shutdown::new());
+        let big = |t: &str| Job {
+            publish: Publish::new(
+                t,
+                QoS::AtLeastOnce,
+                vec![0u8; (LEARNER_QUEUE_BYTES / 2) as usize],
+            ),
+            ..job(t, QoS::AtLeastOnce)
+        };
+        q.push_learner(big("a")).expect("a");
+        assert!(!q.learner_full());
+        q.push_learner(big("b")).expect("QoS 1 always queues");
+        assert!(q.learner_full());
+        q.learner_done((LEARNER_QUEUE_BYTES / 2) as usize);
+        assert!(!q.learner_full());
+    }
+
+    #[test]
     fn learner_lane_numbers_in_order_alternates_and_pushes_back() {
         let s = Shutdown::new();
         let q = WorkQueue::new(8, s.clone());
@@ -227,7 +265,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(q.learner_depth(), 2);
-        q.learner_done();
+        q.learner_done(0);
         for _ in 0..LEARNER_QUEUE {
             q.push_learner(job("x", QoS::AtLeastOnce))
                 .expect("QoS 1 always queues");

@@ -249,7 +249,7 @@ impl Learner {
         for step in steps {
             // Progress per message, not per batch: a long backlog must not starve the watchdog.
             self.heartbeat.fetch_add(1, Ordering::Relaxed);
-            self.ctx.queue.learner_done();
+            self.ctx.queue.learner_done(step.publish.payload.len());
             let publish = step.publish;
             match step.work {
                 Work::Sample(s) => {
