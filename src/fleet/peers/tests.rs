@@ -1,0 +1,322 @@
+//! Unit tests of the peer table and the running fleet total.
+
+use super::*;
+use crate::fleet::testing::{expect, head, ids, key, verify, D};
+use crate::fleet::Identity;
+use crate::head::Algorithm;
+
+fn scores(h: &Head, x: &[f32]) -> Vec<(String, f32)> {
+    let p = h.snapshot().predict(x, 10).unwrap();
+    let mut v: Vec<(String, f32)> = p.top.into_iter().map(|s| (s.label, s.score)).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[test]
+fn merging_is_order_independent_and_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let [a, b, c] = <[Identity; 3]>::try_from(ids(dir.path(), &["a", "b", "c"]))
+        .ok()
+        .unwrap();
+    let trusted = [key(&a), key(&b), key(&c)];
+    let local = head("cat", 4, 0.0, 3);
+    let hb = head("cup", 5, 1.0, 7);
+    let hc = head("cat", 3, 0.4, 2);
+    let mut one = Peers::load(None, vec![]);
+    let mut two = Peers::load(None, vec![]);
+    one.accept("b", verify(&b, "b", &hb, &trusted).unwrap(), 8, u64::MAX)
+        .unwrap();
+    one.accept("c", verify(&c, "c", &hc, &trusted).unwrap(), 8, u64::MAX)
+        .unwrap();
+    two.accept("c", verify(&c, "c", &hc, &trusted).unwrap(), 8, u64::MAX)
+        .unwrap();
+    two.accept("b", verify(&b, "b", &hb, &trusted).unwrap(), 8, u64::MAX)
+        .unwrap();
+    let x = vec![0.3f32; D];
+    let f1 = one.fleet_head(&local);
+    assert_eq!(scores(&f1, &x), scores(&two.fleet_head(&local), &x));
+    assert_eq!(f1.samples(), 12);
+    assert_eq!(
+        f1.version(),
+        local.version(),
+        "the fleet head keeps the local version"
+    );
+    // The same envelope again changes nothing.
+    let again = one
+        .accept("b", verify(&b, "b", &hb, &trusted).unwrap(), 8, u64::MAX)
+        .unwrap();
+    assert_eq!(again, Accepted::Unchanged);
+    assert_eq!(scores(&one.fleet_head(&local), &x), scores(&f1, &x));
+    // A newer head of a peer replaces its slot (never adds to it).
+    let hb2 = head("cup", 2, 1.0, 8);
+    one.accept("b", verify(&b, "b", &hb2, &trusted).unwrap(), 8, u64::MAX)
+        .unwrap();
+    assert_eq!(one.fleet_head(&local).samples(), 4 + 2 + 3);
+}
+
+#[test]
+fn one_key_takes_one_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let [a, b] = <[Identity; 2]>::try_from(ids(dir.path(), &["a", "b"]))
+        .ok()
+        .unwrap();
+    let trusted = [key(&a), key(&b)];
+    let mut p = Peers::load(None, vec![]);
+    p.accept(
+        "a",
+        verify(&a, "a", &head("cat", 3, 0.0, 1), &trusted).unwrap(),
+        8,
+        u64::MAX,
+    )
+    .unwrap();
+    // a's key signing for a made-up device id.
+    let sybil = verify(&a, "a2", &head("cup", 900, 1.0, 1), &trusted).unwrap();
+    let e = p.accept("a2", sybil, 8, u64::MAX).unwrap_err();
+    assert_eq!(e.code(), "fleet_key_reused");
+    assert_eq!(p.total().unwrap().samples(), 3);
+    p.accept(
+        "b",
+        verify(&b, "b", &head("cup", 2, 1.0, 1), &trusted).unwrap(),
+        8,
+        u64::MAX,
+    )
+    .unwrap();
+    // Once a's slot is withdrawn (a renamed board), its key may sign for the new id.
+    assert!(p.withdraw("a"));
+    let renamed = verify(&a, "a2", &head("cat", 3, 0.0, 1), &trusted).unwrap();
+    p.accept("a2", renamed, 8, u64::MAX).unwrap();
+    assert_eq!(p.total().unwrap().samples(), 5);
+}
+
+#[test]
+fn replays_and_key_changes_are_refused_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let [a, a2] = <[Identity; 2]>::try_from(ids(dir.path(), &["a", "a-new"]))
+        .ok()
+        .unwrap();
+    let trusted = [key(&a), key(&a2)];
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let mut peers = Peers::load(Some(&state), vec![]);
+    peers
+        .accept(
+            "a",
+            verify(&a, "a", &head("x", 2, 0.0, 5), &trusted).unwrap(),
+            8,
+            u64::MAX,
+        )
+        .unwrap();
+    let old = verify(&a, "a", &head("x", 1, 0.0, 4), &trusted).unwrap();
+    assert_eq!(
+        peers.accept("a", old, 8, u64::MAX).unwrap_err().code(),
+        "fleet_replay"
+    );
+    let same_version_other_head = verify(&a, "a", &head("y", 1, 0.0, 5), &trusted).unwrap();
+    assert_eq!(
+        peers
+            .accept("a", same_version_other_head, 8, u64::MAX)
+            .unwrap_err()
+            .code(),
+        "fleet_replay"
+    );
+    // After a restart the remembered version still holds, the same head is accepted again.
+    peers.save_due(true);
+    let mut peers = Peers::load(Some(&state), vec![]);
+    let old = verify(&a, "a", &head("x", 1, 0.0, 4), &trusted).unwrap();
+    assert_eq!(
+        peers.accept("a", old, 8, u64::MAX).unwrap_err().code(),
+        "fleet_replay"
+    );
+    let same = verify(&a, "a", &head("x", 2, 0.0, 5), &trusted).unwrap();
+    assert_eq!(
+        peers.accept("a", same, 8, u64::MAX).unwrap(),
+        Accepted::Updated
+    );
+    // Another (even trusted) key cannot take over a peer id.
+    let hijack = verify(&a2, "a", &head("x", 2, 0.0, 9), &trusted).unwrap();
+    assert_eq!(
+        peers.accept("a", hijack, 8, u64::MAX).unwrap_err().code(),
+        "fleet_key_changed"
+    );
+    // Exclusion is remembered.
+    assert!(peers.exclude("a"));
+    let peers = Peers::load(Some(&state), vec![]);
+    assert_eq!(peers.excluded, vec!["a".to_string()]);
+}
+
+fn head_of(algorithm: Algorithm, label: &str, n: usize, level: f32, version: u64) -> Head {
+    let config = crate::head::HeadConfig {
+        algorithm,
+        ..crate::head::HeadConfig::default()
+    };
+    let mut h = Head::new(&config, D, crate::fleet::testing::SHA);
+    for i in 0..n {
+        let x: Vec<f32> = (0..D)
+            .map(|j| level + ((i * 7 + j * 3 + label.len()) % 11) as f32 * 0.1)
+            .collect();
+        h.update(&x, label).unwrap();
+    }
+    h.set_version(version);
+    h
+}
+
+/// The fleet head as before the running total: local merged with every head, in order.
+fn merged(local: &Head, heads: &BTreeMap<String, Head>) -> Head {
+    let mut h = local.clone();
+    for p in heads.values() {
+        h.merge(p).unwrap();
+    }
+    h
+}
+
+fn assert_close(a: &Head, b: &Head, x: &[f32]) {
+    assert_eq!(a.samples(), b.samples());
+    let (sa, sb) = (scores(a, x), scores(b, x));
+    assert_eq!(sa.len(), sb.len());
+    for ((la, va), (lb, vb)) in sa.iter().zip(&sb) {
+        assert_eq!(la, lb);
+        assert!((va - vb).abs() <= 1e-5, "{la}: {va} vs {vb}");
+    }
+    let (ma, mb) = (a.source_stats().sum(), b.source_stats().sum());
+    let scale = mb.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+    assert!(ma
+        .iter()
+        .zip(mb)
+        .all(|(p, q)| (p - q).abs() <= 1e-9 * scale));
+}
+
+#[test]
+fn the_running_total_follows_replacements_like_an_exact_merge() {
+    use rand::{Rng as _, SeedableRng};
+    let dir = tempfile::tempdir().unwrap();
+    let names = ["p0", "p1", "p2", "p3", "p4"];
+    let keys = ids(dir.path(), &names);
+    let trusted: Vec<[u8; 32]> = keys.iter().map(key).collect();
+    let labels = ["cat", "cup", "dog", "fox"];
+    for algorithm in [
+        Algorithm::Auto,
+        Algorithm::Ncm,
+        Algorithm::Slda,
+        Algorithm::Ridge,
+        Algorithm::Sgd,
+    ] {
+        let local = head_of(algorithm, "cat", 3, 0.2, 1);
+        let state = dir.path().join(format!("state-{algorithm}"));
+        std::fs::create_dir_all(&state).unwrap();
+        let mut peers = Peers::load(Some(&state), vec![]);
+        let mut latest: BTreeMap<String, Head> = BTreeMap::new();
+        let mut version = [0u64; 5];
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(3);
+        let x = vec![0.45f32; D];
+        for step in 0..150 {
+            let k = rng.gen_range(0..names.len());
+            let (peer, id) = (names[k], &keys[k]);
+            if step % 37 == 36 {
+                assert_eq!(peers.withdraw(peer), latest.remove(peer).is_some());
+            } else {
+                version[k] += 1;
+                let label = labels[rng.gen_range(0..labels.len())];
+                let h = head_of(
+                    algorithm,
+                    label,
+                    rng.gen_range(1..9),
+                    rng.gen_range(0.0..1.0),
+                    version[k],
+                );
+                let v = verify(id, peer, &h, &trusted).unwrap();
+                assert_eq!(
+                    peers.accept(peer, v, 8, u64::MAX).unwrap(),
+                    Accepted::Updated
+                );
+                latest.insert(peer.into(), h);
+            }
+            let want = merged(&local, &latest);
+            assert_close(&peers.fleet_head(&local), &want, &x);
+        }
+        // Exact updates rebuild only when due; sgd's (an average) at every replacement.
+        if algorithm.is_exact() {
+            assert!(peers.rebuilds <= 150 / rebuild_period(5), "{algorithm}");
+        } else {
+            assert!(peers.rebuilds > 100);
+        }
+        // A restart restores the same fleet head from the stored files.
+        let before = peers.fleet_head(&local);
+        peers.save_due(true);
+        let mut again = Peers::load(Some(&state), vec![]);
+        again.restore(&expect(), algorithm, "");
+        assert_eq!(again.heads, peers.heads);
+        assert_close(&again.fleet_head(&local), &before, &x);
+        // Another algorithm on this board now: nothing restored, the files go.
+        let other = if algorithm == Algorithm::Ncm {
+            Algorithm::Slda
+        } else {
+            Algorithm::Ncm
+        };
+        let mut changed = Peers::load(Some(&state), vec![]);
+        changed.restore(&expect(), other, "");
+        assert!(changed.heads.is_empty());
+        assert_eq!(changed.stored_bytes(), 0);
+        assert!(changed.total().is_none());
+    }
+}
+
+#[test]
+fn a_damaged_file_drops_the_slot_until_the_retained_head_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = ids(dir.path(), &["a", "b"]);
+    let trusted: Vec<[u8; 32]> = keys.iter().map(key).collect();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let mut peers = Peers::load(Some(&state), vec![]);
+    let ha = head("cat", 3, 0.0, 2);
+    let hb = head("cup", 4, 1.0, 3);
+    for (k, (p, h)) in [("a", &ha), ("b", &hb)].into_iter().enumerate() {
+        let v = verify(&keys[k], p, h, &trusted).unwrap();
+        peers.accept(p, v, 8, u64::MAX).unwrap();
+    }
+    let heads_dir = state.join(crate::state::files::FLEET_HEADS);
+    assert_eq!(std::fs::read_dir(&heads_dir).unwrap().count(), 2);
+    let stored = peers.stored_bytes();
+    assert!(stored > 0);
+    let file_a = heads_dir.join(crate::fleet::store::file_name("a"));
+    let mut b = std::fs::read(&file_a).unwrap();
+    let n = b.len() / 2;
+    b[n] ^= 1;
+    std::fs::write(&file_a, b).unwrap();
+    peers.save_due(true);
+    let mut again = Peers::load(Some(&state), vec![]);
+    again.restore(&expect(), ha.algorithm(), "");
+    assert_eq!(again.heads.keys().collect::<Vec<_>>(), ["b"]);
+    // The retained head comes back: the same version is accepted into the empty slot.
+    let v = verify(&keys[0], "a", &ha, &trusted).unwrap();
+    assert_eq!(
+        again.accept("a", v, 8, u64::MAX).unwrap(),
+        Accepted::Updated
+    );
+    let local = head("dog", 1, 0.5, 1);
+    assert_close(
+        &again.fleet_head(&local),
+        &peers.fleet_head(&local),
+        &[0.3; D],
+    );
+    // The store's bound: a head that does not fit is refused and changes nothing.
+    let mut big = head("cat", 5, 0.0, 9);
+    big.merge(&head("dog", 2, 0.5, 1)).unwrap();
+    big.set_version(9);
+    let v = verify(&keys[0], "a", &big, &trusted).unwrap();
+    let cap = again.stored_bytes();
+    assert_eq!(
+        again.accept("a", v, 8, cap).unwrap_err().code(),
+        "fleet_store_full"
+    );
+    assert_eq!(again.heads.get("a").unwrap().version, 2);
+    assert_eq!(again.stored_bytes(), stored);
+    // Heads stored for another group are not restored (and their files go).
+    let mut elsewhere = Peers::load(Some(&state), vec![]);
+    elsewhere.restore(&expect(), ha.algorithm(), "another-group");
+    assert!(
+        elsewhere.heads.is_empty(),
+        "heads of another group are not restored"
+    );
+    assert_eq!(elsewhere.stored_bytes(), 0);
+}
