@@ -427,20 +427,13 @@ async fn level(args: &Args, algorithm: Algorithm, n: usize) -> Result<Value> {
         max_bytes: usize::MAX,
     };
     let local = Head::from_bytes(&head_bytes, &expect)?;
-    let probe: Vec<f32> = local
-        .class_stats("cat")
-        .context("cat in the head")?
-        .mean()
-        .iter()
-        .map(|&v| v as f32)
-        .collect();
-    let cup: Vec<f32> = local
-        .class_stats("cup")
-        .context("cup in the head")?
-        .mean()
-        .iter()
-        .map(|&v| v as f32)
-        .collect();
+    let mean = |label: &str| -> Result<Vec<f32>> {
+        let stats = local
+            .class_stats(label)
+            .with_context(|| format!("{label} in the head"))?;
+        Ok(stats.mean().iter().map(|&v| v as f32).collect())
+    };
+    let (probe, cup) = (mean("cat")?, mean("cup")?);
     let base: Vec<f32> = probe.iter().zip(&cup).map(|(a, b)| (a + b) / 2.0).collect();
     let w = wait_key(&seen, "result", Duration::from_secs(60));
     client

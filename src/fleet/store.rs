@@ -105,10 +105,10 @@ impl PeerStore {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return;
         };
+        let (head, temp) = (format!(".{HEAD_EXTENSION}"), format!(".{TEMP_EXTENSION}"));
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let ours = name.ends_with(&format!(".{HEAD_EXTENSION}"))
-                || name.ends_with(&format!(".{TEMP_EXTENSION}"));
+            let ours = name.ends_with(&head) || name.ends_with(&temp);
             if ours && !keep.contains(&name) {
                 if let Err(err) = std::fs::remove_file(e.path()) {
                     tracing::warn!("cannot remove {}: {err}", e.path().display());

@@ -474,24 +474,32 @@ impl Learner {
         self.predictor_stale = false;
     }
 
+    /// `{root}/head` and the fleet envelope when the local head changed, then `info`; what
+    /// fails stays dirty and is retried on the next turn.
     fn publish_head_and_info(&mut self) {
-        if !self.head_dirty {
-            // Only the fleet changed: the info document alone.
-            if self
-                .ctx
-                .outbox
-                .retain(&self.ctx.outbox.topics.info, &self.info())
-            {
-                self.info_dirty = false;
-                self.last_publish = Instant::now();
-            }
+        if self.head_dirty && !self.publish_local_head() {
             return;
         }
+        if self
+            .ctx
+            .outbox
+            .retain(&self.ctx.outbox.topics.info, &self.info())
+        {
+            self.head_dirty = false;
+            self.info_dirty = false;
+            self.unpublished = 0;
+            self.last_publish = Instant::now();
+        }
+    }
+
+    /// The local head on `{root}/head` and, with a fleet group, sealed on the group topic;
+    /// false if the outbox refused one of them.
+    fn publish_local_head(&self) -> bool {
         let outbox = &self.ctx.outbox;
         match self.head.to_bytes() {
             Ok(bytes) => {
                 if !outbox.publish(&outbox.topics.head, QoS::AtLeastOnce, true, bytes) {
-                    return; // stays dirty: retried on the next turn
+                    return false;
                 }
             }
             Err(e) => tracing::error!("cannot encode head: {e}"),
@@ -503,20 +511,11 @@ impl Learner {
                 .identity
                 .seal(device, &self.fleet.config.group, &self.head)
             {
-                Ok(env) => {
-                    if !outbox.publish(&f.mine, QoS::AtLeastOnce, true, env) {
-                        return;
-                    }
-                }
+                Ok(env) => return outbox.publish(&f.mine, QoS::AtLeastOnce, true, env),
                 Err(e) => tracing::error!("cannot seal the fleet head: {e}"),
             }
         }
-        if outbox.retain(&outbox.topics.info, &self.info()) {
-            self.head_dirty = false;
-            self.info_dirty = false;
-            self.unpublished = 0;
-            self.last_publish = Instant::now();
-        }
+        true
     }
 
     /// The `{root}/info` document.

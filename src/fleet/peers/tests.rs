@@ -5,6 +5,17 @@ use crate::fleet::testing::{expect, head, ids, key, verify, D};
 use crate::fleet::Identity;
 use crate::head::Algorithm;
 
+/// `peer`'s head `h` signed by `id`, verified and offered to `p` (8 peers, unbounded store).
+fn take(
+    p: &mut Peers,
+    id: &Identity,
+    peer: &str,
+    h: &Head,
+    trusted: &[[u8; 32]],
+) -> Result<Accepted, FleetError> {
+    p.accept(peer, verify(id, peer, h, trusted)?, 8, u64::MAX)
+}
+
 fn scores(h: &Head, x: &[f32]) -> Vec<(String, f32)> {
     let p = h.snapshot().predict(x, 10).unwrap();
     let mut v: Vec<(String, f32)> = p.top.into_iter().map(|s| (s.label, s.score)).collect();
@@ -24,14 +35,10 @@ fn merging_is_order_independent_and_idempotent() {
     let hc = head("cat", 3, 0.4, 2);
     let mut one = Peers::load(None, vec![]);
     let mut two = Peers::load(None, vec![]);
-    one.accept("b", verify(&b, "b", &hb, &trusted).unwrap(), 8, u64::MAX)
-        .unwrap();
-    one.accept("c", verify(&c, "c", &hc, &trusted).unwrap(), 8, u64::MAX)
-        .unwrap();
-    two.accept("c", verify(&c, "c", &hc, &trusted).unwrap(), 8, u64::MAX)
-        .unwrap();
-    two.accept("b", verify(&b, "b", &hb, &trusted).unwrap(), 8, u64::MAX)
-        .unwrap();
+    take(&mut one, &b, "b", &hb, &trusted).unwrap();
+    take(&mut one, &c, "c", &hc, &trusted).unwrap();
+    take(&mut two, &c, "c", &hc, &trusted).unwrap();
+    take(&mut two, &b, "b", &hb, &trusted).unwrap();
     let x = vec![0.3f32; D];
     let f1 = one.fleet_head(&local);
     assert_eq!(scores(&f1, &x), scores(&two.fleet_head(&local), &x));
@@ -42,15 +49,12 @@ fn merging_is_order_independent_and_idempotent() {
         "the fleet head keeps the local version"
     );
     // The same envelope again changes nothing.
-    let again = one
-        .accept("b", verify(&b, "b", &hb, &trusted).unwrap(), 8, u64::MAX)
-        .unwrap();
+    let again = take(&mut one, &b, "b", &hb, &trusted).unwrap();
     assert_eq!(again, Accepted::Unchanged);
     assert_eq!(scores(&one.fleet_head(&local), &x), scores(&f1, &x));
     // A newer head of a peer replaces its slot (never adds to it).
     let hb2 = head("cup", 2, 1.0, 8);
-    one.accept("b", verify(&b, "b", &hb2, &trusted).unwrap(), 8, u64::MAX)
-        .unwrap();
+    take(&mut one, &b, "b", &hb2, &trusted).unwrap();
     assert_eq!(one.fleet_head(&local).samples(), 4 + 2 + 3);
 }
 
@@ -62,25 +66,13 @@ fn one_key_takes_one_slot() {
         .unwrap();
     let trusted = [key(&a), key(&b)];
     let mut p = Peers::load(None, vec![]);
-    p.accept(
-        "a",
-        verify(&a, "a", &head("cat", 3, 0.0, 1), &trusted).unwrap(),
-        8,
-        u64::MAX,
-    )
-    .unwrap();
+    take(&mut p, &a, "a", &head("cat", 3, 0.0, 1), &trusted).unwrap();
     // a's key signing for a made-up device id.
     let sybil = verify(&a, "a2", &head("cup", 900, 1.0, 1), &trusted).unwrap();
     let e = p.accept("a2", sybil, 8, u64::MAX).unwrap_err();
     assert_eq!(e.code(), "fleet_key_reused");
     assert_eq!(p.total().unwrap().samples(), 3);
-    p.accept(
-        "b",
-        verify(&b, "b", &head("cup", 2, 1.0, 1), &trusted).unwrap(),
-        8,
-        u64::MAX,
-    )
-    .unwrap();
+    take(&mut p, &b, "b", &head("cup", 2, 1.0, 1), &trusted).unwrap();
     // Once a's slot is withdrawn (a renamed board), its key may sign for the new id.
     assert!(p.withdraw("a"));
     let renamed = verify(&a, "a2", &head("cat", 3, 0.0, 1), &trusted).unwrap();
@@ -98,14 +90,7 @@ fn replays_and_key_changes_are_refused_across_restarts() {
     let state = dir.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
     let mut peers = Peers::load(Some(&state), vec![]);
-    peers
-        .accept(
-            "a",
-            verify(&a, "a", &head("x", 2, 0.0, 5), &trusted).unwrap(),
-            8,
-            u64::MAX,
-        )
-        .unwrap();
+    take(&mut peers, &a, "a", &head("x", 2, 0.0, 5), &trusted).unwrap();
     let old = verify(&a, "a", &head("x", 1, 0.0, 4), &trusted).unwrap();
     assert_eq!(
         peers.accept("a", old, 8, u64::MAX).unwrap_err().code(),
