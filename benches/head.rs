@@ -1,10 +1,11 @@
 //! Cost of the head learners at d = 1280 with 10 and 100 classes: one update, one prediction
-//! (top-5 from a snapshot) and one snapshot, on seeded random Gaussian data.
+//! (top-5 from a snapshot) and one snapshot, on seeded random Gaussian data; and `auto`'s
+//! candidates' refresh with and without its leave-one-out check.
 
 use std::hint::black_box;
 use std::time::Duration;
 
-use adaptd::head::{Algorithm, Head, HeadConfig};
+use adaptd::head::{Algorithm, Expect, Head, HeadConfig};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -83,5 +84,39 @@ fn bench_heads(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench_heads);
+/// `auto`'s candidates' refresh (8 d × d solves) on 300 samples of 10 classes: with the
+/// leave-one-out check of its last 200 samples, and the same head read back from its file,
+/// whose check has no samples yet (the refresh without it).
+fn bench_auto_refresh(c: &mut Criterion) {
+    let cfg = HeadConfig {
+        algorithm: Algorithm::Auto,
+        ..HeadConfig::default()
+    };
+    let mut head = Head::new(&cfg, DIM, BACKBONE);
+    for (x, y) in &data(10, 30, 3) {
+        head.update(x, y).expect("update");
+    }
+    let expect = Expect {
+        backbone_sha256: Some(BACKBONE),
+        dim: Some(DIM),
+        max_bytes: 1 << 30,
+    };
+    let bytes = head.to_bytes().expect("encode");
+    let without = Head::from_bytes(&bytes, &expect).expect("decode");
+    let mut group = c.benchmark_group("auto/10");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(20));
+    for (name, h) in [("refresh+loo200", &head), ("refresh", &without)] {
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || h.clone(),
+                |mut h| h.refresh_candidates(),
+                BatchSize::LargeInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_heads, bench_auto_refresh);
 criterion_main!(benches);

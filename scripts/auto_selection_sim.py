@@ -9,7 +9,8 @@ training split in several seeded orders (seed 0 = adaptd's order), scores each l
 with every candidate before learning it, applies auto's rule (most right over the last 100
 scored samples, a tie keeps the current choice, start at ncm) and reports, at the first point
 where every class has k samples, auto's test accuracy minus the best fixed-default single
-learner's, and the default ncm's. Candidates are solved in the span of the samples seen (exact,
+learner's, the same with adaptd's leave-one-out rule (brute force here: a refit without each of
+the last 200 samples; it decides once every class seen has two samples), and the default ncm's. Candidates are solved in the span of the samples seen (exact,
 and fast while n < d). Prints one line per dataset and k: mean and worst over the seeds.
 
     python3 scripts/auto_selection_sim.py --seeds 0,1,2,3,4 DIR [DIR ...]
@@ -116,9 +117,35 @@ def run(d, seed):
             win = H[max(0, r - 99):r + 1].sum(0)
             if win[choice] != win.max():
                 choice = int(np.argmax(win))
+        # Leave-one-out over the last 200 samples seen (refit without each): the choice once
+        # it scores 10 samples and every class seen has two (a tie keeps the prequential
+        # choice, else the first), as adaptd's check (src/head/loo.rs).
+        counts = np.bincount(Y[:t], minlength=C)
+        loo = loo_hits(X[:t], Y[:t], C, D) if counts[counts > 0].min() >= 2 else None
+        lchoice = choice
+        if loo is not None:
+            if loo[choice] != loo.max():
+                lchoice = int(np.argmax(loo))
         best = max(acc[0], acc[K], acc[K + 1])
-        res[k] = (acc[choice] - best, acc[0] - best)
+        res[k] = (acc[choice] - best, acc[0] - best, acc[lchoice] - best)
     return res
+
+
+def loo_hits(x, y, C, D, recent=200, least=10):
+    """Per candidate, how many of the last `recent` samples it labels right when fitted on
+    the others; None when fewer than `least` samples can be scored (class of one)."""
+    t = len(y)
+    hits = np.zeros(K, int)
+    scored = 0
+    for i in range(max(0, t - recent), t):
+        if (y == y[i]).sum() < 2:
+            continue
+        keep = np.ones(t, bool)
+        keep[i] = False
+        f = fit(x[keep], y[keep], C, D)
+        hits += f(x[i:i + 1])[:K, 0] == y[i]
+        scored += 1
+    return hits if scored >= least else None
 
 
 def main():
@@ -135,7 +162,8 @@ def main():
         for k in sorted(per):
             v = np.array(per[k]) * 100
             print(f"{d} {k}/class: auto - best single {v[:, 0].mean():+.1f} "
-                  f"(worst {v[:, 0].min():+.1f}), ncm - best single {v[:, 1].mean():+.1f} "
+                  f"(worst {v[:, 0].min():+.1f}), with leave-one-out {v[:, 2].mean():+.1f} "
+                  f"(worst {v[:, 2].min():+.1f}), ncm - best single {v[:, 1].mean():+.1f} "
                   f"(worst {v[:, 1].min():+.1f}) points over {len(v)} orders", flush=True)
 
 

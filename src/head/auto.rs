@@ -11,7 +11,11 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use super::ncm::NcmState;
+use nalgebra::DMatrix;
+
+use super::linalg::standardizer;
+use super::loo;
+use super::ncm::{unit, NcmState};
 use super::predictor::{Predictor, PredictorParts};
 use super::ridge::{self, Penalty};
 use super::scatter::ScatterState;
@@ -63,30 +67,77 @@ impl Candidate {
     }
 
     fn parts(self, state: &AutoState, ctx: &Ctx<'_>) -> PredictorParts {
+        self.parts_and_hits(state, ctx, &[]).0
+    }
+
+    /// The candidate's parts and how many of `samples` (class index, embedding) it labels
+    /// right by leave-one-out ([`loo`]), from the same solve.
+    fn parts_and_hits(
+        self,
+        state: &AutoState,
+        ctx: &Ctx<'_>,
+        samples: &[(usize, &[f32])],
+    ) -> (PredictorParts, usize) {
+        let xs: Vec<&[f32]> = samples.iter().map(|&(_, x)| x).collect();
         match self {
             Candidate::Ncm | Candidate::NcmStd => {
+                let standardize = self == Candidate::NcmStd;
                 let config = HeadConfig {
-                    standardize: self == Candidate::NcmStd,
+                    standardize,
                     ..ctx.config.clone()
                 };
                 let ctx = Ctx {
                     config: &config,
                     ..*ctx
                 };
-                state.ncm.snapshot(&ctx)
+                let hits = if samples.is_empty() {
+                    0
+                } else if standardize {
+                    let (shift, scale) = standardizer(ctx.source);
+                    let mut means = DMatrix::<f64>::zeros(ctx.dim, ctx.classes.len());
+                    for (k, class) in ctx.classes.iter().enumerate() {
+                        let n = class.stats.count().max(1) as f64;
+                        for (j, s) in class.stats.sum().iter().enumerate() {
+                            means[(j, k)] = (s / n - shift[j]) * scale[j];
+                        }
+                    }
+                    let own = |k: usize| ctx.classes[k].stats.count() as f64;
+                    let transform = |x: &[f32]| -> Vec<f64> {
+                        x.iter()
+                            .zip(&shift)
+                            .zip(&scale)
+                            .map(|((v, s), f)| (f64::from(*v) - s) * f)
+                            .collect()
+                    };
+                    loo::hits(samples, &loo::ncm_scores(&means, own, transform, samples))
+                } else {
+                    let means = DMatrix::from_iterator(
+                        ctx.dim,
+                        state.ncm.normalized_sum.len(),
+                        state.ncm.normalized_sum.iter().flatten().copied(),
+                    );
+                    let scores = loo::ncm_scores(&means, |_| 1.0, |x| unit(x).collect(), samples);
+                    loo::hits(samples, &scores)
+                };
+                (state.ncm.snapshot(&ctx), hits)
             }
-            Candidate::Slda(eps) => slda::parts_from(
-                slda::solve_with(&state.scatter, ctx, eps, Target::MeanVariance),
-                ctx,
-                1.0,
-                "auto",
-            ),
-            Candidate::Ridge(alpha) => slda::parts_from(
-                ridge::solve_with(&state.scatter, ctx, Penalty::Relative(alpha)),
-                ctx,
-                f64::from(ctx.config.effective_ridge_temperature()),
-                "auto",
-            ),
+            Candidate::Slda(eps) => {
+                let solved = slda::solve_extra(&state.scatter, ctx, eps, Target::MeanVariance, &xs);
+                let hits = solved.as_ref().map_or(0, |s| {
+                    loo::hits(samples, &loo::slda_scores(s, ctx.classes, samples))
+                });
+                let parts = slda::parts_from(solved.map(|s| s.solution), ctx, 1.0, "auto");
+                (parts, hits)
+            }
+            Candidate::Ridge(alpha) => {
+                let solved = ridge::solve_extra(&state.scatter, ctx, Penalty::Relative(alpha), &xs);
+                let hits = solved
+                    .as_ref()
+                    .map_or(0, |s| loo::hits(samples, &loo::ridge_scores(s, samples)));
+                let t = f64::from(ctx.config.effective_ridge_temperature());
+                let parts = slda::parts_from(solved.map(|s| s.solution), ctx, t, "auto");
+                (parts, hits)
+            }
         }
     }
 }
@@ -107,6 +158,18 @@ pub(crate) struct Record {
     pub hits: Vec<u64>,
     /// The candidate predictions come from (index into [`CANDIDATES`]).
     pub choice: usize,
+    /// The last leave-one-out check, when it scored enough samples to decide the choice
+    /// (memory only: not in head files).
+    pub loo: Option<Loo>,
+}
+
+/// A leave-one-out check of the recent labeled samples ([`loo`]).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Loo {
+    /// Samples scored.
+    pub scored: usize,
+    /// Per candidate, samples it labeled right.
+    pub hits: Vec<usize>,
 }
 
 impl Default for Record {
@@ -116,6 +179,7 @@ impl Default for Record {
             tested: 0,
             hits: vec![0; CANDIDATES.len()],
             choice: 0,
+            loo: None,
         }
     }
 }
@@ -125,8 +189,7 @@ impl Record {
         self.window.iter().filter(|&&m| m & (1 << k) != 0).count()
     }
 
-    /// Adds one scored sample and chooses again: the most hits in the window; on a tie the
-    /// current choice stays, else the first in [`CANDIDATES`] order.
+    /// Adds one scored sample and, unless a leave-one-out check decides, chooses again.
     fn push(&mut self, mask: u16) {
         if self.window.len() == WINDOW {
             self.window.pop_front();
@@ -138,7 +201,27 @@ impl Record {
                 *h += 1;
             }
         }
-        let scores: Vec<usize> = (0..CANDIDATES.len()).map(|k| self.window_hits(k)).collect();
+        if self.loo.is_none() {
+            let scores: Vec<usize> = (0..CANDIDATES.len()).map(|k| self.window_hits(k)).collect();
+            self.choose(&scores);
+        }
+    }
+
+    /// Keeps a leave-one-out check and chooses by it if it scored enough samples and every
+    /// class can be scored (has two samples or more: a check blind to the classes taught once
+    /// judges the candidates on the others, and one-shot classes are where they differ most).
+    /// Otherwise an earlier check's choice stays, or the prequential window decides.
+    fn set_loo(&mut self, scored: usize, hits: Vec<usize>, every_class: bool) {
+        if scored < loo::MIN_SCORED || hits.len() != CANDIDATES.len() || !every_class {
+            return;
+        }
+        self.choose(&hits);
+        self.loo = Some(Loo { scored, hits });
+    }
+
+    /// The candidate with the best score; on a tie the current choice stays, else the first in
+    /// [`CANDIDATES`] order.
+    fn choose(&mut self, scores: &[usize]) {
         let best = scores.iter().copied().max().unwrap_or(0);
         if scores.get(self.choice).copied() != Some(best) {
             self.choice = scores.iter().position(|&s| s == best).unwrap_or(0);
@@ -199,12 +282,23 @@ impl AutoState {
             .parts(self, ctx)
     }
 
-    /// Every candidate's snapshot (8 d × d solves), to score the labeled samples that follow.
-    pub(crate) fn candidates(&self, ctx: &Ctx<'_>) -> Arc<Candidates> {
-        let predictors = CANDIDATES
+    /// Every candidate's snapshot (8 d × d solves), to score the labeled samples that follow,
+    /// and the leave-one-out check of `samples` (class index, embedding) with the same solves;
+    /// the check decides the choice once it scores [`loo::MIN_SCORED`] samples.
+    pub(crate) fn refresh(
+        &mut self,
+        ctx: &Ctx<'_>,
+        samples: &[(usize, &[f32])],
+    ) -> Arc<Candidates> {
+        let (predictors, hits): (Vec<Predictor>, Vec<usize>) = CANDIDATES
             .iter()
-            .map(|c| Predictor::new(Arc::new(c.parts(self, ctx)), 0))
-            .collect();
+            .map(|c| {
+                let (parts, hits) = c.parts_and_hits(self, ctx, samples);
+                (Predictor::new(Arc::new(parts), 0), hits)
+            })
+            .unzip();
+        let every_class = ctx.classes.iter().all(|c| c.stats.count() >= 2);
+        self.record.set_loo(samples.len(), hits, every_class);
         Arc::new(Candidates { predictors })
     }
 }
@@ -216,8 +310,13 @@ pub struct AutoSummary {
     pub choice: String,
     /// Labeled samples scored since the head was created.
     pub tested: u64,
-    /// Scored samples in the window that decides the choice (at most [`WINDOW`]).
+    /// Scored samples in the prequential window (at most [`WINDOW`]).
     pub window: usize,
+    /// What decided the choice: `"leave_one_out"` (the check of the recent labeled samples,
+    /// once it scores enough of them) or `"prequential"` (the window).
+    pub chosen_by: &'static str,
+    /// Samples the last deciding leave-one-out check scored (0 when the window decides).
+    pub loo_scored: usize,
     /// Every candidate, in preference order.
     pub candidates: Vec<CandidateSummary>,
 }
@@ -231,6 +330,8 @@ pub struct CandidateSummary {
     pub recent_accuracy: Option<f64>,
     /// Prequential accuracy since the head was created.
     pub accuracy: Option<f64>,
+    /// Leave-one-out accuracy on the recent labeled samples (`None` when the window decides).
+    pub loo_accuracy: Option<f64>,
 }
 
 impl Record {
@@ -244,6 +345,12 @@ impl Record {
                 .name(),
             tested: self.tested,
             window: w,
+            chosen_by: if self.loo.is_some() {
+                "leave_one_out"
+            } else {
+                "prequential"
+            },
+            loo_scored: self.loo.as_ref().map_or(0, |l| l.scored),
             candidates: CANDIDATES
                 .iter()
                 .enumerate()
@@ -252,6 +359,10 @@ impl Record {
                     recent_accuracy: (w > 0).then(|| self.window_hits(k) as f64 / w as f64),
                     accuracy: (self.tested > 0).then(|| {
                         self.hits.get(k).copied().unwrap_or(0) as f64 / self.tested as f64
+                    }),
+                    loo_accuracy: self.loo.as_ref().and_then(|l| {
+                        (l.scored > 0)
+                            .then(|| l.hits.get(k).copied().unwrap_or(0) as f64 / l.scored as f64)
                     }),
                 })
                 .collect(),

@@ -249,6 +249,7 @@ impl FileAuto {
             tested: self.tested,
             hits: self.hits.clone(),
             choice: self.choice as usize,
+            loo: None,
         })
     }
 }

@@ -15,6 +15,7 @@ mod auto;
 mod error;
 mod format;
 pub(crate) mod linalg;
+mod loo;
 mod ncm;
 mod openset;
 pub(crate) mod predictor;
@@ -367,6 +368,8 @@ pub struct Head {
     /// `auto`: every candidate's snapshot, which scores the labeled samples learned since, and
     /// the sample count it was taken at ([`Head::refresh_candidates`]).
     scoring: Option<(Arc<Candidates>, u64)>,
+    /// `auto`: the last labeled samples, for the leave-one-out check of its candidates.
+    recent: loo::Recent,
     /// The open-set novelty of recent labeled samples, each scored before it was learned.
     pub(crate) calibration: Calibration,
 }
@@ -416,6 +419,7 @@ impl Head {
             cache: OnceLock::new(),
             last: None,
             scoring: None,
+            recent: loo::Recent::default(),
             calibration: Calibration::default(),
         }
     }
@@ -451,6 +455,7 @@ impl Head {
             cache: OnceLock::new(),
             last: None,
             scoring: None,
+            recent: loo::Recent::default(),
             calibration: Calibration::default(),
         }
     }
@@ -629,6 +634,7 @@ impl Head {
             Learner::Auto(a) => {
                 a.ncm.update(idx, x);
                 a.scatter.update(&self.classes[idx].stats, x);
+                self.recent.push(label, x);
             }
             Learner::Slda(s) | Learner::Ridge(s) => s.update(&self.classes[idx].stats, x),
             Learner::Sgd(_) => {}
@@ -646,6 +652,24 @@ impl Head {
         }
         self.touch();
         Ok(())
+    }
+
+    /// `auto`: hands its leave-one-out check samples this head learned earlier (after a
+    /// restart, the stored samples; its recent ones are memory only), an even spread of them
+    /// where there are more than it keeps. Samples of classes it does not have are left out.
+    /// Nothing for the other learners.
+    pub fn recall<'a>(&mut self, samples: &[(&'a str, &'a [f32])]) {
+        if !matches!(self.learner, Learner::Auto(_)) {
+            return;
+        }
+        let n = samples.len();
+        let take = n.min(loo::RECENT);
+        for i in (0..take).rev() {
+            let (label, x) = samples[i * n / take];
+            if x.len() == self.dim && self.find(label).is_some() {
+                self.recent.recall(label, x);
+            }
+        }
     }
 
     /// Removes one embedding learned before under `label` (exact up to float rounding; the
@@ -667,6 +691,7 @@ impl Head {
             Learner::Auto(a) => {
                 a.ncm.unlearn(idx, x);
                 a.scatter.downdate(&self.classes[idx].stats, x);
+                self.recent.remove(label, x);
             }
             Learner::Slda(s) | Learner::Ridge(s) => s.downdate(&self.classes[idx].stats, x),
             Learner::Sgd(_) => {}
@@ -688,6 +713,7 @@ impl Head {
         };
         self.source.subtract(&self.classes[idx].stats);
         self.remove_class(idx);
+        self.recent.forget(label);
         self.touch();
         true
     }
@@ -705,6 +731,7 @@ impl Head {
         self.touch();
         self.last = None;
         self.scoring = None;
+        self.recent.clear();
         self.calibration = Calibration::default();
     }
 
@@ -899,16 +926,33 @@ impl Head {
     }
 
     /// `auto`: takes every candidate's snapshot (8 d × d solves) to score the labeled samples
-    /// that follow. The daemon does this when idle and due ([`candidates_due`](Self::candidates_due)),
-    /// apart from prediction snapshots. Nothing for the other learners.
-    pub fn refresh_candidates(&mut self) {
-        if let Learner::Auto(a) = &self.learner {
-            if self.classes.is_empty() {
-                return;
-            }
-            let c = a.candidates(&self.ctx());
-            self.scoring = Some((c, self.samples()));
+    /// that follow, and checks the candidates by leave-one-out on the recent labeled samples
+    /// with the same solves, which then decides the choice. The daemon does this when idle and
+    /// due ([`candidates_due`](Self::candidates_due)), apart from prediction snapshots. Nothing
+    /// for the other learners. True if the choice changed (the head's version moves on).
+    pub fn refresh_candidates(&mut self) -> bool {
+        if self.classes.is_empty() {
+            return false;
         }
+        let samples = self.recent.scorable(&self.classes);
+        let ctx = Ctx {
+            config: &self.config,
+            dim: self.dim,
+            classes: &self.classes,
+            source: &self.source,
+        };
+        if let Learner::Auto(a) = &mut self.learner {
+            let before = a.record.choice;
+            let c = a.refresh(&ctx, &samples);
+            let n = self.source.count();
+            self.scoring = Some((c, n));
+            if a.record.choice != before {
+                // Predictions follow the new choice from the next snapshot on.
+                self.touch();
+                return true;
+            }
+        }
+        false
     }
 
     /// Encodes the head file (CBOR, see `docs/head-format.md`). Takes a snapshot.

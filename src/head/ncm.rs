@@ -12,7 +12,7 @@ pub(crate) struct NcmState {
 }
 
 /// `x / |x|` in f64 (zeros for the zero vector).
-fn unit(x: &[f32]) -> impl Iterator<Item = f64> + '_ {
+pub(crate) fn unit(x: &[f32]) -> impl Iterator<Item = f64> + '_ {
     let norm = x
         .iter()
         .map(|&v| f64::from(v) * f64::from(v))

@@ -38,16 +38,37 @@ pub(crate) fn solve_with(
     ctx: &Ctx<'_>,
     penalty: Penalty,
 ) -> Option<Solution> {
+    solve_extra(scatter, ctx, penalty, &[]).map(|s| s.solution)
+}
+
+/// What [`solve_extra`] returns besides the solution, for `auto`'s leave-one-out check.
+pub(crate) struct Solved {
+    pub solution: Solution,
+    /// The leverage `h_i = 1/n + (z_i − z̄)ᵀ (Z_cᵀ Z_c + λ I)⁻¹ (z_i − z̄)` of each extra
+    /// input (the diagonal of the hat matrix, unpenalized bias included).
+    pub leverage: Vec<f64>,
+}
+
+/// [`solve_with`], with the leverage of the `extra` inputs from the same factorization.
+pub(crate) fn solve_extra(
+    scatter: &ScatterState,
+    ctx: &Ctx<'_>,
+    penalty: Penalty,
+    extra: &[&[f32]],
+) -> Option<Solved> {
     let d = ctx.dim;
     let c = ctx.classes.len();
     let (shift, scale) = centered_transform(ctx.source, ctx.config.standardize);
     let total: f64 = ctx.classes.iter().map(|k| k.stats.count() as f64).sum();
     if c == 0 || total == 0.0 {
-        return Some(Solution {
-            w: DMatrix::zeros(d, c),
-            b: vec![0.0; c],
-            shift,
-            scale,
+        return Some(Solved {
+            solution: Solution {
+                w: DMatrix::zeros(d, c),
+                b: vec![0.0; c],
+                shift,
+                scale,
+            },
+            leverage: vec![0.0; extra.len()],
         });
     }
     let mut mean = vec![0.0; d];
@@ -56,9 +77,16 @@ pub(crate) fn solve_with(
             *m += s / total;
         }
     }
-    // Between-class part of the centered second moment (D Dᵀ) and the centered XᵀY (B).
+    let zbar: Vec<f64> = mean
+        .iter()
+        .zip(&shift)
+        .zip(&scale)
+        .map(|((m, s), k)| (m - s) * k)
+        .collect();
+    // Between-class part of the centered second moment (D Dᵀ) and the centered XᵀY (B),
+    // followed by the centered extra inputs.
     let mut between = DMatrix::<f64>::zeros(d, c);
-    let mut xty = DMatrix::<f64>::zeros(d, c);
+    let mut rhs = DMatrix::<f64>::zeros(d, c + extra.len());
     for (k, class) in ctx.classes.iter().enumerate() {
         let n = class.stats.count() as f64;
         if n == 0.0 {
@@ -67,7 +95,12 @@ pub(crate) fn solve_with(
         for (j, s) in class.stats.sum().iter().enumerate() {
             let diff = (s / n - mean[j]) * scale[j];
             between[(j, k)] = n.sqrt() * diff;
-            xty[(j, k)] = n * diff;
+            rhs[(j, k)] = n * diff;
+        }
+    }
+    for (i, x) in extra.iter().enumerate() {
+        for (j, v) in x.iter().enumerate() {
+            rhs[(j, c + i)] = (f64::from(*v) - shift[j]) * scale[j] - zbar[j];
         }
     }
     let mut a = unpack_scaled(&scatter.packed, &scale);
@@ -87,12 +120,10 @@ pub(crate) fn solve_with(
     for i in 0..d {
         a[(i, i)] += lambda;
     }
-    let w = cholesky_solve(a, &xty)?;
-    let zbar: Vec<f64> = mean
-        .iter()
-        .zip(&shift)
-        .zip(&scale)
-        .map(|((m, s), k)| (m - s) * k)
+    let solved = cholesky_solve(a, &rhs)?;
+    let w = solved.columns(0, c).clone_owned();
+    let leverage = (0..extra.len())
+        .map(|i| 1.0 / total + rhs.column(c + i).dot(&solved.column(c + i)))
         .collect();
     let zbar = nalgebra::DVector::from_vec(zbar);
     let b = ctx
@@ -101,7 +132,10 @@ pub(crate) fn solve_with(
         .enumerate()
         .map(|(k, class)| class.stats.count() as f64 / total - w.column(k).dot(&zbar))
         .collect();
-    Some(Solution { w, b, shift, scale })
+    Some(Solved {
+        solution: Solution { w, b, shift, scale },
+        leverage,
+    })
 }
 
 /// Predictor parts for `ridge`: the regression outputs divided by `ridge_temperature`.

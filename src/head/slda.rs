@@ -47,7 +47,30 @@ pub(crate) fn solve_with(
     eps: f64,
     target: Target,
 ) -> Option<Solution> {
+    solve_extra(scatter, ctx, eps, target, &[]).map(|s| s.solution)
+}
+
+/// What [`solve_extra`] returns besides the solution, for `auto`'s leave-one-out check.
+pub(crate) struct Solved {
+    pub solution: Solution,
+    /// The class means in the transformed space (`d × C`).
+    pub means: DMatrix<f64>,
+    /// `Λ z_i` for the extra inputs, transformed (`d × m`).
+    pub extra: DMatrix<f64>,
+    /// `(1 − ε) / count`, the scatter's weight in `Λ⁻¹ = (1 − ε) S / count + ε t I`.
+    pub scatter_weight: f64,
+}
+
+/// [`solve_with`], solving `Λ z` for the transformed `extra` inputs in the same factorization.
+pub(crate) fn solve_extra(
+    scatter: &ScatterState,
+    ctx: &Ctx<'_>,
+    eps: f64,
+    target: Target,
+    extra: &[&[f32]],
+) -> Option<Solved> {
     let d = ctx.dim;
+    let c = ctx.classes.len();
     let (shift, scale) = centered_transform(ctx.source, ctx.config.standardize);
     let mut a = unpack_scaled(&scatter.packed, &scale);
     let inv_n = if scatter.count > 0 {
@@ -70,18 +93,29 @@ pub(crate) fn solve_with(
     for i in 0..d {
         a[(i, i)] += eps * t;
     }
-    let mut m = DMatrix::<f64>::zeros(d, ctx.classes.len());
+    let mut rhs = DMatrix::<f64>::zeros(d, c + extra.len());
     for (k, class) in ctx.classes.iter().enumerate() {
         let n = class.stats.count().max(1) as f64;
         for (j, s) in class.stats.sum().iter().enumerate() {
-            m[(j, k)] = (s / n - shift[j]) * scale[j];
+            rhs[(j, k)] = (s / n - shift[j]) * scale[j];
         }
     }
-    let w = cholesky_solve(a, &m)?;
-    let b = (0..ctx.classes.len())
-        .map(|k| -0.5 * m.column(k).dot(&w.column(k)))
+    for (i, x) in extra.iter().enumerate() {
+        for (j, v) in x.iter().enumerate() {
+            rhs[(j, c + i)] = (f64::from(*v) - shift[j]) * scale[j];
+        }
+    }
+    let solved = cholesky_solve(a, &rhs)?;
+    let w = solved.columns(0, c).clone_owned();
+    let b = (0..c)
+        .map(|k| -0.5 * rhs.column(k).dot(&w.column(k)))
         .collect();
-    Some(Solution { w, b, shift, scale })
+    Some(Solved {
+        solution: Solution { w, b, shift, scale },
+        means: rhs.columns(0, c).clone_owned(),
+        extra: solved.columns(c, extra.len()).clone_owned(),
+        scatter_weight: (1.0 - eps) * inv_n,
+    })
 }
 
 /// Predictor parts for `slda` (uniform scores with a warning if the solve failed).

@@ -179,9 +179,11 @@ impl Learner {
             );
         }
         let record = record::Record::load(&store.dir().join(crate::state::files::TRAINING));
+        let mut head = restored.head;
+        head.recall(&restored.samples.iter().collect::<Vec<_>>());
         Learner {
             ctx,
-            head: restored.head,
+            head,
             samples: restored.samples,
             ledger: restored.ledger,
             store,
@@ -592,7 +594,11 @@ impl Learner {
             && self.candidates.due()
         {
             let started = Instant::now();
-            self.head.refresh_candidates();
+            if self.head.refresh_candidates() {
+                // The leave-one-out check chose another candidate: predict with it.
+                self.predictor_stale = true;
+                self.head_dirty = true;
+            }
             self.candidates.ran(started);
         }
         let due = self.last_publish.elapsed() >= publish.head_interval

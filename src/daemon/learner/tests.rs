@@ -800,3 +800,21 @@ fn forget_import_and_retraining_keep_the_ledger_true_to_the_head() {
     r.run("unlearn", "w");
     assert_eq!(r.learner.head.samples(), samples - 2);
 }
+
+/// `auto`'s leave-one-out check keeps its samples in memory only: after a restart from a
+/// snapshot the learner hands the head the stored samples, so the check decides again.
+#[test]
+fn auto_checks_the_stored_samples_after_a_restart() {
+    let mut r = rig();
+    r.teach(3, 6);
+    let step = r.command("snapshot", b"");
+    r.learner.apply(vec![step]);
+    let mut r = r.restart();
+    assert_eq!(r.learner.head.samples(), 18);
+    let before = r.learner.head.auto_summary().expect("auto");
+    assert_eq!(before.chosen_by, "prequential");
+    r.learner.head.refresh_candidates();
+    let after = r.learner.head.auto_summary().expect("auto");
+    assert_eq!(after.chosen_by, "leave_one_out");
+    assert_eq!(after.loo_scored, 18);
+}
