@@ -118,14 +118,17 @@ def run(d, seed):
             if win[choice] != win.max():
                 choice = int(np.argmax(win))
         # Leave-one-out over the last 200 samples seen (refit without each): the choice once
-        # it scores 10 samples and every class seen has two (a tie keeps the prequential
-        # choice, else the first), as adaptd's check (src/head/loo.rs).
+        # it scores 10 samples and every class seen has two, a tie going to the prequential
+        # window's preference, as adaptd's check (src/head/loo.rs, head/auto.rs).
         counts = np.bincount(Y[:t], minlength=C)
         loo = loo_hits(X[:t], Y[:t], C, D) if counts[counts > 0].min() >= 2 else None
         lchoice = choice
         if loo is not None:
-            if loo[choice] != loo.max():
-                lchoice = int(np.argmax(loo))
+            # Ties go to the window's preference, then the current choice, then the first.
+            win = H[max(0, len(H) - 100):].sum(0) if len(H) else np.zeros(K, int)
+            key = [(loo[j], win[j]) for j in range(K)]
+            if key[choice] != max(key):
+                lchoice = key.index(max(key))
         best = max(acc[0], acc[K], acc[K + 1])
         res[k] = (acc[choice] - best, acc[0] - best, acc[lchoice] - best)
     return res

@@ -202,7 +202,9 @@ impl Record {
             }
         }
         if self.loo.is_none() {
-            let scores: Vec<usize> = (0..CANDIDATES.len()).map(|k| self.window_hits(k)).collect();
+            let scores: Vec<(usize, usize)> = (0..CANDIDATES.len())
+                .map(|k| (self.window_hits(k), 0))
+                .collect();
             self.choose(&scores);
         }
     }
@@ -215,14 +217,21 @@ impl Record {
         if scored < loo::MIN_SCORED || hits.len() != CANDIDATES.len() || !every_class {
             return;
         }
-        self.choose(&hits);
+        // A tie goes to the candidate the prequential window prefers: on a few dozen samples
+        // the check often ties, and the window is the other evidence at hand.
+        let scores: Vec<(usize, usize)> = hits
+            .iter()
+            .enumerate()
+            .map(|(k, &h)| (h, self.window_hits(k)))
+            .collect();
+        self.choose(&scores);
         self.loo = Some(Loo { scored, hits });
     }
 
-    /// The candidate with the best score; on a tie the current choice stays, else the first in
-    /// [`CANDIDATES`] order.
-    fn choose(&mut self, scores: &[usize]) {
-        let best = scores.iter().copied().max().unwrap_or(0);
+    /// The candidate with the best score (compared in order of its parts); on a tie the
+    /// current choice stays, else the first in [`CANDIDATES`] order.
+    fn choose(&mut self, scores: &[(usize, usize)]) {
+        let best = scores.iter().copied().max().unwrap_or((0, 0));
         if scores.get(self.choice).copied() != Some(best) {
             self.choice = scores.iter().position(|&s| s == best).unwrap_or(0);
         }
