@@ -1,21 +1,19 @@
 //! `auto`, the default learner: it keeps what `ncm`, `slda` and `ridge` need (the normalized
-//! class sums and the shared within-class scatter), scores every labeled sample with each
-//! candidate's last snapshot before learning it (prequential), and predicts with the candidate
-//! that was right most often over the last [`WINDOW`] scored samples. A prediction snapshot
-//! computes only the chosen candidate; the candidates' snapshots are refreshed separately and
-//! less often (`Head::refresh_candidates`), so teaching shows in predictions as fast as with
-//! the single learner chosen. The candidates span the
-//! regularization of `slda` and `ridge` on a scale-free grid, so the learner and its
-//! regularization are both chosen from the board's own data (docs/learners.md, "auto").
+//! class sums and the shared within-class scatter) and predicts with one of ten candidates
+//! (those learners over a scale-free grid of their regularization), chosen from the board's own
+//! labels: by a leave-one-out check of the recent labeled samples ([`loo`]) once it can score
+//! every class, before that by the prequential record (each labeled sample scored with every
+//! candidate's last snapshot before it is learned; the candidate right most often over the last
+//! [`WINDOW`]). A prediction snapshot computes only the chosen candidate; the candidates'
+//! snapshots and the check are refreshed separately and less often
+//! (`Head::refresh_candidates`), so teaching shows in predictions as fast as with the single
+//! learner chosen (docs/learners.md, "auto").
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use nalgebra::DMatrix;
-
-use super::linalg::standardizer;
 use super::loo;
-use super::ncm::{unit, NcmState};
+use super::ncm::NcmState;
 use super::predictor::{Predictor, PredictorParts};
 use super::ridge::{self, Penalty};
 use super::scatter::ScatterState;
@@ -90,35 +88,7 @@ impl Candidate {
                     config: &config,
                     ..*ctx
                 };
-                let hits = if samples.is_empty() {
-                    0
-                } else if standardize {
-                    let (shift, scale) = standardizer(ctx.source);
-                    let mut means = DMatrix::<f64>::zeros(ctx.dim, ctx.classes.len());
-                    for (k, class) in ctx.classes.iter().enumerate() {
-                        let n = class.stats.count().max(1) as f64;
-                        for (j, s) in class.stats.sum().iter().enumerate() {
-                            means[(j, k)] = (s / n - shift[j]) * scale[j];
-                        }
-                    }
-                    let own = |k: usize| ctx.classes[k].stats.count() as f64;
-                    let transform = |x: &[f32]| -> Vec<f64> {
-                        x.iter()
-                            .zip(&shift)
-                            .zip(&scale)
-                            .map(|((v, s), f)| (f64::from(*v) - s) * f)
-                            .collect()
-                    };
-                    loo::hits(samples, &loo::ncm_scores(&means, own, transform, samples))
-                } else {
-                    let means = DMatrix::from_iterator(
-                        ctx.dim,
-                        state.ncm.normalized_sum.len(),
-                        state.ncm.normalized_sum.iter().flatten().copied(),
-                    );
-                    let scores = loo::ncm_scores(&means, |_| 1.0, |x| unit(x).collect(), samples);
-                    loo::hits(samples, &scores)
-                };
+                let hits = loo::ncm_hits(&state.ncm, &ctx, samples);
                 (state.ncm.snapshot(&ctx), hits)
             }
             Candidate::Slda(eps) => {

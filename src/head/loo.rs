@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use nalgebra::DMatrix;
 
-use super::{ridge, slda, Class};
+use super::linalg::standardizer;
+use super::ncm::{unit, NcmState};
+use super::{ridge, slda, Class, Ctx};
 
 /// Recent labeled samples kept for the check: enough that a few samples' difference between
 /// two candidates is not noise, few enough that the extra right-hand sides cost a fraction of
@@ -109,6 +111,38 @@ fn transformed(x: &[f32], shift: &[f64], scale: &[f64]) -> nalgebra::DVector<f64
             .zip(scale)
             .map(|((v, s), f)| (f64::from(*v) - s) * f),
     )
+}
+
+/// `ncm` (`ctx.config.standardize` off) or `ncm_std` (on): how many of `samples` the class
+/// means without each sample label right. `ncm` compares normalized embeddings with the sums of
+/// normalized embeddings; `ncm_std` standardized embeddings with the standardized class means
+/// (the head's standardizer kept).
+pub(crate) fn ncm_hits(ncm: &NcmState, ctx: &Ctx<'_>, samples: &[(usize, &[f32])]) -> usize {
+    if samples.is_empty() {
+        return 0;
+    }
+    let scores = if ctx.config.standardize {
+        let (shift, scale) = standardizer(ctx.source);
+        let mut means = DMatrix::<f64>::zeros(ctx.dim, ctx.classes.len());
+        for (k, class) in ctx.classes.iter().enumerate() {
+            let n = class.stats.count().max(1) as f64;
+            for (j, s) in class.stats.sum().iter().enumerate() {
+                means[(j, k)] = (s / n - shift[j]) * scale[j];
+            }
+        }
+        // Without z, n_k μ_k − z is the direction of class k's mean.
+        let own = |k: usize| ctx.classes[k].stats.count() as f64;
+        let transform = |x: &[f32]| transformed(x, &shift, &scale).as_slice().to_vec();
+        ncm_scores(&means, own, transform, samples)
+    } else {
+        let means = DMatrix::from_iterator(
+            ctx.dim,
+            ncm.normalized_sum.len(),
+            ncm.normalized_sum.iter().flatten().copied(),
+        );
+        ncm_scores(&means, |_| 1.0, |x| unit(x).collect(), samples)
+    };
+    hits(samples, &scores)
 }
 
 /// Nearest class mean by cosine. `means` holds a direction per class (column); `own(k)` is
@@ -386,6 +420,7 @@ mod tests {
                 }
             };
             let scores = ncm_scores(&means, |k| own[k], unit, &samples);
+            let mut wants: Scores = Vec::new();
             for ((k, x, w), s) in without.iter().zip(&scores) {
                 // Cosines to the class directions of the head without the sample (the
                 // standardizer of the full head kept).
@@ -412,7 +447,21 @@ mod tests {
                     .collect();
                 close(s.as_ref().unwrap(), &want, 1e-9);
                 assert!(*k < h.classes.len());
+                wants.push(Some(want));
             }
+            // What auto's candidate counts, from the head's own statistics.
+            let config = HeadConfig {
+                standardize,
+                ..h.config.clone()
+            };
+            let c = Ctx {
+                config: &config,
+                ..ctx(&h)
+            };
+            let Learner::Auto(a) = &h.learner else {
+                panic!("not auto")
+            };
+            assert_eq!(ncm_hits(&a.ncm, &c, &samples), hits(&samples, &wants));
         }
     }
 
