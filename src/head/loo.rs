@@ -209,7 +209,8 @@ pub(crate) fn slda_scores(
                 let w = sol.w.column(j);
                 let wz = w.dot(&z);
                 let wv = w.dot(&v);
-                let wm = w.dot(&solved.means.column(j));
+                // μ_jᵀ Λ μ_j, which the bias already holds: b_j = −½ μ_jᵀ Λ μ_j.
+                let wm = -2.0 * sol.b[j];
                 if j == k {
                     // The class mean without z: μ_k − a v.
                     let zm = q(wz, gz, wv);
