@@ -56,8 +56,8 @@ pub const MAX_CLASSES: usize = 4096;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Algorithm {
-    /// Chooses among `ncm`, `slda` and `ridge` (and their regularization) by their
-    /// prequential accuracy on the labeled stream.
+    /// Chooses among `ncm`, `slda` and `ridge` (and their regularization) by a leave-one-out
+    /// check of the recent labeled samples, before that by their prequential accuracy.
     Auto,
     /// Nearest class mean, cosine scores with a temperature (weight imprinting).
     #[default]
@@ -574,8 +574,8 @@ impl Head {
         }
     }
 
-    /// `auto`'s choice and the prequential accuracy of each of its candidates; `None` for the
-    /// other learners.
+    /// `auto`'s choice, what decided it, and the prequential and leave-one-out accuracy of each
+    /// of its candidates; `None` for the other learners.
     pub fn auto_summary(&self) -> Option<AutoSummary> {
         match &self.learner {
             Learner::Auto(a) => Some(a.record.summary()),
