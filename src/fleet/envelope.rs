@@ -225,9 +225,7 @@ mod tests {
     #[test]
     fn every_bad_envelope_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let [a, m] = <[Identity; 2]>::try_from(ids(dir.path(), &["a", "mallory"]))
-            .ok()
-            .unwrap();
+        let [a, m] = ids(dir.path(), ["a", "mallory"]);
         let trusted = [key(&a)];
         let h = head("cup", 3, 1.0, 5);
         let code = |r: Result<Verified, FleetError>| r.err().map(|e| e.code());

@@ -28,11 +28,9 @@ pub(super) fn expect() -> Expect<'static> {
     }
 }
 
-pub(super) fn ids(dir: &Path, names: &[&str]) -> Vec<Identity> {
-    names
-        .iter()
-        .map(|n| Identity::load_or_create(&dir.join(n)).unwrap())
-        .collect()
+/// One identity per name, each in its own folder of `dir`.
+pub(super) fn ids<const N: usize>(dir: &Path, names: [&str; N]) -> [Identity; N] {
+    names.map(|n| Identity::load_or_create(&dir.join(n)).unwrap())
 }
 
 pub(super) fn key(id: &Identity) -> [u8; 32] {

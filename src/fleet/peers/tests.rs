@@ -26,9 +26,7 @@ fn scores(h: &Head, x: &[f32]) -> Vec<(String, f32)> {
 #[test]
 fn merging_is_order_independent_and_idempotent() {
     let dir = tempfile::tempdir().unwrap();
-    let [a, b, c] = <[Identity; 3]>::try_from(ids(dir.path(), &["a", "b", "c"]))
-        .ok()
-        .unwrap();
+    let [a, b, c] = ids(dir.path(), ["a", "b", "c"]);
     let trusted = [key(&a), key(&b), key(&c)];
     let local = head("cat", 4, 0.0, 3);
     let hb = head("cup", 5, 1.0, 7);
@@ -61,9 +59,7 @@ fn merging_is_order_independent_and_idempotent() {
 #[test]
 fn one_key_takes_one_slot() {
     let dir = tempfile::tempdir().unwrap();
-    let [a, b] = <[Identity; 2]>::try_from(ids(dir.path(), &["a", "b"]))
-        .ok()
-        .unwrap();
+    let [a, b] = ids(dir.path(), ["a", "b"]);
     let trusted = [key(&a), key(&b)];
     let mut p = Peers::load(None, vec![]);
     take(&mut p, &a, "a", &head("cat", 3, 0.0, 1), &trusted).unwrap();
@@ -83,9 +79,7 @@ fn one_key_takes_one_slot() {
 #[test]
 fn replays_and_key_changes_are_refused_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
-    let [a, a2] = <[Identity; 2]>::try_from(ids(dir.path(), &["a", "a-new"]))
-        .ok()
-        .unwrap();
+    let [a, a2] = ids(dir.path(), ["a", "a-new"]);
     let trusted = [key(&a), key(&a2)];
     let state = dir.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
@@ -175,7 +169,7 @@ fn the_running_total_follows_replacements_like_an_exact_merge() {
     use rand::{Rng as _, SeedableRng};
     let dir = tempfile::tempdir().unwrap();
     let names = ["p0", "p1", "p2", "p3", "p4"];
-    let keys = ids(dir.path(), &names);
+    let keys = ids(dir.path(), names);
     let trusted: Vec<[u8; 32]> = keys.iter().map(key).collect();
     let labels = ["cat", "cup", "dog", "fox"];
     for algorithm in [
@@ -248,7 +242,7 @@ fn the_running_total_follows_replacements_like_an_exact_merge() {
 #[test]
 fn a_damaged_file_drops_the_slot_until_the_retained_head_returns() {
     let dir = tempfile::tempdir().unwrap();
-    let keys = ids(dir.path(), &["a", "b"]);
+    let keys = ids(dir.path(), ["a", "b"]);
     let trusted: Vec<[u8; 32]> = keys.iter().map(key).collect();
     let state = dir.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
