@@ -330,6 +330,34 @@ pub(crate) fn standardizer(source: &SourceStats) -> (Vec<f64>, Vec<f64>) {
     (mean, scale)
 }
 
+/// `(x − shift) ⊙ scale` of an embedding, in f64: the heads' input transform.
+pub(crate) fn transform<'a>(
+    x: &'a [f32],
+    shift: &'a [f64],
+    scale: &'a [f64],
+) -> impl Iterator<Item = f64> + 'a {
+    x.iter()
+        .zip(shift)
+        .zip(scale)
+        .map(|((v, s), f)| (f64::from(*v) - s) * f)
+}
+
+/// A class's mean in the same space, `(μ − shift) ⊙ scale` (zeros' transform for an empty
+/// class).
+pub(crate) fn transformed_mean<'a>(
+    stats: &'a SourceStats,
+    shift: &'a [f64],
+    scale: &'a [f64],
+) -> impl Iterator<Item = f64> + 'a {
+    let n = stats.count().max(1) as f64;
+    stats
+        .sum()
+        .iter()
+        .zip(shift)
+        .zip(scale)
+        .map(move |((s, m), f)| (s / n - m) * f)
+}
+
 /// The input transform of `slda`, `ridge` and `sgd`: always centered on the source mean (for
 /// `slda` and `ridge` exactly equivalent thanks to the bias, and it keeps f32 scores
 /// accurate), scaled only when standardizing.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use nalgebra::DMatrix;
 
-use super::linalg::standardizer;
+use super::linalg::{standardizer, transform, transformed_mean};
 use super::ncm::{unit, NcmState};
 use super::{ridge, slda, Class, Ctx};
 
@@ -31,9 +31,19 @@ pub(crate) struct Recent {
 }
 
 impl Recent {
+    /// Adds a learned sample; once full, in the oldest one's buffers when no clone of the
+    /// head shares them (no allocation per learned sample).
     pub(crate) fn push(&mut self, label: &str, x: &[f32]) {
         if self.samples.len() == RECENT {
-            self.samples.pop_front();
+            if let Some((mut l, mut s)) = self.samples.pop_front() {
+                if let Some(buf) = Arc::get_mut(&mut s).filter(|b| b.len() == x.len()) {
+                    buf.copy_from_slice(x);
+                    l.clear();
+                    l.push_str(label);
+                    self.samples.push_back((l, s));
+                    return;
+                }
+            }
         }
         self.samples.push_back((label.to_string(), Arc::from(x)));
     }
@@ -102,15 +112,9 @@ pub(crate) fn hits(samples: &[(usize, &[f32])], scores: &Scores) -> usize {
         .count()
 }
 
-/// `(x − shift) ⊙ scale`.
+/// `(x − shift) ⊙ scale` as a vector.
 fn transformed(x: &[f32], shift: &[f64], scale: &[f64]) -> nalgebra::DVector<f64> {
-    nalgebra::DVector::from_iterator(
-        x.len(),
-        x.iter()
-            .zip(shift)
-            .zip(scale)
-            .map(|((v, s), f)| (f64::from(*v) - s) * f),
-    )
+    nalgebra::DVector::from_iterator(x.len(), transform(x, shift, scale))
 }
 
 /// `ncm` (`ctx.config.standardize` off) or `ncm_std` (on): how many of `samples` the class
@@ -125,15 +129,17 @@ pub(crate) fn ncm_hits(ncm: &NcmState, ctx: &Ctx<'_>, samples: &[(usize, &[f32])
         let (shift, scale) = standardizer(ctx.source);
         let mut means = DMatrix::<f64>::zeros(ctx.dim, ctx.classes.len());
         for (k, class) in ctx.classes.iter().enumerate() {
-            let n = class.stats.count().max(1) as f64;
-            for (j, s) in class.stats.sum().iter().enumerate() {
-                means[(j, k)] = (s / n - shift[j]) * scale[j];
-            }
+            let mean = transformed_mean(&class.stats, &shift, &scale);
+            means
+                .column_mut(k)
+                .iter_mut()
+                .zip(mean)
+                .for_each(|(m, v)| *m = v);
         }
         // Without z, n_k μ_k − z is the direction of class k's mean.
         let own = |k: usize| ctx.classes[k].stats.count() as f64;
-        let transform = |x: &[f32]| transformed(x, &shift, &scale).as_slice().to_vec();
-        ncm_scores(&means, own, transform, samples)
+        let z = |x: &[f32]| transform(x, &shift, &scale).collect();
+        ncm_scores(&means, own, z, samples)
     } else {
         let means = DMatrix::from_iterator(
             ctx.dim,
@@ -531,6 +537,15 @@ mod tests {
     fn recall_refills_the_check_with_an_even_spread() {
         let (data, _) = blobs(9, 6, 2, 150, 0, 1.5, 2.0);
         let mut h = train(&config(false), 6, &data);
+        // Full: the last RECENT learned, in order (the oldest buffers reused).
+        let last = &data[data.len() - RECENT..];
+        assert!(h
+            .recent
+            .samples
+            .iter()
+            .zip(last)
+            .all(|((l, s), (x, y))| l == y && **s == x[..]));
+        assert_eq!(h.recent.samples.len(), RECENT);
         h.recent.clear();
         let mut stored: Vec<(&str, &[f32])> =
             data.iter().map(|(x, y)| (y.as_str(), &x[..])).collect();

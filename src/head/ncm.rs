@@ -1,7 +1,7 @@
 //! `ncm`: nearest class mean with cosine scores and a temperature (weight imprinting, Qi et al.
 //! CVPR 2018): per-class sums of L2-normalized embeddings.
 
-use super::linalg::standardizer;
+use super::linalg::{standardizer, transformed_mean};
 use super::predictor::PredictorParts;
 use super::Ctx;
 
@@ -84,15 +84,7 @@ impl NcmState {
         let mut weights = Vec::with_capacity(ctx.classes.len() * d);
         for (class, nsum) in ctx.classes.iter().zip(&self.normalized_sum) {
             let m: Vec<f64> = if ctx.config.standardize {
-                let n = class.stats.count().max(1) as f64;
-                class
-                    .stats
-                    .sum()
-                    .iter()
-                    .zip(&shift)
-                    .zip(&scale)
-                    .map(|((s, mu), sc)| (s / n - mu) * sc)
-                    .collect()
+                transformed_mean(&class.stats, &shift, &scale).collect()
             } else {
                 nsum.clone()
             };

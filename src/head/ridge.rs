@@ -4,7 +4,7 @@
 
 use nalgebra::DMatrix;
 
-use super::linalg::{centered_transform, cholesky_solve, unpack_scaled};
+use super::linalg::{centered_transform, cholesky_solve, transform, unpack_scaled};
 use super::predictor::PredictorParts;
 use super::scatter::ScatterState;
 use super::slda::{parts_from, Solution};
@@ -99,9 +99,11 @@ pub(crate) fn solve_extra(
         }
     }
     for (i, x) in extra.iter().enumerate() {
-        for (j, v) in x.iter().enumerate() {
-            rhs[(j, c + i)] = (f64::from(*v) - shift[j]) * scale[j] - zbar[j];
-        }
+        let z = transform(x, &shift, &scale).zip(&zbar).map(|(v, m)| v - m);
+        rhs.column_mut(c + i)
+            .iter_mut()
+            .zip(z)
+            .for_each(|(r, v)| *r = v);
     }
     let mut a = unpack_scaled(&scatter.packed, &scale);
     a.gemm(1.0, &between, &between.transpose(), 1.0);

@@ -4,7 +4,9 @@
 
 use nalgebra::DMatrix;
 
-use super::linalg::{centered_transform, cholesky_solve, unpack_scaled};
+use super::linalg::{
+    centered_transform, cholesky_solve, transform, transformed_mean, unpack_scaled,
+};
 use super::predictor::PredictorParts;
 use super::scatter::ScatterState;
 use super::Ctx;
@@ -95,15 +97,18 @@ pub(crate) fn solve_extra(
     }
     let mut rhs = DMatrix::<f64>::zeros(d, c + extra.len());
     for (k, class) in ctx.classes.iter().enumerate() {
-        let n = class.stats.count().max(1) as f64;
-        for (j, s) in class.stats.sum().iter().enumerate() {
-            rhs[(j, k)] = (s / n - shift[j]) * scale[j];
-        }
+        let mean = transformed_mean(&class.stats, &shift, &scale);
+        rhs.column_mut(k)
+            .iter_mut()
+            .zip(mean)
+            .for_each(|(r, v)| *r = v);
     }
     for (i, x) in extra.iter().enumerate() {
-        for (j, v) in x.iter().enumerate() {
-            rhs[(j, c + i)] = (f64::from(*v) - shift[j]) * scale[j];
-        }
+        let z = transform(x, &shift, &scale);
+        rhs.column_mut(c + i)
+            .iter_mut()
+            .zip(z)
+            .for_each(|(r, v)| *r = v);
     }
     let solved = cholesky_solve(a, &rhs)?;
     let w = solved.columns(0, c).clone_owned();
