@@ -2,9 +2,9 @@
 //! event-loop driver, which only polls, keeps the subscriptions, and hands every inbound
 //! message to the intake.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rand::Rng;
@@ -159,8 +159,15 @@ impl AfterConnect {
         }
         if self.resubscribe_fleet {
             if let Some(f) = &link.outbox.topics.fleet {
-                let filter = format!("{}+", f.heads_prefix);
-                if let Err(e) = link.client.try_subscribe(filter, QoS::AtLeastOnce) {
+                // The deltas too: a session stored by a version without them lacks them.
+                let mut filters = vec![format!("{}+", f.heads_prefix)];
+                if f.deltas {
+                    filters.push(format!("{}+", f.deltas_prefix));
+                }
+                let filters = filters
+                    .into_iter()
+                    .map(|t| rumqttc::SubscribeFilter::new(t, QoS::AtLeastOnce));
+                if let Err(e) = link.client.try_subscribe_many(filters) {
                     tracing::debug!("fleet subscribe not queued yet ({e}); retrying");
                     return;
                 }
@@ -206,6 +213,73 @@ impl AfterConnect {
 /// How often the MQTT loop looks again at a learner backlog over its bytes bound.
 const BACKLOG_WAIT: Duration = Duration::from_millis(20);
 
+/// With fleet deltas on, the peers' whole heads are subscribed to after each connection until
+/// none has come for this long (the broker sends every retained one at once); from then on
+/// peers' changes come as deltas, and a whole head only when one is fetched.
+const SYNC_QUIET: Duration = Duration::from_secs(5);
+
+/// When the last retained peer head came in (or the connection came up, or the learner
+/// backlog held reading back), for ending the sync.
+#[derive(Clone)]
+struct SyncClock {
+    epoch: Instant,
+    last_ms: Arc<AtomicU64>,
+}
+
+impl SyncClock {
+    fn new() -> SyncClock {
+        SyncClock {
+            epoch: Instant::now(),
+            last_ms: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn quiet_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(last)
+    }
+
+    /// Ends the subscription to every peer's head once the sync of connection `generation`
+    /// has been quiet for [`SYNC_QUIET`]; gives up when that connection is gone (the next one
+    /// syncs again).
+    fn end_sync(self, link: Link, generation: u64) {
+        let Some(filter) = link
+            .outbox
+            .topics
+            .fleet
+            .as_ref()
+            .filter(|f| f.deltas)
+            .map(|f| format!("{}+", f.heads_prefix))
+        else {
+            return;
+        };
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let current = link.outbox.is_connected()
+                    && link.stats.connects.load(Ordering::Relaxed) == generation;
+                if !current || link.shutdown.is_triggered() {
+                    return;
+                }
+                if self.quiet_for() >= SYNC_QUIET {
+                    match link.client.try_unsubscribe(filter.clone()) {
+                        Ok(()) => {
+                            tracing::info!("fleet synced: peers' changes come as deltas now");
+                            return;
+                        }
+                        Err(e) => tracing::debug!("fleet unsubscribe not queued yet ({e})"),
+                    }
+                }
+            }
+        });
+    }
+}
+
 /// Polls the event loop until `client.disconnect()` has gone out (or the connection is lost
 /// while stopping). Hands inbound messages to the intake; never does heavy work itself.
 pub async fn drive(mut eventloop: EventLoop, driver: Driver) {
@@ -223,11 +297,14 @@ pub async fn drive(mut eventloop: EventLoop, driver: Driver) {
         subscriptions: outbox.topics.subscriptions(&intake.sources),
     };
     let has_fleet = outbox.topics.fleet.is_some();
+    let heads_prefix = outbox.topics.fleet.as_ref().map(|f| f.heads_prefix.clone());
+    let sync = SyncClock::new();
     let mut backoff = Backoff::new(backoff.0, backoff.1);
     loop {
         // Backpressure: while the learner's backlog is large (a fleet's retained heads after a
         // restart, megabytes each), read nothing more from the broker; TCP holds the rest.
         while intake.queue.learner_full() && !shutdown.is_triggered() {
+            sync.touch();
             tokio::time::sleep(BACKLOG_WAIT).await;
         }
         match eventloop.poll().await {
@@ -245,12 +322,26 @@ pub async fn drive(mut eventloop: EventLoop, driver: Driver) {
                     resubscribe_fleet: ack.session_present && has_fleet,
                     online: true,
                 };
-                after.run(&link, stats.connects.load(Ordering::Relaxed));
+                let generation = stats.connects.load(Ordering::Relaxed);
+                after.run(&link, generation);
+                if has_fleet {
+                    sync.touch();
+                    sync.clone().end_sync(link.clone(), generation);
+                }
                 // Discovery configs (or their removal) on every connection: the broker may
                 // have lost retained messages while we were away.
                 intake.dashboard.announce();
             }
-            Ok(Event::Incoming(Packet::Publish(p))) => intake.accept(p),
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if p.retain
+                    && heads_prefix
+                        .as_deref()
+                        .is_some_and(|h| p.topic.starts_with(h))
+                {
+                    sync.touch();
+                }
+                intake.accept(p)
+            }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => {
                 outbox.set_connected(false);
                 return;

@@ -26,6 +26,8 @@ pub trait Transport: Send + Sync {
     ) -> Result<(), String>;
     /// Queues the acknowledgement of a QoS 1 message without waiting.
     fn try_ack(&self, publish: &Publish) -> Result<(), String>;
+    /// Queues a subscription (QoS 1) or, with `on` false, its end, without waiting.
+    fn try_subscribe(&self, topic: &str, on: bool) -> Result<(), String>;
 }
 
 impl Transport for AsyncClient {
@@ -41,6 +43,15 @@ impl Transport for AsyncClient {
 
     fn try_ack(&self, publish: &Publish) -> Result<(), String> {
         AsyncClient::try_ack(self, publish).map_err(|e| e.to_string())
+    }
+
+    fn try_subscribe(&self, topic: &str, on: bool) -> Result<(), String> {
+        if on {
+            AsyncClient::try_subscribe(self, topic, QoS::AtLeastOnce)
+        } else {
+            AsyncClient::try_unsubscribe(self, topic)
+        }
+        .map_err(|e| e.to_string())
     }
 }
 
@@ -91,6 +102,18 @@ impl Outbox {
             Err(e) => {
                 bump(&self.stats.publish_dropped);
                 tracing::debug!(topic, error = %e, "publish dropped");
+                false
+            }
+        }
+    }
+
+    /// Subscribes to `topic` (QoS 1) or, with `on` false, ends the subscription; false if the
+    /// request queue did not take it (the caller retries).
+    pub fn subscribe(&self, topic: &str, on: bool) -> bool {
+        match self.transport.try_subscribe(topic, on) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(topic, on, error = %e, "subscription change not queued");
                 false
             }
         }
@@ -159,6 +182,8 @@ pub struct Recorder {
     pub published: Mutex<Vec<(String, Vec<u8>, bool)>>,
     /// Topics of acknowledged messages.
     pub acked: Mutex<Vec<String>>,
+    /// (topic, subscribed: true, or unsubscribed)
+    pub subscriptions: Mutex<Vec<(String, bool)>>,
 }
 
 #[cfg(test)]
@@ -201,6 +226,14 @@ impl Transport for Arc<Recorder> {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(publish.topic.clone());
+        Ok(())
+    }
+
+    fn try_subscribe(&self, topic: &str, on: bool) -> Result<(), String> {
+        self.subscriptions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((topic.to_string(), on));
         Ok(())
     }
 }

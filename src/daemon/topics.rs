@@ -45,6 +45,13 @@ pub struct FleetTopics {
     pub heads_prefix: String,
     /// This board's signed head topic.
     pub mine: String,
+    /// `{prefix}/{group}/deltas/` (+ device id: a board's signed deltas, not retained).
+    pub deltas_prefix: String,
+    /// This board's delta topic.
+    pub my_deltas: String,
+    /// Whether deltas are on (`[fleet] deltas`): whole heads are then subscribed to only to
+    /// catch up.
+    pub deltas: bool,
     /// `{prefix}/{group}/cmd/`: group-wide commands (only `forget`).
     pub cmd_prefix: String,
 }
@@ -92,6 +99,9 @@ impl Topics {
             self.fleet = Some(FleetTopics {
                 heads_prefix: format!("{base}/heads/"),
                 mine: format!("{base}/heads/{device_id}"),
+                deltas_prefix: format!("{base}/deltas/"),
+                my_deltas: format!("{base}/deltas/{device_id}"),
+                deltas: fleet.deltas,
                 cmd_prefix: format!("{base}/cmd/"),
             });
         }
@@ -114,6 +124,9 @@ impl Topics {
         }
         if let Some(f) = &self.fleet {
             subs.push((format!("{}+", f.heads_prefix), QoS::AtLeastOnce));
+            if f.deltas {
+                subs.push((format!("{}+", f.deltas_prefix), QoS::AtLeastOnce));
+            }
             subs.push((format!("{}forget", f.cmd_prefix), QoS::AtLeastOnce));
         }
         for s in sources {
@@ -154,11 +167,14 @@ impl Topics {
             return Route::Command(cmd.to_string());
         }
         if let Some(f) = &self.fleet {
-            if topic == f.mine {
+            if topic == f.mine || topic == f.my_deltas {
                 return Route::Ignore;
             }
             if let Some(peer) = topic.strip_prefix(&f.heads_prefix) {
                 return Route::Peer(peer.to_string());
+            }
+            if let Some(peer) = topic.strip_prefix(&f.deltas_prefix) {
+                return Route::PeerDelta(peer.to_string());
             }
             if topic.strip_prefix(&f.cmd_prefix) == Some("forget") {
                 return Route::Command("forget".into());
@@ -197,6 +213,8 @@ pub enum Route {
     Command(String),
     /// A fleet peer's signed head, with the peer's device id.
     Peer(String),
+    /// A fleet peer's signed delta, with the peer's device id.
+    PeerDelta(String),
     /// A chunk of a live audio stream or a sensor's readings, for `sources[i]`
     /// (`kind = "stream"` or `"readings"`).
     Stream(usize),

@@ -343,6 +343,7 @@ impl Workers {
             }
             Route::Command(name) => Work::Command(Command::parse(name, payload)),
             Route::Peer(peer) => Work::Peer(peer.clone()),
+            Route::PeerDelta(peer) => Work::PeerDelta(peer.clone()),
             Route::Infer | Route::Stream(_) | Route::HomeAssistantStatus | Route::Ignore => {
                 Work::Lost
             }

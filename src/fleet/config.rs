@@ -14,6 +14,9 @@ fn d_max_peers() -> usize {
 fn d_max_store_mb() -> u64 {
     1024
 }
+fn d_deltas() -> bool {
+    true
+}
 
 /// The `[fleet]` section of the config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,6 +47,12 @@ pub struct FleetConfig {
     /// go beyond is refused (`fleet_store_full`).
     #[serde(default = "d_max_store_mb")]
     pub max_store_mb: u64,
+    /// Send what was learned as deltas (`{prefix}/{group}/deltas/{device_id}`) beside the
+    /// retained whole head, and take peers' changes from their deltas: whole heads are then
+    /// read only to catch up (after connecting, or when a delta cannot be applied). Off keeps
+    /// every peer's whole head coming (for a fleet with boards that send no deltas).
+    #[serde(default = "d_deltas")]
+    pub deltas: bool,
 }
 
 impl Default for FleetConfig {
@@ -57,6 +66,7 @@ impl Default for FleetConfig {
             max_peer_samples: d_max_peer_samples(),
             max_peers: d_max_peers(),
             max_store_mb: d_max_store_mb(),
+            deltas: d_deltas(),
         }
     }
 }

@@ -11,7 +11,7 @@ use crate::head::{Algorithm, Expect, Head, HeadError};
 
 /// Largest |mean| of an embedding dimension a peer head may claim (and its square for the
 /// variance): far beyond any real backbone's outputs, small enough to keep merges finite.
-const MAX_ABS_MEAN: f64 = 1e6;
+pub(super) const MAX_ABS_MEAN: f64 = 1e6;
 
 /// Envelope format name and version.
 pub const ENVELOPE_FORMAT: &str = "adaptd-fleet-head";

@@ -4,6 +4,7 @@
 //! latest local head). See `docs/fleet.md`.
 
 mod config;
+mod delta;
 mod envelope;
 mod identity;
 mod peers;
@@ -11,9 +12,11 @@ mod store;
 #[cfg(test)]
 mod testing;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 pub use config::{parse_key, FleetConfig};
+pub use delta::{open_delta, parse_samples, DeltaEnvelope, Learned, VerifiedDelta, DELTA_FORMAT};
 pub use envelope::{open, Envelope, Verified, ENVELOPE_FORMAT};
 pub use identity::Identity;
 pub use peers::{rebuild_period, Accepted, Peer, Peers, Seen};
@@ -82,6 +85,22 @@ pub struct FleetState {
     pub identity: Identity,
     trusted: Vec<[u8; 32]>,
     pub peers: Peers,
+    /// Peers whose retained whole head this board fetches (a delta it could not apply), with
+    /// the version it needs and whether the subscription was queued.
+    fetching: BTreeMap<String, (u64, bool)>,
+    /// Whole heads fetched since start.
+    pub fetched: u64,
+}
+
+/// What the learner does about a peer's topic after [`FleetState::on_peer`] or
+/// [`FleetState::on_delta`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Follow {
+    Nothing,
+    /// Subscribe to the peer's head topic: its retained head is needed.
+    Fetch,
+    /// The needed head came: unsubscribe from the peer's head topic.
+    Fetched,
 }
 
 impl FleetState {
@@ -102,11 +121,100 @@ impl FleetState {
             identity,
             trusted,
             peers: Peers::load(Some(state_dir), config.exclude.clone()),
+            fetching: BTreeMap::new(),
+            fetched: 0,
         })
     }
 
-    /// Verifies and takes a peer's envelope (an empty payload withdraws the peer's head).
+    /// Verifies and takes a peer's envelope (an empty payload withdraws the peer's head), and
+    /// says whether a fetch of it is over.
     pub fn on_peer(
+        &mut self,
+        peer: &str,
+        payload: &[u8],
+        expect: &Expect<'_>,
+        algorithm: Algorithm,
+    ) -> (Result<Accepted, FleetError>, Follow) {
+        let result = self.take_head(peer, payload, expect, algorithm);
+        let have = self.peers.seen.get(peer).map(|s| s.version);
+        let follow = match self.fetching.get(peer) {
+            Some((want, _)) if payload.is_empty() || have.is_some_and(|h| h >= *want) => {
+                self.fetching.remove(peer);
+                self.fetched += 1;
+                Follow::Fetched
+            }
+            _ => Follow::Nothing,
+        };
+        (result, follow)
+    }
+
+    /// Verifies and takes a peer's delta (an empty payload withdraws the peer's head, as on
+    /// its head topic), and says whether its whole head must be fetched.
+    pub fn on_delta(
+        &mut self,
+        peer: &str,
+        payload: &[u8],
+        expect: &Expect<'_>,
+        algorithm: Algorithm,
+    ) -> (Result<Accepted, FleetError>, Follow) {
+        if payload.is_empty() {
+            return self.on_peer(peer, payload, expect, algorithm);
+        }
+        let result = open_delta(
+            payload,
+            peer,
+            &self.config.group,
+            &self.trusted,
+            expect,
+            algorithm,
+            self.config.max_peer_samples,
+        )
+        .and_then(|d| {
+            self.peers
+                .apply_delta(peer, d, self.config.max_store_bytes())
+        });
+        match result {
+            Ok(Accepted::Fetch(version)) => {
+                // Trusted and signed: worth a subscription (bounded by the peers there are).
+                let want = self
+                    .fetching
+                    .entry(peer.to_string())
+                    .or_insert((version, false));
+                want.0 = want.0.max(version);
+                let follow = if want.1 {
+                    Follow::Nothing
+                } else {
+                    Follow::Fetch
+                };
+                (Ok(Accepted::Fetch(version)), follow)
+            }
+            Err(e) => {
+                self.peers.rejected += 1;
+                (Err(e), Follow::Nothing)
+            }
+            ok => (ok, Follow::Nothing),
+        }
+    }
+
+    /// Fetches whose subscription was not queued yet (the request queue was full), to retry.
+    /// A subscription lost with the broker's session needs none: the initial sync after the
+    /// reconnection brings every retained head.
+    pub fn fetches_to_queue(&self) -> Vec<String> {
+        self.fetching
+            .iter()
+            .filter(|(_, (_, queued))| !queued)
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+
+    /// Records that the subscription of `peer`'s fetch was queued.
+    pub fn fetch_queued(&mut self, peer: &str) {
+        if let Some(f) = self.fetching.get_mut(peer) {
+            f.1 = true;
+        }
+    }
+
+    fn take_head(
         &mut self,
         peer: &str,
         payload: &[u8],
@@ -154,6 +262,12 @@ impl FleetState {
             "rejected": self.peers.rejected,
             "stored_bytes": self.peers.stored_bytes(),
             "rebuilds": self.peers.rebuilds,
+            "deltas": {
+                "enabled": self.config.deltas,
+                "applied": self.peers.deltas,
+                "fetched": self.fetched,
+                "fetching": self.fetching.len(),
+            },
         })
     }
 }

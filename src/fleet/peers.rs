@@ -3,7 +3,8 @@
 //! ([`PeerStore`]), and the fleet total — the sum of every peer's latest head, kept as a
 //! running total (a peer's new head replaces its old one by `unmerge` + `merge`, with an exact
 //! rebuild from the files every [`rebuild_period`] changes), so RAM does not grow with the
-//! fleet.
+//! fleet. A peer's delta (the samples it learned since the version this board has) is applied
+//! to the running total sample by sample and appended to the peer's stored log.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,17 +12,25 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::store::PeerStore;
+use sha2::{Digest, Sha256};
+
+use super::delta::{parse_samples, VerifiedDelta};
+use super::store::{Kind, PeerStore};
 use super::{FleetError, Verified};
-use crate::head::{Algorithm, Expect, Head};
+use crate::head::{Algorithm, Expect, Head, HeadError, MAX_CLASSES};
 use crate::state::files::{write_atomic, FLEET_PEERS};
 
 /// What is remembered of a peer across restarts: its key and its last accepted version.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Seen {
     pub key: String,
+    /// The last version accepted: of the stored head, or of the last delta applied to it.
     pub version: u64,
+    /// The stored head file's SHA-256.
     pub head_sha256: String,
+    /// The delta log's SHA-256, when deltas were applied since the stored head.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta_sha256: Option<String>,
 }
 
 /// The peers file: what was seen of each peer, and the peers excluded at run time.
@@ -44,7 +53,8 @@ pub struct Peer {
     pub key: String,
     pub head_sha256: String,
     pub samples: u64,
-    pub classes: usize,
+    /// The peer's labels (what a delta's new labels are checked against).
+    pub labels: Vec<String>,
 }
 
 /// The peers of this board: slots, what was seen of each (persisted), the fleet total.
@@ -56,6 +66,8 @@ pub struct Peers {
     /// Exact rebuilds of the total since start (the periodic ones and any after a failed
     /// update).
     pub rebuilds: u64,
+    /// Deltas applied since start.
+    pub deltas: u64,
     path: Option<PathBuf>,
     /// The group of the stored heads (from the peers file).
     group: String,
@@ -80,8 +92,12 @@ const SAVE_EVERY: Duration = Duration::from_secs(5);
 pub enum Accepted {
     /// A new or newer head: the fleet head changes.
     Updated,
-    /// The same head again (a republish or a restart): nothing changes.
+    /// The same head again (a republish or a restart), or a delta already had: nothing
+    /// changes.
     Unchanged,
+    /// A delta this board cannot apply (a peer it has no head of, a gap, a change only the
+    /// whole head carries): the peer's retained head is needed, at least this version.
+    Fetch(u64),
 }
 
 /// Changes of the running total between exact rebuilds: at least 64, and 8 per peer, so the
@@ -92,17 +108,35 @@ pub fn rebuild_period(peers: usize) -> u64 {
     (8 * peers as u64).max(64)
 }
 
-/// Decodes a stored head, already verified when it was accepted (the file's hash is checked
+/// Any head: what was stored was verified when it was accepted (the file's hash is checked
 /// by the store).
-fn decode(bytes: &[u8]) -> Option<Head> {
-    let expect = Expect {
-        backbone_sha256: None,
-        dim: None,
-        max_bytes: usize::MAX,
-    };
-    Head::from_bytes(bytes, &expect)
-        .map_err(|e| tracing::warn!("stored fleet head: {e}"))
-        .ok()
+const STORED: Expect<'static> = Expect {
+    backbone_sha256: None,
+    dim: None,
+    max_bytes: usize::MAX,
+};
+
+/// What a peer's stored head and delta log add up to: the head with the log's samples learned
+/// in order, at `seen`'s version. `None` when a file is missing, stale or damaged, or does not
+/// fit `expect`.
+fn read_slot(store: &mut PeerStore, peer: &str, seen: &Seen, expect: &Expect<'_>) -> Option<Head> {
+    let bytes = store.get(peer, Kind::Head, &seen.head_sha256)?;
+    let mut head = Head::from_bytes(&bytes, expect)
+        .map_err(|e| tracing::info!(peer, "stored fleet head: {e}"))
+        .ok()?;
+    if let Some(sha) = &seen.delta_sha256 {
+        let log = store.get(peer, Kind::Delta, sha)?;
+        let samples = parse_samples(&log)
+            .map_err(|e| tracing::warn!(peer, "stored fleet delta log: {e}"))
+            .ok()?;
+        for s in samples {
+            head.update(&s.x.0, &s.label)
+                .map_err(|e| tracing::warn!(peer, "stored fleet delta log: {e}"))
+                .ok()?;
+        }
+        head.set_version(seen.version);
+    }
+    Some(head)
 }
 
 impl Peers {
@@ -127,6 +161,7 @@ impl Peers {
             excluded: all,
             rejected: 0,
             rebuilds: 0,
+            deltas: 0,
             path,
             group: file.group,
             store: PeerStore::open(dir),
@@ -154,19 +189,16 @@ impl Peers {
             .map(|(id, s)| (id.clone(), s.clone()))
             .collect();
         for (id, seen) in ids {
-            let Some(bytes) = self.store.get(&id, &seen.head_sha256) else {
-                continue;
-            };
-            match Head::from_bytes(&bytes, expect) {
-                Ok(h) if h.algorithm() == algorithm => {
+            match read_slot(&mut self.store, &id, &seen, expect) {
+                Some(h) if h.algorithm() == algorithm => {
                     self.heads.insert(id, slot(&seen, &h));
                 }
-                Ok(h) => tracing::info!(
+                Some(h) => tracing::info!(
                     peer = %id,
                     "stored fleet head is {}, this board {algorithm}: not restored",
                     h.algorithm()
                 ),
-                Err(e) => tracing::info!(peer = %id, "stored fleet head not restored: {e}"),
+                None => {}
             }
         }
         let keep: Vec<&str> = self.heads.keys().map(String::as_str).collect();
@@ -221,7 +253,9 @@ impl Peers {
                 return Err(FleetError::KeyChanged { peer: peer.into() });
             }
             let same = v.version == s.version && v.head_sha256 == s.head_sha256;
-            if v.version < s.version || (v.version == s.version && !same) {
+            // The whole head of the version this board reached by deltas.
+            let reached = v.version == s.version && s.delta_sha256.is_some();
+            if v.version < s.version || (v.version == s.version && !same && !reached) {
                 return Err(FleetError::Replay {
                     peer: peer.into(),
                     have: s.version,
@@ -230,6 +264,9 @@ impl Peers {
             }
             if same && self.heads.contains_key(peer) {
                 return Ok(Accepted::Unchanged);
+            }
+            if reached && self.heads.contains_key(peer) {
+                return self.rebase(peer, &v).map(|()| Accepted::Unchanged);
             }
         }
         // One key, one board: a stolen key cannot take many slots under made-up device ids
@@ -247,26 +284,30 @@ impl Peers {
         if !self.heads.contains_key(peer) && self.heads.len() >= max_peers {
             return Err(FleetError::TooManyPeers(max_peers));
         }
-        let need = self.store.bytes() - self.store.size(peer) + v.bytes.len() as u64;
+        let held = self.store.size(peer, Kind::Head) + self.store.size(peer, Kind::Delta);
+        let need = self.store.bytes() - held + v.bytes.len() as u64;
         if need > max_bytes {
             return Err(FleetError::StoreFull {
                 need,
                 cap: max_bytes,
             });
         }
-        // The old head, before its file is replaced: the total subtracts it.
-        let old = self
-            .heads
-            .get(peer)
-            .map(|p| p.head_sha256.clone())
-            .map(|sha| self.store.get(peer, &sha).and_then(|b| decode(&b)));
+        // The old head (and the samples of its deltas), before its files are replaced: the
+        // total subtracts it.
+        let old = match (self.heads.contains_key(peer), self.seen.get(peer)) {
+            (true, Some(s)) => Some(read_slot(&mut self.store, peer, &s.clone(), &STORED)),
+            (true, None) => Some(None),
+            _ => None,
+        };
         self.store
-            .put(peer, &v.bytes)
+            .put(peer, Kind::Head, &v.bytes)
             .map_err(|e| FleetError::Store(e.to_string()))?;
+        self.store.remove(peer, Kind::Delta);
         let seen = Seen {
             key: v.key.clone(),
             version: v.version,
             head_sha256: v.head_sha256.clone(),
+            delta_sha256: None,
         };
         self.heads.insert(peer.into(), slot(&seen, &v.head));
         self.seen.insert(peer.into(), seen);
@@ -284,16 +325,146 @@ impl Peers {
         Ok(Accepted::Updated)
     }
 
+    /// `peer`'s whole head `v` of the version its deltas already brought this board to: it
+    /// becomes the stored head and the delta log goes. The total is left as it is: the head
+    /// holds the same samples (the periodic rebuild reads the new file).
+    fn rebase(&mut self, peer: &str, v: &Verified) -> Result<(), FleetError> {
+        self.store
+            .put(peer, Kind::Head, &v.bytes)
+            .map_err(|e| FleetError::Store(e.to_string()))?;
+        self.store.remove(peer, Kind::Delta);
+        if let Some(s) = self.seen.get_mut(peer) {
+            s.head_sha256 = v.head_sha256.clone();
+            s.delta_sha256 = None;
+        }
+        if let Some(p) = self.heads.get_mut(peer) {
+            p.head_sha256 = v.head_sha256.clone();
+        }
+        self.unsaved = true;
+        self.save_due(false);
+        Ok(())
+    }
+
+    /// Takes a verified delta from `peer`: applies its samples to the fleet total and appends
+    /// them to the peer's stored log when it starts at the version this board has of the peer;
+    /// [`Accepted::Fetch`] when it cannot (no head of the peer yet, a missed delta, a change
+    /// only a whole head carries, a log that would outgrow the head); `Unchanged` for a version
+    /// already had. Refused like a head: excluded peers, another key, a store over `max_bytes`,
+    /// more classes than a head holds.
+    pub fn apply_delta(
+        &mut self,
+        peer: &str,
+        d: VerifiedDelta,
+        max_bytes: u64,
+    ) -> Result<Accepted, FleetError> {
+        if self.excluded.iter().any(|e| e == peer) {
+            return Err(FleetError::Excluded(peer.into()));
+        }
+        let Some(seen) = self.seen.get(peer).cloned() else {
+            return Ok(Accepted::Fetch(d.version));
+        };
+        if seen.key != d.key {
+            return Err(FleetError::KeyChanged { peer: peer.into() });
+        }
+        if d.version <= seen.version {
+            return Ok(Accepted::Unchanged);
+        }
+        let Some(slot) = self.heads.get(peer).cloned() else {
+            return Ok(Accepted::Fetch(d.version));
+        };
+        if d.base != Some(seen.version) || slot.samples + d.samples.len() as u64 != d.head_samples {
+            return Ok(Accepted::Fetch(d.version));
+        }
+        let mut labels = slot.labels.clone();
+        for s in &d.samples {
+            if !labels.contains(&s.label) {
+                labels.push(s.label.clone());
+            }
+        }
+        let mut log = match &seen.delta_sha256 {
+            Some(sha) => match self.store.get(peer, Kind::Delta, sha) {
+                Some(b) => b,
+                None => return Ok(Accepted::Fetch(d.version)),
+            },
+            None => Vec::new(),
+        };
+        // Past the size of the head itself, replaying the log costs more than fetching it.
+        let head_bytes = self.store.size(peer, Kind::Head);
+        if (log.len() + d.samples_bytes.len()) as u64 > head_bytes {
+            return Ok(Accepted::Fetch(d.version));
+        }
+        let need = self.store.bytes() + d.samples_bytes.len() as u64;
+        if need > max_bytes {
+            return Err(FleetError::StoreFull {
+                need,
+                cap: max_bytes,
+            });
+        }
+        let total_classes = self.total.as_ref().map_or(0, |t| t.classes().len());
+        let new = d
+            .samples
+            .iter()
+            .filter(|s| {
+                self.total
+                    .as_ref()
+                    .is_none_or(|t| t.class_stats(&s.label).is_none())
+            })
+            .map(|s| s.label.as_str())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+        if total_classes + new > MAX_CLASSES {
+            return Err(FleetError::Head(HeadError::TooManyClasses {
+                limit: MAX_CLASSES,
+            }));
+        }
+        log.extend_from_slice(&d.samples_bytes);
+        self.store
+            .put(peer, Kind::Delta, &log)
+            .map_err(|e| FleetError::Store(e.to_string()))?;
+        let seen = Seen {
+            version: d.version,
+            delta_sha256: Some(hex::encode(Sha256::digest(&log))),
+            ..seen
+        };
+        self.heads.insert(
+            peer.into(),
+            Peer {
+                version: d.version,
+                samples: d.head_samples,
+                labels,
+                ..slot
+            },
+        );
+        self.seen.insert(peer.into(), seen);
+        self.unsaved = true;
+        self.save_due(false);
+        self.deltas += 1;
+        if d.samples.is_empty() {
+            // Only the version moved (auto chose another candidate): nothing to merge.
+            return Ok(Accepted::Unchanged);
+        }
+        let updated = match &mut self.total {
+            Some(t) => d.samples.iter().all(|s| {
+                t.update(&s.x.0, &s.label)
+                    .map_err(|e| tracing::warn!("fleet total: {e}"))
+                    .is_ok()
+            }),
+            None => false,
+        };
+        self.changed(updated);
+        Ok(Accepted::Updated)
+    }
+
     /// Drops `peer`'s slot (its head withdrawn: an empty retained message); true if it had one.
     pub fn withdraw(&mut self, peer: &str) -> bool {
-        let Some(p) = self.heads.remove(peer) else {
+        if self.heads.remove(peer).is_none() {
             return false;
+        }
+        let old = match self.seen.get(peer).cloned() {
+            Some(s) => read_slot(&mut self.store, peer, &s, &STORED),
+            None => None,
         };
-        let old = self
-            .store
-            .get(peer, &p.head_sha256)
-            .and_then(|b| decode(&b));
-        self.store.remove(peer);
+        self.store.remove_peer(peer);
         let updated = match old {
             Some(o) if !self.heads.is_empty() => self.remove_from_total(&o),
             Some(_) => {
@@ -355,20 +526,21 @@ impl Peers {
         self.total = None;
         self.since_rebuild = 0;
         self.rebuilds += 1;
-        let slots: Vec<(String, String)> = self
+        let slots: Vec<(String, Option<Seen>)> = self
             .heads
-            .iter()
-            .map(|(id, p)| (id.clone(), p.head_sha256.clone()))
+            .keys()
+            .map(|id| (id.clone(), self.seen.get(id).cloned()))
             .collect();
-        for (id, sha) in slots {
-            let ok = match self.store.get(&id, &sha).and_then(|b| decode(&b)) {
+        for (id, seen) in slots {
+            let head = seen.and_then(|s| read_slot(&mut self.store, &id, &s, &STORED));
+            let ok = match head {
                 Some(h) => self.add_to_total(&h),
                 None => false,
             };
             if !ok {
                 tracing::warn!(peer = %id, "fleet head dropped from the fleet total");
                 self.heads.remove(&id);
-                self.store.remove(&id);
+                self.store.remove_peer(&id);
             }
         }
     }
@@ -407,7 +579,7 @@ impl Peers {
                         "id": id,
                         "version": p.version,
                         "samples": p.samples,
-                        "classes": p.classes,
+                        "classes": p.labels.len(),
                         "key": p.key,
                     })
                 })
@@ -422,7 +594,7 @@ fn slot(seen: &Seen, h: &Head) -> Peer {
         key: seen.key.clone(),
         head_sha256: seen.head_sha256.clone(),
         samples: h.samples(),
-        classes: h.classes().len(),
+        labels: h.classes().into_iter().map(|c| c.name).collect(),
     }
 }
 

@@ -1,7 +1,9 @@
 //! The peers' latest heads on disk (`{state}/fleet-heads/`), bounded by bytes: the fleet's
 //! running total subtracts a peer's old head read back from here instead of holding every
 //! peer's head in RAM, and a restart rebuilds the fleet head from these files. Without a
-//! state directory (unit tests) the files are kept in memory.
+//! state directory (unit tests) the files are kept in memory. Beside a peer's head, the log of
+//! the samples its deltas added since (`.delta`), appended per delta and dropped with the
+//! next whole head.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -9,18 +11,34 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::state::files::{replace_unsynced, FLEET_HEADS, HEAD_EXTENSION, TEMP_EXTENSION};
+use crate::state::files::{
+    replace_unsynced, DELTA_EXTENSION, FLEET_HEADS, HEAD_EXTENSION, TEMP_EXTENSION,
+};
 
-/// Head files by peer, and their sizes.
-pub struct PeerStore {
-    dir: Option<PathBuf>,
-    memory: BTreeMap<String, Vec<u8>>,
-    sizes: BTreeMap<String, u64>,
+/// What a peer's file holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    /// Its latest whole head, as signed.
+    Head,
+    /// The samples its deltas added to that head since (CBOR arrays, one per delta).
+    Delta,
 }
 
-/// The file name of `peer`'s head: the SHA-256 of its device id, so any id is a safe name.
-pub(super) fn file_name(peer: &str) -> String {
-    format!("{}.{HEAD_EXTENSION}", hex::encode(Sha256::digest(peer)))
+/// Head and delta files by peer, and their sizes.
+pub struct PeerStore {
+    dir: Option<PathBuf>,
+    memory: BTreeMap<(String, Kind), Vec<u8>>,
+    sizes: BTreeMap<(String, Kind), u64>,
+}
+
+/// The file name of `peer`'s head or delta log: the SHA-256 of its device id, so any id is a
+/// safe name.
+pub(super) fn file_name(peer: &str, kind: Kind) -> String {
+    let ext = match kind {
+        Kind::Head => HEAD_EXTENSION,
+        Kind::Delta => DELTA_EXTENSION,
+    };
+    format!("{}.{ext}", hex::encode(Sha256::digest(peer)))
 }
 
 impl PeerStore {
@@ -39,26 +57,26 @@ impl PeerStore {
         }
     }
 
-    fn path(&self, peer: &str) -> Option<PathBuf> {
-        self.dir.as_ref().map(|d| d.join(file_name(peer)))
+    fn path(&self, peer: &str, kind: Kind) -> Option<PathBuf> {
+        self.dir.as_ref().map(|d| d.join(file_name(peer, kind)))
     }
 
-    /// Stores `peer`'s head file, replacing the previous one.
-    pub fn put(&mut self, peer: &str, bytes: &[u8]) -> io::Result<()> {
-        match self.path(peer) {
+    /// Stores `peer`'s head file or delta log, replacing the previous one.
+    pub fn put(&mut self, peer: &str, kind: Kind, bytes: &[u8]) -> io::Result<()> {
+        match self.path(peer, kind) {
             Some(p) => replace_unsynced(&p, bytes)?,
             None => {
-                self.memory.insert(peer.into(), bytes.to_vec());
+                self.memory.insert((peer.into(), kind), bytes.to_vec());
             }
         }
-        self.sizes.insert(peer.into(), bytes.len() as u64);
+        self.sizes.insert((peer.into(), kind), bytes.len() as u64);
         Ok(())
     }
 
-    /// `peer`'s head file if it is there and its SHA-256 is `sha256` (hex): a file that is
-    /// missing, stale or damaged is `None`.
-    pub fn get(&mut self, peer: &str, sha256: &str) -> Option<Vec<u8>> {
-        let bytes = match self.path(peer) {
+    /// `peer`'s head file or delta log if it is there and its SHA-256 is `sha256` (hex): a
+    /// file that is missing, stale or damaged is `None`.
+    pub fn get(&mut self, peer: &str, kind: Kind, sha256: &str) -> Option<Vec<u8>> {
+        let bytes = match self.path(peer, kind) {
             Some(p) => match std::fs::read(&p) {
                 Ok(b) => b,
                 Err(e) => {
@@ -68,20 +86,23 @@ impl PeerStore {
                     return None;
                 }
             },
-            None => self.memory.get(peer)?.clone(),
+            None => self.memory.get(&(peer.into(), kind))?.clone(),
         };
         if hex::encode(Sha256::digest(&bytes)) != sha256 {
-            tracing::warn!(peer, "stored fleet head does not match its hash; dropped");
+            tracing::warn!(
+                peer,
+                "stored fleet {kind:?} does not match its hash; dropped"
+            );
             return None;
         }
-        self.sizes.insert(peer.into(), bytes.len() as u64);
+        self.sizes.insert((peer.into(), kind), bytes.len() as u64);
         Some(bytes)
     }
 
-    /// Removes `peer`'s file.
-    pub fn remove(&mut self, peer: &str) {
-        self.sizes.remove(peer);
-        match self.path(peer) {
+    /// Removes `peer`'s head file or delta log.
+    pub fn remove(&mut self, peer: &str, kind: Kind) {
+        self.sizes.remove(&(peer.into(), kind));
+        match self.path(peer, kind) {
             Some(p) => {
                 if let Err(e) = std::fs::remove_file(&p) {
                     if e.kind() != io::ErrorKind::NotFound {
@@ -90,25 +111,34 @@ impl PeerStore {
                 }
             }
             None => {
-                self.memory.remove(peer);
+                self.memory.remove(&(peer.into(), kind));
             }
         }
     }
 
-    /// Removes every file that is not the head of one of `peers` (peers dropped while the
-    /// daemon was down, temp files of an interrupted write).
+    /// Removes both of `peer`'s files.
+    pub fn remove_peer(&mut self, peer: &str) {
+        self.remove(peer, Kind::Head);
+        self.remove(peer, Kind::Delta);
+    }
+
+    /// Removes every file that is not the head or delta log of one of `peers` (peers dropped
+    /// while the daemon was down, temp files of an interrupted write).
     pub fn retain(&mut self, peers: &[&str]) {
-        let keep: Vec<String> = peers.iter().map(|p| file_name(p)).collect();
-        self.sizes.retain(|p, _| peers.contains(&p.as_str()));
-        self.memory.retain(|p, _| peers.contains(&p.as_str()));
+        let keep: Vec<String> = peers
+            .iter()
+            .flat_map(|p| [file_name(p, Kind::Head), file_name(p, Kind::Delta)])
+            .collect();
+        self.sizes.retain(|(p, _), _| peers.contains(&p.as_str()));
+        self.memory.retain(|(p, _), _| peers.contains(&p.as_str()));
         let Some(dir) = &self.dir else { return };
         let Ok(entries) = std::fs::read_dir(dir) else {
             return;
         };
-        let (head, temp) = (format!(".{HEAD_EXTENSION}"), format!(".{TEMP_EXTENSION}"));
+        let ends = [HEAD_EXTENSION, DELTA_EXTENSION, TEMP_EXTENSION].map(|e| format!(".{e}"));
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let ours = name.ends_with(&head) || name.ends_with(&temp);
+            let ours = ends.iter().any(|end| name.ends_with(end.as_str()));
             if ours && !keep.contains(&name) {
                 if let Err(err) = std::fs::remove_file(e.path()) {
                     tracing::warn!("cannot remove {}: {err}", e.path().display());
@@ -117,9 +147,9 @@ impl PeerStore {
         }
     }
 
-    /// Bytes stored for `peer` (0 if none).
-    pub fn size(&self, peer: &str) -> u64 {
-        self.sizes.get(peer).copied().unwrap_or(0)
+    /// Bytes of `peer`'s head file or delta log (0 if none).
+    pub fn size(&self, peer: &str, kind: Kind) -> u64 {
+        self.sizes.get(&(peer.into(), kind)).copied().unwrap_or(0)
     }
 
     /// Bytes stored in all.
@@ -140,16 +170,21 @@ mod tests {
     fn files_round_trip_are_checked_and_cleaned_up() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = PeerStore::open(Some(dir.path()));
-        s.put("cam/1 ☕", b"first").unwrap();
-        s.put("b", b"bb").unwrap();
-        s.put("cam/1 ☕", b"second!").unwrap();
-        assert_eq!(s.bytes(), 9);
-        assert_eq!(s.get("cam/1 ☕", &sha(b"second!")).unwrap(), b"second!");
-        assert_eq!(s.get("cam/1 ☕", &sha(b"first")), None, "stale");
-        assert_eq!(s.get("nobody", &sha(b"")), None);
+        let (h, d) = (Kind::Head, Kind::Delta);
+        s.put("cam/1 ☕", h, b"first").unwrap();
+        s.put("b", h, b"bb").unwrap();
+        s.put("b", d, b"log").unwrap();
+        s.put("cam/1 ☕", h, b"second!").unwrap();
+        assert_eq!(s.bytes(), 12);
+        assert_eq!(s.size("b", d), 3);
+        assert_eq!(s.get("cam/1 ☕", h, &sha(b"second!")).unwrap(), b"second!");
+        assert_eq!(s.get("cam/1 ☕", h, &sha(b"first")), None, "stale");
+        assert_eq!(s.get("nobody", h, &sha(b"")), None);
+        assert_eq!(s.get("b", d, &sha(b"log")).unwrap(), b"log");
         // A damaged file fails its hash.
-        std::fs::write(dir.path().join(FLEET_HEADS).join(file_name("b")), b"bX").unwrap();
-        assert_eq!(s.get("b", &sha(b"bb")), None);
+        let file = |p, k| dir.path().join(FLEET_HEADS).join(file_name(p, k));
+        std::fs::write(file("b", h), b"bX").unwrap();
+        assert_eq!(s.get("b", h, &sha(b"bb")), None);
         // Reopened: the files are still there; retain drops the others and stray temp files.
         let mut s = PeerStore::open(Some(dir.path()));
         std::fs::write(dir.path().join(FLEET_HEADS).join("x.tmp"), b"t").unwrap();
@@ -159,16 +194,20 @@ mod tests {
             .flatten()
             .map(|e| e.file_name())
             .collect();
-        assert_eq!(left.len(), 1);
-        assert!(s.get("cam/1 ☕", &sha(b"second!")).is_some());
-        s.remove("cam/1 ☕");
+        assert_eq!(left.len(), 1, "b's head and delta log are gone");
+        assert!(s.get("cam/1 ☕", h, &sha(b"second!")).is_some());
+        s.put("cam/1 ☕", d, b"more").unwrap();
+        s.remove_peer("cam/1 ☕");
         assert_eq!(s.bytes(), 0);
-        assert!(s.get("cam/1 ☕", &sha(b"second!")).is_none());
+        assert!(s.get("cam/1 ☕", h, &sha(b"second!")).is_none());
+        assert!(!file("cam/1 ☕", d).exists());
         // In memory.
         let mut m = PeerStore::open(None);
-        m.put("a", b"x").unwrap();
-        assert_eq!(m.get("a", &sha(b"x")).unwrap(), b"x");
-        m.remove("a");
+        m.put("a", h, b"x").unwrap();
+        m.put("a", d, b"y").unwrap();
+        assert_eq!(m.get("a", h, &sha(b"x")).unwrap(), b"x");
+        assert_eq!(m.get("a", d, &sha(b"y")).unwrap(), b"y");
+        m.remove_peer("a");
         assert_eq!(m.bytes(), 0);
     }
 }

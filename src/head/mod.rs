@@ -14,6 +14,7 @@
 mod auto;
 mod error;
 mod format;
+mod journal;
 pub(crate) mod linalg;
 mod loo;
 mod ncm;
@@ -41,6 +42,7 @@ pub use predictor::{Prediction, Predictor, Scored};
 pub use stats::SourceStats;
 
 use auto::{AutoState, Candidates};
+use journal::Journal;
 use ncm::NcmState;
 use openset::{Calibration, OpenSetParts};
 use scatter::ScatterState;
@@ -372,6 +374,8 @@ pub struct Head {
     recent: loo::Recent,
     /// The open-set novelty of recent labeled samples, each scored before it was learned.
     pub(crate) calibration: Calibration,
+    /// The samples learned since the version the fleet last saw ([`Head::start_journal`]).
+    journal: Journal,
 }
 
 impl fmt::Debug for Head {
@@ -421,6 +425,7 @@ impl Head {
             scoring: None,
             recent: loo::Recent::default(),
             calibration: Calibration::default(),
+            journal: Journal::default(),
         }
     }
 
@@ -457,6 +462,7 @@ impl Head {
             scoring: None,
             recent: loo::Recent::default(),
             calibration: Calibration::default(),
+            journal: Journal::default(),
         }
     }
 
@@ -491,8 +497,10 @@ impl Head {
         self.version
     }
 
-    /// Sets the version (the daemon keeps versions monotonic across rollback and import).
+    /// Sets the version (the daemon keeps versions monotonic across rollback and import). Ends
+    /// the journal: its samples no longer lead from its base to this version.
     pub fn set_version(&mut self, v: u64) {
+        self.journal.end();
         self.version = v;
     }
 
@@ -641,6 +649,7 @@ impl Head {
         }
         self.classes[idx].stats.add(x);
         self.source.add(x);
+        self.journal.learned(label, x);
         if let Learner::Sgd(s) = &mut self.learner {
             let ctx = Ctx {
                 config: &self.config,
@@ -701,6 +710,7 @@ impl Head {
         if self.classes[idx].stats.count() == 0 {
             self.remove_class(idx);
         }
+        self.journal.end();
         self.touch();
         Ok(())
     }
@@ -714,6 +724,7 @@ impl Head {
         self.source.subtract(&self.classes[idx].stats);
         self.remove_class(idx);
         self.recent.forget(label);
+        self.journal.end();
         self.touch();
         true
     }
@@ -733,6 +744,7 @@ impl Head {
         self.scoring = None;
         self.recent.clear();
         self.calibration = Calibration::default();
+        self.journal.end();
     }
 
     /// Adds another head's knowledge. Exact for `auto`, `ncm`, `slda` and `ridge` (the result equals
@@ -797,6 +809,7 @@ impl Head {
             }
         }
         self.source.add_stats(&other.source);
+        self.journal.end();
         self.touch();
         Ok(())
     }
@@ -875,6 +888,7 @@ impl Head {
             self.remove_class(i);
         }
         self.source.subtract(&other.source);
+        self.journal.end();
         self.touch();
         Ok(())
     }
@@ -953,6 +967,33 @@ impl Head {
             }
         }
         false
+    }
+
+    /// Starts recording the samples learned from this version on (what the fleet sends its
+    /// peers as a delta). Only for the learners whose merge is exact: `sgd`'s is an average,
+    /// so its peers always get the whole head.
+    pub fn start_journal(&mut self) {
+        if self.algorithm().is_exact() {
+            self.journal.start(self.version);
+        } else {
+            self.journal.end();
+        }
+    }
+
+    /// The version the journal started at and the samples learned since, in order; `None`
+    /// when something other than learning changed the statistics since (or it never started).
+    pub fn journal(&self) -> Option<(u64, &[(String, Vec<f32>)])> {
+        self.journal.since()
+    }
+
+    /// Bytes of labels and embeddings in the journal.
+    pub fn journal_bytes(&self) -> usize {
+        self.journal.bytes()
+    }
+
+    /// Ends the journal: the next delta tells peers to fetch the whole head.
+    pub fn end_journal(&mut self) {
+        self.journal.end();
     }
 
     /// Encodes the head file (CBOR, see `docs/head-format.md`). Takes a snapshot.

@@ -46,6 +46,10 @@ pub const FLEET_PEERS: &str = "fleet-peers.json";
 /// retained head fills the slot again).
 pub const FLEET_HEADS: &str = "fleet-heads";
 
+/// Extension of a peer's delta log in [`FLEET_HEADS`] (`<hex>.delta`): the samples its deltas
+/// added to its stored head since, checked against its hash in [`FLEET_PEERS`] like the head.
+pub const DELTA_EXTENSION: &str = "delta";
+
 /// The training record (JSON, `daemon::learner::record`): prequential accuracy overall and per
 /// class, written by the learner after each snapshot; a statistic, reset with the head.
 pub const TRAINING: &str = "training.json";

@@ -30,7 +30,7 @@ use crate::daemon::reply::{
 use crate::daemon::request::{Command, MAX_HEAD_BYTES};
 use crate::daemon::serving::PredictorSlot;
 use crate::daemon::stats::{bump, Stats};
-use crate::fleet::{Accepted, FleetState};
+use crate::fleet::{Accepted, FleetState, Follow};
 use crate::head::{Expect, Head, HeadError};
 use crate::state::ledger::Ledger;
 use crate::state::recovery::{Dedup, Restored};
@@ -68,6 +68,8 @@ pub enum Work {
     Command(Result<Command, RequestError>),
     /// A fleet peer's signed head, with the peer's device id.
     Peer(String),
+    /// A fleet peer's signed delta, with the peer's device id.
+    PeerDelta(String),
     /// The worker failed to prepare the message: left unacknowledged, so it is redelivered.
     Lost,
 }
@@ -283,7 +285,11 @@ impl Learner {
                 }
                 Work::Peer(peer) => {
                     self.commit(std::mem::take(&mut pending));
-                    self.peer_head(&peer, &publish);
+                    self.peer_head(&peer, &publish, false);
+                }
+                Work::PeerDelta(peer) => {
+                    self.commit(std::mem::take(&mut pending));
+                    self.peer_head(&peer, &publish, true);
                 }
                 Work::Lost => {}
             }
@@ -494,9 +500,10 @@ impl Learner {
         }
     }
 
-    /// The local head on `{root}/head` and, with a fleet group, sealed on the group topic;
-    /// false if the outbox refused one of them.
-    fn publish_local_head(&self) -> bool {
+    /// The local head on `{root}/head` and, with a fleet group, sealed on the group topic
+    /// (retained) and, with deltas on, what was learned since the last one on the delta topic;
+    /// false if the outbox refused one of the retained ones.
+    fn publish_local_head(&mut self) -> bool {
         let outbox = &self.ctx.outbox;
         match self.head.to_bytes() {
             Ok(bytes) => {
@@ -506,16 +513,44 @@ impl Learner {
             }
             Err(e) => tracing::error!("cannot encode head: {e}"),
         }
-        if let Some(f) = &outbox.topics.fleet {
-            let device = &self.ctx.settings.device_id;
-            match self
-                .fleet
-                .identity
-                .seal(device, &self.fleet.config.group, &self.head)
-            {
-                Ok(env) => return outbox.publish(&f.mine, QoS::AtLeastOnce, true, env),
-                Err(e) => tracing::error!("cannot seal the fleet head: {e}"),
+        let Some(f) = &outbox.topics.fleet else {
+            return true;
+        };
+        let (device, group) = (&self.ctx.settings.device_id, &self.fleet.config.group);
+        let env = match self.fleet.identity.seal(device, group, &self.head) {
+            Ok(env) => env,
+            Err(e) => {
+                tracing::error!("cannot seal the fleet head: {e}");
+                return true;
             }
+        };
+        let whole = env.len();
+        if !outbox.publish(&f.mine, QoS::AtLeastOnce, true, env) {
+            return false;
+        }
+        if f.deltas {
+            // The samples since the last publish, unless the whole head is smaller: then (as
+            // after any change other than learning) a delta without samples tells peers to
+            // fetch the retained head.
+            if self.head.journal_bytes() >= whole {
+                self.head.end_journal();
+            }
+            if self
+                .head
+                .journal()
+                .is_some_and(|(base, _)| base == self.head.version())
+            {
+                // Published again unchanged (an earlier `info` was refused): peers have it.
+                return true;
+            }
+            match self.fleet.identity.seal_delta(device, group, &self.head) {
+                // Not retained: a board that misses it fetches the retained head.
+                Ok(d) => {
+                    outbox.publish(&f.my_deltas, QoS::AtLeastOnce, false, d);
+                }
+                Err(e) => tracing::error!("cannot seal the fleet delta: {e}"),
+            }
+            self.head.start_journal();
         }
         true
     }
@@ -545,13 +580,28 @@ impl Learner {
         }
     }
 
-    /// A fleet peer's signed head: verified, then merged into the prediction head.
-    fn peer_head(&mut self, peer: &str, publish: &Publish) {
+    /// A fleet peer's signed head or delta: verified, then merged into the prediction head;
+    /// a delta that cannot be applied subscribes to the peer's retained head until it comes.
+    fn peer_head(&mut self, peer: &str, publish: &Publish, delta: bool) {
         let expect = expect_head(&self.ctx.backbone);
-        match self
-            .fleet
-            .on_peer(peer, &publish.payload, &expect, self.head.algorithm())
-        {
+        let (payload, algorithm) = (&publish.payload, self.head.algorithm());
+        let (result, follow) = if delta {
+            self.fleet.on_delta(peer, payload, &expect, algorithm)
+        } else {
+            self.fleet.on_peer(peer, payload, &expect, algorithm)
+        };
+        match follow {
+            Follow::Nothing => {}
+            Follow::Fetch => self.fetch(peer),
+            Follow::Fetched => {
+                if let Some(f) = &self.ctx.outbox.topics.fleet {
+                    self.ctx
+                        .outbox
+                        .subscribe(&format!("{}{peer}", f.heads_prefix), false);
+                }
+            }
+        }
+        match result {
             Ok(Accepted::Updated) => {
                 tracing::info!(peer, "fleet head updated");
                 self.info_dirty = true;
@@ -564,8 +614,11 @@ impl Learner {
                 }
             }
             Ok(Accepted::Unchanged) => {}
+            Ok(Accepted::Fetch(version)) => {
+                tracing::info!(peer, version, "fleet delta needs the peer's whole head");
+            }
             Err(e) => {
-                tracing::warn!(peer, "rejected fleet head: {e}");
+                tracing::warn!(peer, delta, "rejected fleet head: {e}");
                 self.ctx
                     .outbox
                     .refuse(&publish.topic, None, &RequestError::Fleet(e));
@@ -574,9 +627,26 @@ impl Learner {
         self.ctx.outbox.ack(publish);
     }
 
+    /// Subscribes to `peer`'s retained head (its delta could not be applied); retried from
+    /// `housekeeping` while the request queue is full.
+    fn fetch(&mut self, peer: &str) {
+        if let Some(f) = &self.ctx.outbox.topics.fleet {
+            if self
+                .ctx
+                .outbox
+                .subscribe(&format!("{}{peer}", f.heads_prefix), true)
+            {
+                self.fleet.fetch_queued(peer);
+            }
+        }
+    }
+
     fn housekeeping(&mut self, stopping: bool) {
         self.ctx.dashboard.tick();
         self.fleet.peers.save_due(stopping);
+        for peer in self.fleet.fetches_to_queue() {
+            self.fetch(&peer);
+        }
         let publish = self.ctx.settings.publish.clone();
         if self.predictor_stale {
             // Bound the time spent on (possibly O(d³)) snapshots to ~10% of the wall clock.

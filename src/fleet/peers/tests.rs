@@ -3,6 +3,7 @@
 use super::*;
 use crate::fleet::testing::{expect, head, ids, key, verify, D};
 use crate::fleet::Identity;
+use crate::fleet::VerifiedDelta;
 use crate::head::Algorithm;
 
 /// `peer`'s head `h` signed by `id`, verified and offered to `p` (8 peers, unbounded store).
@@ -257,7 +258,7 @@ fn a_damaged_file_drops_the_slot_until_the_retained_head_returns() {
     assert_eq!(std::fs::read_dir(&heads_dir).unwrap().count(), 2);
     let stored = peers.stored_bytes();
     assert!(stored > 0);
-    let file_a = heads_dir.join(crate::fleet::store::file_name("a"));
+    let file_a = heads_dir.join(crate::fleet::store::file_name("a", Kind::Head));
     let mut b = std::fs::read(&file_a).unwrap();
     let n = b.len() / 2;
     b[n] ^= 1;
@@ -298,4 +299,226 @@ fn a_damaged_file_drops_the_slot_until_the_retained_head_returns() {
         "heads of another group are not restored"
     );
     assert_eq!(elsewhere.stored_bytes(), 0);
+}
+
+/// A peer board's side of deltas: its head, learning, and what it publishes.
+struct Sender<'a> {
+    id: &'a Identity,
+    name: &'a str,
+    head: Head,
+}
+
+impl Sender<'_> {
+    fn learn(&mut self, label: &str, level: f32, n: usize) {
+        for i in 0..n {
+            let x: Vec<f32> = (0..D)
+                .map(|j| level + ((i * 5 + j * 3 + label.len()) % 7) as f32 * 0.1)
+                .collect();
+            self.head.update(&x, label).unwrap();
+        }
+    }
+
+    /// The whole head and the delta, as `publish_local_head` sends them.
+    fn publish(&mut self, trusted: &[[u8; 32]]) -> (Verified, VerifiedDelta) {
+        let whole = verify(self.id, self.name, &self.head, trusted).unwrap();
+        let d = self.id.seal_delta(self.name, "g", &self.head).unwrap();
+        self.head.start_journal();
+        let d = crate::fleet::open_delta(
+            &d,
+            self.name,
+            "g",
+            trusted,
+            &expect(),
+            self.head.algorithm(),
+            1000,
+        )
+        .unwrap();
+        (whole, d)
+    }
+}
+
+#[test]
+fn deltas_keep_the_total_equal_to_the_peers_whole_heads() {
+    use rand::{Rng as _, SeedableRng};
+    let dir = tempfile::tempdir().unwrap();
+    let names = ["p0", "p1", "p2"];
+    let keys = ids(dir.path(), names);
+    let trusted: Vec<[u8; 32]> = keys.iter().map(key).collect();
+    let labels = ["cat", "cup", "dog"];
+    let x = vec![0.45f32; D];
+    for algorithm in [
+        Algorithm::Auto,
+        Algorithm::Ncm,
+        Algorithm::Slda,
+        Algorithm::Ridge,
+    ] {
+        let local = head_of(algorithm, "cat", 3, 0.2, 1);
+        let state = dir.path().join(format!("deltas-{algorithm}"));
+        std::fs::create_dir_all(&state).unwrap();
+        let mut peers = Peers::load(Some(&state), vec![]);
+        let mut senders: Vec<Sender<'_>> = names
+            .iter()
+            .zip(&keys)
+            .map(|(name, id)| Sender {
+                id,
+                name,
+                head: head_of(algorithm, "cat", 2, 0.1, 1),
+            })
+            .collect();
+        let mut latest: BTreeMap<String, Head> = BTreeMap::new();
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+        let (mut applied, mut fetched) = (0, 0);
+        for step in 0..120 {
+            let s = &mut senders[rng.gen_range(0..names.len())];
+            match step % 29 {
+                // A change only a whole head carries.
+                28 => {
+                    let h = s.head.clone();
+                    let c = h.classes();
+                    let label = &c[c.len() - 1].name;
+                    if c.len() > 1 {
+                        s.head.forget(label);
+                    }
+                }
+                _ => {
+                    let label = labels[rng.gen_range(0..labels.len())];
+                    s.learn(label, rng.gen_range(0.0..1.0), rng.gen_range(1..4));
+                }
+            }
+            let (whole, d) = s.publish(&trusted);
+            latest.insert(s.name.into(), s.head.clone());
+            // One delta in ten is lost on the way.
+            let outcome = if rng.gen_bool(0.1) {
+                Accepted::Fetch(0)
+            } else {
+                peers.apply_delta(s.name, d, u64::MAX).unwrap()
+            };
+            match outcome {
+                Accepted::Updated | Accepted::Unchanged => applied += 1,
+                Accepted::Fetch(_) => {
+                    fetched += 1;
+                    // The retained whole head, fetched.
+                    peers.accept(s.name, whole, 8, u64::MAX).unwrap();
+                }
+            }
+            assert_eq!(peers.heads[s.name].version, s.head.version());
+            assert_close(&peers.fleet_head(&local), &merged(&local, &latest), &x);
+        }
+        assert!(
+            applied > 60 && fetched > 10,
+            "{algorithm}: {applied} {fetched}"
+        );
+        // The whole head of a version reached by deltas changes nothing and drops the log.
+        let s = &mut senders[0];
+        s.learn("dog", 0.3, 2);
+        let (whole, d) = s.publish(&trusted);
+        assert_eq!(
+            peers.apply_delta("p0", d, u64::MAX).unwrap(),
+            Accepted::Updated
+        );
+        assert!(peers.seen["p0"].delta_sha256.is_some());
+        assert_eq!(
+            peers.accept("p0", whole, 8, u64::MAX).unwrap(),
+            Accepted::Unchanged
+        );
+        assert_eq!(peers.seen["p0"].delta_sha256, None);
+        // A restart restores heads and delta logs alike.
+        let s = &mut senders[1];
+        s.learn("cup", 0.7, 3);
+        let (_, d) = s.publish(&trusted);
+        latest.insert("p0".into(), senders[0].head.clone());
+        latest.insert("p1".into(), senders[1].head.clone());
+        peers.apply_delta("p1", d, u64::MAX).unwrap();
+        let before = peers.fleet_head(&local);
+        assert_close(&before, &merged(&local, &latest), &x);
+        peers.save_due(true);
+        let mut again = Peers::load(Some(&state), vec![]);
+        again.restore(&expect(), algorithm, "");
+        assert_eq!(again.heads, peers.heads);
+        assert_close(&again.fleet_head(&local), &before, &x);
+        // A damaged log drops the slot (the retained head brings it back).
+        let log = state
+            .join(crate::state::files::FLEET_HEADS)
+            .join(crate::fleet::store::file_name("p1", Kind::Delta));
+        let mut b = std::fs::read(&log).unwrap();
+        let n = b.len() - 3;
+        b[n] ^= 1;
+        std::fs::write(&log, b).unwrap();
+        let mut damaged = Peers::load(Some(&state), vec![]);
+        damaged.restore(&expect(), algorithm, "");
+        assert!(!damaged.heads.contains_key("p1"));
+        assert!(damaged.heads.contains_key("p0"));
+    }
+}
+
+#[test]
+fn a_delta_that_cannot_apply_asks_for_the_whole_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let [a, b] = ids(dir.path(), ["a", "b"]);
+    let trusted = [key(&a), key(&b)];
+    let mut p = Peers::load(None, vec![]);
+    let mut s = Sender {
+        id: &a,
+        name: "a",
+        head: head("cat", 3, 0.0, 4),
+    };
+    // No head of the peer yet.
+    s.learn("cat", 0.2, 1);
+    let (whole, d) = s.publish(&trusted);
+    assert_eq!(d.base, None, "no journal before the first publish");
+    assert_eq!(p.apply_delta("a", d, u64::MAX).unwrap(), Accepted::Fetch(5));
+    p.accept("a", whole, 8, u64::MAX).unwrap();
+    // A gap: the delta from 5 to 6 never came.
+    s.learn("cat", 0.3, 1);
+    let _ = s.publish(&trusted);
+    s.learn("cup", 0.3, 1);
+    let (whole, d) = s.publish(&trusted);
+    assert_eq!(d.base, Some(6));
+    assert_eq!(p.apply_delta("a", d, u64::MAX).unwrap(), Accepted::Fetch(7));
+    p.accept("a", whole, 8, u64::MAX).unwrap();
+    // An old or repeated delta changes nothing.
+    s.learn("cup", 0.4, 1);
+    let (_, d) = s.publish(&trusted);
+    let again = crate::fleet::VerifiedDelta {
+        samples: d.samples.clone(),
+        samples_bytes: d.samples_bytes.clone(),
+        key: d.key.clone(),
+        ..d
+    };
+    assert_eq!(p.apply_delta("a", d, u64::MAX).unwrap(), Accepted::Updated);
+    assert_eq!(
+        p.apply_delta("a", again, u64::MAX).unwrap(),
+        Accepted::Unchanged
+    );
+    // Unlearning ends the journal: the next delta has no base.
+    let x: Vec<f32> = (0..D)
+        .map(|j| 0.4 + ((j * 3 + 3) % 7) as f32 * 0.1)
+        .collect();
+    s.head.unlearn(&x, "cup").unwrap();
+    let (_, d) = s.publish(&trusted);
+    assert_eq!(d.base, None);
+    assert!(matches!(
+        p.apply_delta("a", d, u64::MAX),
+        Ok(Accepted::Fetch(_))
+    ));
+    // Another trusted key cannot extend a's slot; an excluded peer's deltas are refused.
+    let mut mallory = Sender {
+        id: &b,
+        name: "a",
+        head: head("cat", 1, 0.0, 1),
+    };
+    mallory.head.start_journal();
+    mallory.learn("cat", 9.0, 1);
+    let (_, d) = mallory.publish(&trusted);
+    assert_eq!(
+        p.apply_delta("a", d, u64::MAX).unwrap_err().code(),
+        "fleet_key_changed"
+    );
+    p.exclude("a");
+    s.learn("cup", 0.4, 1);
+    let (_, d) = s.publish(&trusted);
+    assert_eq!(
+        p.apply_delta("a", d, u64::MAX).unwrap_err().code(),
+        "fleet_excluded"
+    );
 }

@@ -1,0 +1,260 @@
+//! Signed deltas: the samples this board learned since the version its peers already have,
+//! sealed for the group's delta topic (a few kB per sample instead of the whole head), and
+//! [`open_delta`], the checks of a peer's delta (the same as for a whole head: trusted key,
+//! signature, backbone, algorithm, bounded values and sample count).
+
+use ring::signature::{KeyPair, UnparsedPublicKey, ED25519};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::envelope::MAX_ABS_MEAN;
+use super::{FleetError, Identity};
+use crate::cbor::{Bytes, F32Slice, F32s};
+use crate::head::{validate_label, Algorithm, Expect, Head, HeadError};
+
+/// Delta format name and version.
+pub const DELTA_FORMAT: &str = "adaptd-fleet-delta";
+const DELTA_VERSION: u32 = 1;
+/// Domain separation of the signed message (a delta's signature never verifies as a head's).
+const SIGNING_TAG: &[u8] = b"adaptd fleet delta v1\0";
+
+/// A signed delta as it travels on `{prefix}/{group}/deltas/{device}` (CBOR, not retained).
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeltaEnvelope {
+    pub format: String,
+    pub envelope_version: u32,
+    pub device_id: String,
+    pub group: String,
+    pub algorithm: String,
+    pub backbone_sha256: String,
+    pub dim: u64,
+    /// The version the samples start from. `None`: what changed since is only in the whole
+    /// head (an unlearn, a forget, an import, a restart), which peers fetch from its retained
+    /// topic.
+    pub base_version: Option<u64>,
+    /// The head's version after the samples.
+    pub version: u64,
+    /// The head's sample count after the samples.
+    pub head_samples: u64,
+    /// CBOR array of [`Learned`], in the order they were learned.
+    pub samples: Bytes,
+    pub public_key: Bytes,
+    pub signature: Bytes,
+}
+
+/// One learned sample of a delta.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Learned {
+    pub label: String,
+    pub x: F32s,
+}
+
+#[derive(Serialize)]
+struct LearnedRef<'a> {
+    label: &'a str,
+    x: F32Slice<'a>,
+}
+
+/// A verified delta.
+#[derive(Debug)]
+pub struct VerifiedDelta {
+    pub base: Option<u64>,
+    pub version: u64,
+    pub head_samples: u64,
+    pub key: String,
+    pub samples: Vec<Learned>,
+    /// The samples as signed (a CBOR array): what the peer store appends to the peer's log.
+    pub samples_bytes: Vec<u8>,
+}
+
+/// The signed message: tag, every field but the key and signature, SHA-256 of the samples.
+fn signed_message(e: &DeltaEnvelope) -> Vec<u8> {
+    let mut m = SIGNING_TAG.to_vec();
+    for s in [&e.device_id, &e.group, &e.algorithm, &e.backbone_sha256] {
+        m.extend((s.len() as u32).to_le_bytes());
+        m.extend(s.as_bytes());
+    }
+    m.extend(e.dim.to_le_bytes());
+    match e.base_version {
+        Some(b) => {
+            m.push(1);
+            m.extend(b.to_le_bytes());
+        }
+        None => m.push(0),
+    }
+    m.extend(e.version.to_le_bytes());
+    m.extend(e.head_samples.to_le_bytes());
+    m.extend(Sha256::digest(&e.samples.0));
+    m
+}
+
+impl Identity {
+    /// Seals what `head` learned since its journal started (see [`Head::journal`]) for the
+    /// group; without a journal, a delta with no base that tells peers to fetch the whole head.
+    pub fn seal_delta(
+        &self,
+        device_id: &str,
+        group: &str,
+        head: &Head,
+    ) -> Result<Vec<u8>, HeadError> {
+        let (base, samples) = match head.journal() {
+            Some((base, s)) => (Some(base), s),
+            None => (None, &[][..]),
+        };
+        let samples: Vec<LearnedRef<'_>> = samples
+            .iter()
+            .map(|(label, x)| LearnedRef {
+                label,
+                x: F32Slice(x),
+            })
+            .collect();
+        let samples = crate::cbor::to_vec_exact(&samples).map_err(HeadError::Encode)?;
+        let mut env = DeltaEnvelope {
+            format: DELTA_FORMAT.into(),
+            envelope_version: DELTA_VERSION,
+            device_id: device_id.into(),
+            group: group.into(),
+            algorithm: head.algorithm().as_str().into(),
+            backbone_sha256: head.backbone_sha256().into(),
+            dim: head.dim() as u64,
+            base_version: base,
+            version: head.version(),
+            head_samples: head.samples(),
+            samples: Bytes(samples),
+            public_key: Bytes(self.pair.public_key().as_ref().to_vec()),
+            signature: Bytes(Vec::new()),
+        };
+        env.signature = Bytes(self.pair.sign(&signed_message(&env)).as_ref().to_vec());
+        crate::cbor::to_vec_exact(&env).map_err(|e| HeadError::Encode(format!("fleet delta: {e}")))
+    }
+}
+
+/// The samples of one delta or of a stored log of them (CBOR arrays of [`Learned`], one after
+/// the other), in order.
+pub fn parse_samples(mut bytes: &[u8]) -> Result<Vec<Learned>, String> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let part: Vec<Learned> = ciborium::from_reader(&mut bytes).map_err(|e| e.to_string())?;
+        out.extend(part);
+    }
+    Ok(out)
+}
+
+/// Checks a delta from `peer`'s delta topic: format, group, trusted key, signature, this
+/// board's backbone, dimension and algorithm, the sample cap, and every sample (label, size,
+/// finite and bounded values). Whether it applies to what this board has of the peer is
+/// [`super::Peers::apply_delta`]'s question.
+pub fn open_delta(
+    bytes: &[u8],
+    peer: &str,
+    group: &str,
+    trusted: &[[u8; 32]],
+    expect: &Expect<'_>,
+    algorithm: Algorithm,
+    max_samples: u64,
+) -> Result<VerifiedDelta, FleetError> {
+    if bytes.len() > expect.max_bytes.saturating_add(4096) {
+        return Err(FleetError::Head(HeadError::TooLarge {
+            got: bytes.len(),
+            limit: expect.max_bytes,
+        }));
+    }
+    let env: DeltaEnvelope =
+        ciborium::from_reader(bytes).map_err(|e| FleetError::Unsigned(e.to_string()))?;
+    if env.format != DELTA_FORMAT || env.envelope_version != DELTA_VERSION {
+        return Err(FleetError::Unsigned(format!(
+            "format {:?} v{}",
+            env.format, env.envelope_version
+        )));
+    }
+    if env.device_id != peer || env.group != group {
+        return Err(FleetError::WrongPeer {
+            topic: peer.into(),
+            got: format!("{}@{}", env.device_id, env.group),
+        });
+    }
+    let key: [u8; 32] = env
+        .public_key
+        .0
+        .as_slice()
+        .try_into()
+        .map_err(|_| FleetError::Unsigned("public key is not 32 bytes".into()))?;
+    let key_hex = hex::encode(key);
+    if !trusted.contains(&key) {
+        return Err(FleetError::Untrusted(key_hex));
+    }
+    UnparsedPublicKey::new(&ED25519, key)
+        .verify(&signed_message(&env), &env.signature.0)
+        .map_err(|_| FleetError::BadSignature)?;
+    if env.algorithm != algorithm.as_str() {
+        let got = env.algorithm.parse().map_err(FleetError::Head)?;
+        return Err(FleetError::Head(HeadError::AlgorithmMismatch {
+            expected: algorithm,
+            got,
+        }));
+    }
+    if let Some(b) = expect.backbone_sha256.filter(|b| *b != env.backbone_sha256) {
+        return Err(FleetError::Head(HeadError::BackboneMismatch {
+            expected: b.to_string(),
+            got: env.backbone_sha256,
+        }));
+    }
+    let dim = usize::try_from(env.dim).unwrap_or(usize::MAX);
+    if let Some(d) = expect.dim.filter(|d| *d != dim) {
+        return Err(FleetError::Head(HeadError::DimensionMismatch {
+            expected: d,
+            got: dim,
+        }));
+    }
+    if env.head_samples > max_samples {
+        return Err(FleetError::TooManySamples {
+            got: env.head_samples,
+            cap: max_samples,
+        });
+    }
+    let samples = parse_samples(&env.samples.0)
+        .map_err(|e| FleetError::Unsigned(format!("delta samples: {e}")))?;
+    if env.base_version.is_none() && !samples.is_empty() {
+        return Err(FleetError::Unsigned(
+            "samples without a base version".into(),
+        ));
+    }
+    if let Some(b) = env.base_version {
+        if b >= env.version || (env.version - b) < samples.len() as u64 {
+            return Err(FleetError::Unsigned(format!(
+                "{} samples cannot lead from version {b} to {}",
+                samples.len(),
+                env.version
+            )));
+        }
+    }
+    for s in &samples {
+        validate_label(&s.label).map_err(FleetError::Head)?;
+        if s.x.0.len() != dim {
+            return Err(FleetError::Head(HeadError::DimensionMismatch {
+                expected: dim,
+                got: s.x.0.len(),
+            }));
+        }
+        if !s
+            .x
+            .0
+            .iter()
+            .all(|v| v.is_finite() && f64::from(v.abs()) <= MAX_ABS_MEAN)
+        {
+            return Err(FleetError::Absurd(
+                "a delta's embedding is not finite or far outside any backbone's range".into(),
+            ));
+        }
+    }
+    Ok(VerifiedDelta {
+        base: env.base_version,
+        version: env.version,
+        head_samples: env.head_samples,
+        key: key_hex,
+        samples,
+        samples_bytes: env.samples.0,
+    })
+}
