@@ -224,6 +224,115 @@ async fn boards_behind_two_bridged_brokers_learn_from_each_other() {
     assert!(cb.on(&format!("{rb}/error")).is_empty());
 }
 
+/// After the sync a board takes a peer's changes from its deltas (whole heads on the group
+/// topic no longer reach it), fetches the retained head of a board that joins later, and
+/// catches up after a restart; a bad delta is refused like a bad head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_changes_arrive_as_deltas_after_the_sync() {
+    let broker = Mosquitto::start();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (sa, sb, sc) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("c"),
+    );
+    let trusted = format!(
+        "[\"{}\", \"{}\", \"{}\"]",
+        key_of(&sa),
+        key_of(&sb),
+        key_of(&sc)
+    );
+    let fleet_env = [
+        ("ADAPTD_FLEET_GROUP", GROUP),
+        ("ADAPTD_FLEET_TRUSTED_KEYS", trusted.as_str()),
+        ("ADAPTD_ADAPT_METHOD", "none"),
+        ("ADAPTD_PUBLISH_HEAD_INTERVAL_SECS", "1"),
+    ];
+    let mut a = Daemon::start(&broker.url(), &sa, "board-a", &fleet_env);
+    let mut b = Daemon::start(&broker.url(), &sb, "board-b", &fleet_env);
+    let c = Client::connect(broker.port, &["adaptd/#"]).await;
+    let (ra, rb) = (a.root(), b.root());
+    for r in [&ra, &rb] {
+        c.wait_for(&format!("{r}/status"), |m| m.payload == b"online")
+            .await;
+    }
+    let cats = variants("chelsea.jpg", 4, 41);
+    let cups = variants("coffee.jpg", 5, 42);
+    let people = variants("astronaut.jpg", 4, 43);
+    learn_all(&c, &rb, "cat", &cats[..2]).await;
+    info(&c, &ra, |i| {
+        peer_version(i, "board-b").is_some() && i["fleet"]["peers"][0]["samples"] == 2
+    })
+    .await;
+
+    // Past the sync (quiet for 5 s), whole heads on the group topic no longer reach A: a
+    // message there would be refused with an error if it did.
+    tokio::time::sleep(std::time::Duration::from_secs(8)).await;
+    c.clear();
+    c.publish(&fleet_topic("probe"), b"not a head".to_vec())
+        .await;
+    learn_all(&c, &rb, "cup", &cups[..3]).await;
+    let i = info(&c, &ra, |i| i["fleet"]["peers"][0]["samples"] == 5).await;
+    assert!(i["fleet"]["deltas"]["applied"].as_u64() >= Some(1), "{i}");
+    assert_eq!(i["fleet"]["deltas"]["fetched"], 0, "{i}");
+    let at_a = predict(&c, &ra, "cup-at-a", &cups[3]).await;
+    assert_eq!(at_a["top"][0]["label"], "cup", "{at_a}");
+    assert!(
+        c.on(&format!("{ra}/error")).is_empty(),
+        "A still reads whole heads: {:?}",
+        c.on(&format!("{ra}/error"))
+            .iter()
+            .map(|m| m.json())
+            .collect::<Vec<_>>()
+    );
+
+    // A board that joins later: its first delta has nothing A can apply, so A fetches its
+    // retained head.
+    let late = Daemon::start(&broker.url(), &sc, "board-c", &fleet_env);
+    let rc = late.root();
+    c.wait_for(&format!("{rc}/status"), |m| m.payload == b"online")
+        .await;
+    learn_all(&c, &rc, "person", &people[..3]).await;
+    let i = info(&c, &ra, |i| {
+        i["fleet"]["peers"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p["id"] == "board-c" && p["samples"] == 3))
+    })
+    .await;
+    assert!(i["fleet"]["deltas"]["fetched"].as_u64() >= Some(1), "{i}");
+    let at_a = predict(&c, &ra, "person-at-a", &people[3]).await;
+    assert_eq!(at_a["top"][0]["label"], "person", "{at_a}");
+
+    // A bad delta is refused with an error and changes nothing.
+    let stranger = Identity::load_or_create(&tmp.path().join("stranger")).expect("key");
+    let sha = i["backbone"]["sha256"].as_str().expect("sha").to_string();
+    let mut h = synthetic(&sha, "forklift", 1, 0.5, 1);
+    h.start_journal();
+    h.update(&vec![0.5; 1280], "forklift").expect("update");
+    let forged = stranger.seal_delta("board-b", GROUP, &h).expect("seal");
+    c.clear();
+    c.publish(&format!("adaptd/fleet/{GROUP}/deltas/board-b"), forged)
+        .await;
+    c.wait_for(&format!("{ra}/error"), |m| {
+        m.json()["code"] == "fleet_untrusted"
+    })
+    .await;
+
+    // A stopped board catches up with what it missed when it comes back.
+    assert!(a.stop());
+    learn_all(&c, &rb, "cup", &cups[3..4]).await;
+    info(&c, &rb, |i| i["head"]["samples"] == 6).await;
+    c.clear();
+    a.restart();
+    info(&c, &ra, |i| {
+        i["fleet"]["peers"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p["id"] == "board-b" && p["samples"] == 6))
+    })
+    .await;
+    assert!(b.stop());
+}
+
 fn signed(id: &Identity, device: &str, head: &Head) -> Vec<u8> {
     id.seal(device, GROUP, head).expect("seal")
 }
@@ -259,6 +368,8 @@ async fn bad_peer_heads_are_rejected_with_an_error_and_change_nothing() {
             ("ADAPTD_FLEET_GROUP", GROUP),
             ("ADAPTD_FLEET_TRUSTED_KEYS", trusted.as_str()),
             ("ADAPTD_FLEET_MAX_PEER_SAMPLES", "50"),
+            // Whole heads keep coming after the sync: every one of them is checked here.
+            ("ADAPTD_FLEET_DELTAS", "false"),
         ],
     );
     let root = d.root();

@@ -258,3 +258,109 @@ pub fn open_delta(
         samples_bytes: env.samples.0,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::testing::{expect, head, ids, key, D};
+
+    #[test]
+    fn every_bad_delta_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let [a, m] = ids(dir.path(), ["a", "mallory"]);
+        let trusted = [key(&a)];
+        let mut h = head("cup", 3, 1.0, 5);
+        h.start_journal();
+        h.update(&[0.5; D], "cup").unwrap();
+        h.update(&[0.7; D], "cat").unwrap();
+        let algorithm = h.algorithm();
+        let open_as = |bytes: &[u8], peer: &str, group: &str| {
+            open_delta(bytes, peer, group, &trusted, &expect(), algorithm, 1000)
+        };
+        let code = |r: Result<VerifiedDelta, FleetError>| r.err().map(|e| e.code());
+        let env = a.seal_delta("a", "g", &h).unwrap();
+        let d = open_as(&env, "a", "g").unwrap();
+        assert_eq!((d.base, d.version, d.head_samples), (Some(5), 7, 5));
+        assert_eq!(d.samples.len(), 2);
+        assert_eq!(d.samples[1].label, "cat");
+        assert_eq!(d.samples[0].x.0, vec![0.5; D]);
+        assert_eq!(parse_samples(&d.samples_bytes).unwrap(), d.samples);
+        assert_eq!(code(open_as(&env, "b", "g")), Some("fleet_wrong_peer"));
+        assert_eq!(code(open_as(&env, "a", "other")), Some("fleet_wrong_peer"));
+        let env_m = m.seal_delta("a", "g", &h).unwrap();
+        assert_eq!(code(open_as(&env_m, "a", "g")), Some("fleet_untrusted"));
+        // A whole head is not a delta, nor is garbage.
+        let whole = a.seal("a", "g", &h).unwrap();
+        assert_eq!(code(open_as(&whole, "a", "g")), Some("fleet_unsigned"));
+        assert_eq!(code(open_as(b"\x00junk", "a", "g")), Some("fleet_unsigned"));
+        for i in (0..env.len()).step_by(37) {
+            let mut t = env.clone();
+            t[i] ^= 0x40;
+            assert!(open_as(&t, "a", "g").is_err(), "flip at {i} accepted");
+        }
+        // Another algorithm, backbone or dimension, too many samples.
+        let r = open_delta(&env, "a", "g", &trusted, &expect(), Algorithm::Ncm, 1000);
+        assert_eq!(code(r), Some("algorithm_mismatch"));
+        let other = Expect {
+            backbone_sha256: Some("cd"),
+            ..expect()
+        };
+        let r = open_delta(&env, "a", "g", &trusted, &other, algorithm, 1000);
+        assert_eq!(code(r), Some("backbone_mismatch"));
+        let other = Expect {
+            dim: Some(D + 1),
+            ..expect()
+        };
+        let r = open_delta(&env, "a", "g", &trusted, &other, algorithm, 1000);
+        assert_eq!(code(r), Some("dimension_mismatch"));
+        let r = open_delta(&env, "a", "g", &trusted, &expect(), algorithm, 4);
+        assert_eq!(code(r), Some("fleet_too_many_samples"));
+        // Embeddings far outside any backbone's range.
+        let mut far = head("cup", 1, 1.0, 1);
+        far.start_journal();
+        far.update(&[2e6; D], "cup").unwrap();
+        let env = a.seal_delta("a", "g", &far).unwrap();
+        assert_eq!(code(open_as(&env, "a", "g")), Some("fleet_absurd"));
+        // Re-signed envelopes whose fields do not add up.
+        let resign = |f: &dyn Fn(&mut DeltaEnvelope)| {
+            let mut e: DeltaEnvelope =
+                ciborium::from_reader(a.seal_delta("a", "g", &h).unwrap().as_slice()).unwrap();
+            f(&mut e);
+            e.signature = Bytes(a.pair.sign(&signed_message(&e)).as_ref().to_vec());
+            let mut out = Vec::new();
+            ciborium::into_writer(&e, &mut out).unwrap();
+            code(open_as(&out, "a", "g"))
+        };
+        assert_eq!(resign(&|e| e.base_version = None), Some("fleet_unsigned"));
+        assert_eq!(
+            resign(&|e| e.base_version = Some(6)),
+            Some("fleet_unsigned")
+        );
+        assert_eq!(
+            resign(&|e| e.samples = Bytes(vec![0x81, 0x01])),
+            Some("fleet_unsigned")
+        );
+        let bad_label = [Learned {
+            label: "a/b".into(),
+            x: F32s(vec![0.0; D]),
+        }];
+        let bytes = crate::cbor::to_vec_exact(&bad_label).unwrap();
+        assert_eq!(
+            resign(&|e| e.samples = Bytes(bytes.clone())),
+            Some("bad_label")
+        );
+        let short = [Learned {
+            label: "cup".into(),
+            x: F32s(vec![0.0; D - 1]),
+        }];
+        let bytes = crate::cbor::to_vec_exact(&short).unwrap();
+        assert_eq!(
+            resign(&|e| e.samples = Bytes(bytes.clone())),
+            Some("dimension_mismatch")
+        );
+        // Without a journal: no base, no samples (peers fetch the whole head).
+        let fresh = head("cup", 2, 1.0, 3);
+        let d = open_as(&a.seal_delta("a", "g", &fresh).unwrap(), "a", "g").unwrap();
+        assert_eq!((d.base, d.samples.len(), d.version), (None, 0, 3));
+    }
+}

@@ -1,13 +1,16 @@
 //! What a head learned since a base version, as the labeled samples themselves: what the fleet
 //! sends its peers instead of the whole head when nothing but learning happened since.
 
+/// A learned sample: its label and embedding.
+pub type Sample = (String, Vec<f32>);
+
 /// The samples a head learned since version `base`. Any other change of its statistics
 /// (unlearn, forget, reset, merge, a new version set from outside) ends the journal: only a
 /// whole head says what happened then. A clone starts without one (it is another head).
 #[derive(Debug, Default)]
 pub struct Journal {
     base: Option<u64>,
-    samples: Vec<(String, Vec<f32>)>,
+    samples: Vec<Sample>,
     bytes: usize,
 }
 
@@ -50,7 +53,7 @@ impl Journal {
     }
 
     /// The base version and the samples learned since, in order; `None` when the journal ended.
-    pub fn since(&self) -> Option<(u64, &[(String, Vec<f32>)])> {
+    pub fn since(&self) -> Option<(u64, &[Sample])> {
         self.base.map(|b| (b, self.samples.as_slice()))
     }
 

@@ -42,7 +42,7 @@ pub use predictor::{Prediction, Predictor, Scored};
 pub use stats::SourceStats;
 
 use auto::{AutoState, Candidates};
-use journal::Journal;
+use journal::{Journal, Sample};
 use ncm::NcmState;
 use openset::{Calibration, OpenSetParts};
 use scatter::ScatterState;
@@ -982,7 +982,7 @@ impl Head {
 
     /// The version the journal started at and the samples learned since, in order; `None`
     /// when something other than learning changed the statistics since (or it never started).
-    pub fn journal(&self) -> Option<(u64, &[(String, Vec<f32>)])> {
+    pub fn journal(&self) -> Option<(u64, &[Sample])> {
         self.journal.since()
     }
 

@@ -983,3 +983,67 @@ fn open_set_rejects_an_unseen_class_at_the_calibrated_threshold() {
     let empty = Head::new(&config(Algorithm::Auto, false), 8, BACKBONE);
     assert_eq!(empty.snapshot().threshold(0.05), None);
 }
+
+/// The fleet's deltas: a head learned from its journal's base by the journal's samples equals
+/// the head; anything but learning ends the journal, and a copy has none.
+#[test]
+fn the_journal_replays_to_the_same_head() {
+    let d = 6;
+    let x = |i: usize| -> Vec<f32> {
+        (0..d)
+            .map(|j| ((i * 7 + j * 3) % 11) as f32 * 0.1)
+            .collect()
+    };
+    for algorithm in [
+        Algorithm::Auto,
+        Algorithm::Ncm,
+        Algorithm::Slda,
+        Algorithm::Ridge,
+    ] {
+        let mut h = Head::new(&config(algorithm, true), d, "ab");
+        for i in 0..4 {
+            h.update(&x(i), ["a", "b"][i % 2]).unwrap();
+        }
+        assert!(h.journal().is_none(), "not started");
+        h.start_journal();
+        let base = h.clone();
+        for i in 4..9 {
+            h.update(&x(i), ["a", "b", "c"][i % 3]).unwrap();
+        }
+        let (at, samples) = h.journal().unwrap();
+        assert_eq!((at, samples.len()), (base.version(), 5));
+        let mut replayed = base.clone();
+        for (label, v) in samples {
+            replayed.update(v, label).unwrap();
+        }
+        let probes: Vec<Vec<f32>> = (20..24).map(x).collect();
+        for p in &probes {
+            assert_eq!(
+                probs_by_label(&replayed, p),
+                probs_by_label(&h, p),
+                "{algorithm}"
+            );
+        }
+        assert!(h.clone().journal().is_none(), "a copy has no journal");
+        let mut other = h.clone();
+        other.unlearn(&x(8), "c").unwrap();
+        assert!(other.journal().is_none());
+        let mut other = h.clone();
+        other.start_journal();
+        other.forget("a");
+        assert!(other.journal().is_none());
+        let mut other = h.clone();
+        other.start_journal();
+        other.merge(&base).unwrap();
+        assert!(other.journal().is_none());
+        let mut other = h.clone();
+        other.start_journal();
+        other.reset();
+        assert!(other.journal().is_none());
+    }
+    // sgd's merge is an average: its peers always get the whole head.
+    let mut h = Head::new(&config(Algorithm::Sgd, true), d, "ab");
+    h.start_journal();
+    h.update(&x(0), "a").unwrap();
+    assert!(h.journal().is_none());
+}
