@@ -3,7 +3,9 @@
 //! Per fleet size it measures the real board's memory, CPU per peer update, the time from a
 //! peer's new head to a changed prediction, restart time, and the broker's bytes per second.
 //! `--drift` measures, in process, how far the running fleet total drifts from an exact
-//! rebuild over one rebuild period.
+//! rebuild over one rebuild period. With `--deltas true` (the default, as the daemon's
+//! `[fleet] deltas`) each virtual board publishes its whole head retained and what it learned
+//! since as a signed delta, as a real board does; `--deltas false` only whole heads.
 //!
 //! ```sh
 //! cargo build --release --examples
@@ -80,6 +82,9 @@ struct Args {
     /// One JSON object per fleet size instead of the table.
     #[arg(long)]
     json: bool,
+    /// Deltas beside the whole heads (the real board's `[fleet] deltas` too).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    deltas: bool,
     /// Extra environment of the real adaptd, KEY=VALUE (repeatable), e.g. allocator settings.
     #[arg(long = "env")]
     daemon_env: Vec<String>,
@@ -204,6 +209,7 @@ struct Fleet {
     labels: Vec<Vec<String>>,
     centres: Vec<Vec<f32>>,
     rng: SmallRng,
+    deltas: bool,
 }
 
 fn identity(i: usize) -> Result<Identity> {
@@ -232,6 +238,7 @@ impl Fleet {
             labels: Vec::new(),
             centres,
             rng,
+            deltas: args.deltas,
         };
         for i in 0..=n {
             f.ids.push(identity(i)?);
@@ -252,6 +259,9 @@ impl Fleet {
                 }
             }
             head.set_version(1);
+            if f.deltas {
+                head.start_journal();
+            }
             f.heads.push(head);
             f.labels.push(labels);
         }
@@ -268,16 +278,25 @@ impl Fleet {
             .collect())
     }
 
-    /// Board `i` learns `k` samples of one of its classes; returns its new envelope.
-    fn step(&mut self, i: usize, k: usize) -> Result<Vec<u8>> {
+    /// Board `i` learns `k` samples of one of its classes; returns its new envelope and delta.
+    fn step(&mut self, i: usize, k: usize) -> Result<(Vec<u8>, Option<Vec<u8>>)> {
         let label = self.labels[i][self.rng.gen_range(0..self.labels[i].len())].clone();
         for _ in 0..k {
             let x = self.sample(&label)?;
             self.heads[i].update(&x, &label)?;
         }
-        let v = self.heads[i].version() + 1;
-        self.heads[i].set_version(v);
-        self.seal(i)
+        self.publish(i)
+    }
+
+    /// Board `i`'s envelope and, with deltas, its delta since the last publish.
+    fn publish(&mut self, i: usize) -> Result<(Vec<u8>, Option<Vec<u8>>)> {
+        let whole = self.seal(i)?;
+        if !self.deltas {
+            return Ok((whole, None));
+        }
+        let d = self.ids[i].seal_delta(&board_id(i), GROUP, &self.heads[i])?;
+        self.heads[i].start_journal();
+        Ok((whole, Some(d)))
     }
 
     fn seal(&self, i: usize) -> Result<Vec<u8>> {
@@ -287,6 +306,23 @@ impl Fleet {
 
 fn topic(i: usize) -> String {
     format!("adaptd/fleet/{GROUP}/heads/{}", board_id(i))
+}
+
+fn delta_topic(i: usize) -> String {
+    format!("adaptd/fleet/{GROUP}/deltas/{}", board_id(i))
+}
+
+/// Publishes board `i`'s whole head (retained) and its delta.
+async fn send(client: &AsyncClient, i: usize, env: (Vec<u8>, Option<Vec<u8>>)) -> Result<()> {
+    client
+        .publish(topic(i), QoS::AtLeastOnce, true, env.0)
+        .await?;
+    if let Some(d) = env.1 {
+        client
+            .publish(delta_topic(i), QoS::AtLeastOnce, false, d)
+            .await?;
+    }
+    Ok(())
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -309,10 +345,10 @@ async fn main() -> Result<()> {
     }
     if !args.json {
         println!(
-            "| boards | learner | envelope KB | sync s | restart s | RSS MB (peak) | store MB | \
+            "| boards | learner | deltas | envelope KB | sync s | restart s | RSS MB (peak) | store MB | \
              CPU ms/update | probe s (median, max) | broker in KB/s | broker out KB/s | rejected | rebuilds |"
         );
-        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     }
     for &n in &args.boards {
         let r = level(&args, algorithm, n).await?;
@@ -320,9 +356,10 @@ async fn main() -> Result<()> {
             println!("{r}");
         } else {
             println!(
-                "| {} | {} | {:.1} | {:.1} | {:.1} | {:.0} ({:.0}) | {:.1} | {:.2} | {:.2}, {:.2} | {:.0} | {:.0} | {} | {} |",
+                "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.0} ({:.0}) | {:.1} | {:.2} | {:.2}, {:.2} | {:.0} | {:.0} | {} | {} |",
                 n,
                 args.learner,
+                args.deltas,
                 r["envelope_bytes"].as_f64().unwrap_or(0.0) / 1024.0,
                 r["sync_secs"].as_f64().unwrap_or(f64::NAN),
                 r["restart_secs"].as_f64().unwrap_or(f64::NAN),
@@ -380,6 +417,7 @@ async fn level(args: &Args, algorithm: Algorithm, n: usize) -> Result<Value> {
             .env("ADAPTD_HEAD_ALGORITHM", algorithm.as_str())
             .env("ADAPTD_ADAPT_METHOD", "none")
             .env("ADAPTD_PUBLISH_HEAD_INTERVAL_SECS", "1")
+            .env("ADAPTD_FLEET_DELTAS", args.deltas.to_string())
             .env("ADAPTD_LOG", "warn")
             .envs(args.daemon_env.iter().filter_map(|kv| kv.split_once('=')))
             .stdout(Stdio::null())
@@ -445,8 +483,12 @@ async fn level(args: &Args, algorithm: Algorithm, n: usize) -> Result<Value> {
         algorithm,
         ..HeadConfig::default()
     };
-    let fleet = Fleet::new(n, args, &config, &base, local.backbone_sha256())?;
+    let mut fleet = Fleet::new(n, args, &config, &base, local.backbone_sha256())?;
     let envelope_bytes = fleet.seal(0)?.len();
+    // The probe board starts with one class on the cup: its probes are then deltas.
+    for _ in 0..args.samples {
+        fleet.heads[n].update(&cup, "probe-idle")?;
+    }
 
     // Initial sync: every board's first head, retained, as fast as the broker takes them.
     let peers_seen = |k: usize| {
@@ -462,15 +504,14 @@ async fn level(args: &Args, algorithm: Algorithm, n: usize) -> Result<Value> {
         }
     };
     let t = Instant::now();
-    for i in 0..n {
-        client
-            .publish(topic(i), QoS::AtLeastOnce, true, fleet.seal(i)?)
-            .await?;
+    for i in 0..=n {
+        let env = fleet.publish(i)?;
+        send(&client, i, env).await?;
     }
     wait_until(
         "every peer merged",
         Duration::from_secs(1800),
-        peers_seen(n),
+        peers_seen(n + 1),
     )
     .await?;
     let sync_secs = t.elapsed().as_secs_f64();
@@ -500,11 +541,7 @@ async fn level(args: &Args, algorithm: Algorithm, n: usize) -> Result<Value> {
                 let env = fleet.lock().expect("lock").step(i, learn);
                 match env {
                     Ok(env) => {
-                        if client
-                            .publish(topic(i), QoS::AtLeastOnce, true, env)
-                            .await
-                            .is_ok()
-                        {
+                        if send(&client, i, env).await.is_ok() {
                             sent.fetch_add(1, Ordering::Relaxed);
                         }
                     }
@@ -531,8 +568,10 @@ async fn level(args: &Args, algorithm: Algorithm, n: usize) -> Result<Value> {
     let broker_out = (SYS_SENT.load(Ordering::Relaxed).saturating_sub(out0)) as f64 / secs;
     let (hwm, now_rss) = rss(pid);
 
-    // Probes, with the updates going on: the probe board teaches a new class whose mean is the
-    // probe photo's embedding; time until the real board predicts it for that photo.
+    // Probes, with the updates going on: the probe board learns a new class between the cup
+    // and the probe photo's embedding, each closer to the photo than the one before (so it is
+    // the nearest class); time until the real board predicts it for that photo. With deltas
+    // on, what reaches the real board is the probe board's delta.
     let b64 = base64::engine::general_purpose::STANDARD.encode(&probe_image);
     let mut probe_secs = Vec::new();
     let mut infer_ms = Vec::new();
@@ -540,18 +579,19 @@ async fn level(args: &Args, algorithm: Algorithm, n: usize) -> Result<Value> {
         let label = format!("probe{k}");
         let env = {
             let mut f = fleet.lock().expect("lock");
-            let mut head = Head::new(&config, probe.len(), local.backbone_sha256());
+            let a = 0.3 / f32::powi(2.0, k as i32);
+            let x: Vec<f32> = probe
+                .iter()
+                .zip(&cup)
+                .map(|(p, c)| (1.0 - a) * p + a * c)
+                .collect();
             for _ in 0..args.samples {
-                head.update(&probe, &label)?;
+                f.heads[n].update(&x, &label)?;
             }
-            head.set_version(k as u64 + 2);
-            f.heads[n] = head;
-            f.seal(n)?
+            f.publish(n)?
         };
         let t = Instant::now();
-        client
-            .publish(topic(n), QoS::AtLeastOnce, true, env)
-            .await?;
+        send(&client, n, env).await?;
         let mut q = 0u64;
         loop {
             if t.elapsed() > Duration::from_secs(120) {
@@ -606,7 +646,7 @@ async fn level(args: &Args, algorithm: Algorithm, n: usize) -> Result<Value> {
     wait_until(
         "every peer after the restart",
         Duration::from_secs(600),
-        peers_seen(n + usize::from(args.probes > 0)),
+        peers_seen(n + 1),
     )
     .await?;
     let restart_all_secs = t.elapsed().as_secs_f64();
@@ -622,6 +662,9 @@ async fn level(args: &Args, algorithm: Algorithm, n: usize) -> Result<Value> {
     Ok(json!({
         "boards": n,
         "learner": algorithm.as_str(),
+        "deltas": args.deltas,
+        "deltas_applied": fleet_info["deltas"]["applied"],
+        "heads_fetched": fleet_info["deltas"]["fetched"],
         "classes_per_board": args.classes,
         "rate_per_sec": args.rate,
         "envelope_bytes": envelope_bytes,
@@ -688,18 +731,40 @@ fn drift(args: &Args, algorithm: Algorithm, n: usize) -> Result<()> {
         Ok(())
     };
     for i in 0..n {
-        let env = fleet.seal(i)?;
-        take(&mut peers, i, &env)?;
+        let env = fleet.publish(i)?;
+        take(&mut peers, i, &env.0)?;
     }
     peers.rebuild();
     let period = adaptd::fleet::rebuild_period(n);
-    let t = Instant::now();
+    // The receiving side's time only (sealing a virtual board's head takes a snapshot).
+    let mut receiving = Duration::ZERO;
+    let mut fetched = 0u64;
     for _ in 0..period - 1 {
         let i = rng.gen_range(0..n);
-        let env = fleet.step(i, args.learn)?;
-        take(&mut peers, i, &env)?;
+        let (whole, delta) = fleet.step(i, args.learn)?;
+        let t = Instant::now();
+        let applied = match delta {
+            Some(d) => {
+                let d = adaptd::fleet::open_delta(
+                    &d,
+                    &board_id(i),
+                    GROUP,
+                    &trusted,
+                    &expect,
+                    algorithm,
+                    u64::MAX,
+                )?;
+                peers.apply_delta(&board_id(i), d, u64::MAX)? == adaptd::fleet::Accepted::Updated
+            }
+            None => false,
+        };
+        if !applied {
+            fetched += u64::from(fleet.deltas);
+            take(&mut peers, i, &whole)?;
+        }
+        receiving += t.elapsed();
     }
-    let per_update_ms = t.elapsed().as_secs_f64() * 1e3 / (period - 1) as f64;
+    let per_update_ms = receiving.as_secs_f64() * 1e3 / (period - 1) as f64;
     let running = peers.total().context("a total")?.clone();
     let t = Instant::now();
     peers.rebuild();
@@ -739,7 +804,10 @@ fn drift(args: &Args, algorithm: Algorithm, n: usize) -> Result<()> {
             "learner": algorithm.as_str(),
             "dim": args.dim,
             "updates_since_rebuild": period - 1,
+            "deltas": args.deltas,
+            "whole_heads_taken": fetched,
             "envelope_bytes": fleet.seal(0)?.len(),
+            "delta_bytes": delta_bytes(&mut fleet, args.learn)?,
             "max_rel_drift_class_sums": worst_sum,
             "max_rel_drift_covariance": worst_cov,
             "update_ms": per_update_ms,
@@ -747,4 +815,14 @@ fn drift(args: &Args, algorithm: Algorithm, n: usize) -> Result<()> {
         })
     );
     Ok(())
+}
+
+/// The size of a delta of `learn` samples (board 0's, as the steady phase sends them).
+fn delta_bytes(fleet: &mut Fleet, learn: usize) -> Result<usize> {
+    let deltas = fleet.deltas;
+    fleet.deltas = true;
+    fleet.heads[0].start_journal();
+    let (_, d) = fleet.step(0, learn)?;
+    fleet.deltas = deltas;
+    Ok(d.map_or(0, |d| d.len()))
 }
