@@ -85,6 +85,9 @@ struct Args {
     /// Deltas beside the whole heads (the real board's `[fleet] deltas` too).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     deltas: bool,
+    /// Where the real adaptd's log goes (default: nowhere).
+    #[arg(long)]
+    daemon_log: Option<PathBuf>,
     /// Extra environment of the real adaptd, KEY=VALUE (repeatable), e.g. allocator settings.
     #[arg(long = "env")]
     daemon_env: Vec<String>,
@@ -258,10 +261,9 @@ impl Fleet {
                     }
                 }
             }
+            // No journal yet: as a board's first publish after it starts, the first delta
+            // tells peers to fetch the whole head.
             head.set_version(1);
-            if f.deltas {
-                head.start_journal();
-            }
             f.heads.push(head);
             f.labels.push(labels);
         }
@@ -291,7 +293,11 @@ impl Fleet {
     /// Board `i`'s envelope and, with deltas, its delta since the last publish.
     fn publish(&mut self, i: usize) -> Result<(Vec<u8>, Option<Vec<u8>>)> {
         let whole = self.seal(i)?;
-        if !self.deltas {
+        let unchanged = self.heads[i]
+            .journal()
+            .is_some_and(|(base, _)| base == self.heads[i].version());
+        if !self.deltas || unchanged {
+            // As a board does: nothing learned since the last delta, none to send.
             return Ok((whole, None));
         }
         let d = self.ids[i].seal_delta(&board_id(i), GROUP, &self.heads[i])?;
@@ -421,7 +427,16 @@ async fn level(args: &Args, algorithm: Algorithm, n: usize) -> Result<Value> {
             .env("ADAPTD_LOG", "warn")
             .envs(args.daemon_env.iter().filter_map(|kv| kv.split_once('=')))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(match &args.daemon_log {
+                Some(p) => Stdio::from(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(p)
+                        .with_context(|| format!("{}", p.display()))?,
+                ),
+                None => Stdio::null(),
+            })
             .spawn()
             .context("starting adaptd")?;
         Ok(Killed(child))

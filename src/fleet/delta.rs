@@ -222,7 +222,8 @@ pub fn open_delta(
         ));
     }
     if let Some(b) = env.base_version {
-        if b >= env.version || (env.version - b) < samples.len() as u64 {
+        // Every learned sample moves the version on (`b == version`: nothing new).
+        if b > env.version || (env.version - b) < samples.len() as u64 {
             return Err(FleetError::Unsigned(format!(
                 "{} samples cannot lead from version {b} to {}",
                 samples.len(),
@@ -362,5 +363,10 @@ mod tests {
         let fresh = head("cup", 2, 1.0, 3);
         let d = open_as(&a.seal_delta("a", "g", &fresh).unwrap(), "a", "g").unwrap();
         assert_eq!((d.base, d.samples.len(), d.version), (None, 0, 3));
+        // Nothing learned since the journal started: an empty delta, not an error.
+        let mut idle = head("cup", 2, 1.0, 3);
+        idle.start_journal();
+        let d = open_as(&a.seal_delta("a", "g", &idle).unwrap(), "a", "g").unwrap();
+        assert_eq!((d.base, d.samples.len(), d.version), (Some(3), 0, 3));
     }
 }

@@ -31,7 +31,25 @@ pub struct Seen {
     /// The delta log's SHA-256, when deltas were applied since the stored head.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delta_sha256: Option<String>,
+    /// Samples in the delta log.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub log_samples: u64,
+    /// The stored head is this board's encoding of the peer's head with a log applied
+    /// ([`COMPACT_AFTER`]), not a file the peer signed: the peer's own head of that version
+    /// is the same statistics, not a replay.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub compacted: bool,
 }
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// A peer's delta log is folded into its stored head (decoded, the samples learned, encoded
+/// again) once it holds this many samples or more bytes than the head: what a rebuild, a
+/// replacement or a restart replays per peer stays bounded (a sample of `slda` costs about
+/// one merge to replay), at the price of one encoding per this many samples.
+pub const COMPACT_AFTER: u64 = 64;
 
 /// The peers file: what was seen of each peer, and the peers excluded at run time.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -254,7 +272,7 @@ impl Peers {
             }
             let same = v.version == s.version && v.head_sha256 == s.head_sha256;
             // The whole head of the version this board reached by deltas.
-            let reached = v.version == s.version && s.delta_sha256.is_some();
+            let reached = v.version == s.version && (s.delta_sha256.is_some() || s.compacted);
             if v.version < s.version || (v.version == s.version && !same && !reached) {
                 return Err(FleetError::Replay {
                     peer: peer.into(),
@@ -308,6 +326,8 @@ impl Peers {
             version: v.version,
             head_sha256: v.head_sha256.clone(),
             delta_sha256: None,
+            log_samples: 0,
+            compacted: false,
         };
         self.heads.insert(peer.into(), slot(&seen, &v.head));
         self.seen.insert(peer.into(), seen);
@@ -336,6 +356,8 @@ impl Peers {
         if let Some(s) = self.seen.get_mut(peer) {
             s.head_sha256 = v.head_sha256.clone();
             s.delta_sha256 = None;
+            s.log_samples = 0;
+            s.compacted = false;
         }
         if let Some(p) = self.heads.get_mut(peer) {
             p.head_sha256 = v.head_sha256.clone();
@@ -346,10 +368,10 @@ impl Peers {
     }
 
     /// Takes a verified delta from `peer`: applies its samples to the fleet total and appends
-    /// them to the peer's stored log when it starts at the version this board has of the peer;
-    /// [`Accepted::Fetch`] when it cannot (no head of the peer yet, a missed delta, a change
-    /// only a whole head carries, a log that would outgrow the head); `Unchanged` for a version
-    /// already had. Refused like a head: excluded peers, another key, a store over `max_bytes`,
+    /// them to the peer's stored log when it starts at the version this board has of the peer
+    /// (folding the log into the stored head past [`COMPACT_AFTER`]); [`Accepted::Fetch`] when
+    /// it cannot (no head of the peer yet, a missed delta, a change only a whole head
+    /// carries); `Unchanged` for a version already had. Refused like a head: excluded peers, another key, a store over `max_bytes`,
     /// more classes than a head holds.
     pub fn apply_delta(
         &mut self,
@@ -388,11 +410,6 @@ impl Peers {
             },
             None => Vec::new(),
         };
-        // Past the size of the head itself, replaying the log costs more than fetching it.
-        let head_bytes = self.store.size(peer, Kind::Head);
-        if (log.len() + d.samples_bytes.len()) as u64 > head_bytes {
-            return Ok(Accepted::Fetch(d.version));
-        }
         let need = self.store.bytes() + d.samples_bytes.len() as u64;
         if need > max_bytes {
             return Err(FleetError::StoreFull {
@@ -417,21 +434,32 @@ impl Peers {
                 limit: MAX_CLASSES,
             }));
         }
+        // Only the new samples are written (the log's hash covers the whole of it).
+        let fresh = log.is_empty();
         log.extend_from_slice(&d.samples_bytes);
-        self.store
-            .put(peer, Kind::Delta, &log)
-            .map_err(|e| FleetError::Store(e.to_string()))?;
-        let seen = Seen {
+        if fresh {
+            self.store.put(peer, Kind::Delta, &log)
+        } else {
+            self.store.append(peer, Kind::Delta, &d.samples_bytes)
+        }
+        .map_err(|e| FleetError::Store(e.to_string()))?;
+        let mut seen = Seen {
             version: d.version,
             delta_sha256: Some(hex::encode(Sha256::digest(&log))),
+            log_samples: seen.log_samples + d.samples.len() as u64,
             ..seen
         };
+        if seen.log_samples >= COMPACT_AFTER || log.len() as u64 > self.store.size(peer, Kind::Head)
+        {
+            self.compact(peer, &mut seen);
+        }
         self.heads.insert(
             peer.into(),
             Peer {
                 version: d.version,
                 samples: d.head_samples,
                 labels,
+                head_sha256: seen.head_sha256.clone(),
                 ..slot
             },
         );
@@ -453,6 +481,26 @@ impl Peers {
         };
         self.changed(updated);
         Ok(Accepted::Updated)
+    }
+
+    /// Folds `peer`'s delta log into its stored head. On failure the log stays (it is still
+    /// valid), and the next delta tries again.
+    fn compact(&mut self, peer: &str, seen: &mut Seen) {
+        let Some(head) = read_slot(&mut self.store, peer, seen, &STORED) else {
+            return;
+        };
+        let bytes = match head.to_bytes() {
+            Ok(b) => b,
+            Err(e) => return tracing::warn!(peer, "cannot fold the fleet delta log: {e}"),
+        };
+        if let Err(e) = self.store.put(peer, Kind::Head, &bytes) {
+            return tracing::warn!(peer, "cannot fold the fleet delta log: {e}");
+        }
+        self.store.remove(peer, Kind::Delta);
+        seen.head_sha256 = hex::encode(Sha256::digest(&bytes));
+        seen.delta_sha256 = None;
+        seen.log_samples = 0;
+        seen.compacted = true;
     }
 
     /// Drops `peer`'s slot (its head withdrawn: an empty retained message); true if it had one.

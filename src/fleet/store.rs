@@ -73,6 +73,29 @@ impl PeerStore {
         Ok(())
     }
 
+    /// Appends `bytes` to `peer`'s file of `kind` (a delta log: only what is new is written;
+    /// a write cut short by a crash fails the log's hash check, and the peer's retained head
+    /// fills the slot again).
+    pub fn append(&mut self, peer: &str, kind: Kind, bytes: &[u8]) -> io::Result<()> {
+        match self.path(peer, kind) {
+            Some(p) => {
+                use std::io::Write as _;
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&p)?
+                    .write_all(bytes)?;
+            }
+            None => self
+                .memory
+                .entry((peer.into(), kind))
+                .or_default()
+                .extend_from_slice(bytes),
+        }
+        *self.sizes.entry((peer.into(), kind)).or_default() += bytes.len() as u64;
+        Ok(())
+    }
+
     /// `peer`'s head file or delta log if it is there and its SHA-256 is `sha256` (hex): a
     /// file that is missing, stale or damaged is `None`.
     pub fn get(&mut self, peer: &str, kind: Kind, sha256: &str) -> Option<Vec<u8>> {
@@ -197,6 +220,12 @@ mod tests {
         assert_eq!(left.len(), 1, "b's head and delta log are gone");
         assert!(s.get("cam/1 ☕", h, &sha(b"second!")).is_some());
         s.put("cam/1 ☕", d, b"more").unwrap();
+        s.append("cam/1 ☕", d, b" and more").unwrap();
+        assert_eq!(
+            s.get("cam/1 ☕", d, &sha(b"more and more")).unwrap(),
+            b"more and more"
+        );
+        assert_eq!(s.size("cam/1 ☕", d), 13);
         s.remove_peer("cam/1 ☕");
         assert_eq!(s.bytes(), 0);
         assert!(s.get("cam/1 ☕", h, &sha(b"second!")).is_none());
@@ -204,7 +233,7 @@ mod tests {
         // In memory.
         let mut m = PeerStore::open(None);
         m.put("a", h, b"x").unwrap();
-        m.put("a", d, b"y").unwrap();
+        m.append("a", d, b"y").unwrap();
         assert_eq!(m.get("a", h, &sha(b"x")).unwrap(), b"x");
         assert_eq!(m.get("a", d, &sha(b"y")).unwrap(), b"y");
         m.remove_peer("a");

@@ -416,12 +416,14 @@ fn deltas_keep_the_total_equal_to_the_peers_whole_heads() {
             peers.apply_delta("p0", d, u64::MAX).unwrap(),
             Accepted::Updated
         );
-        assert!(peers.seen["p0"].delta_sha256.is_some());
+        let s0 = &peers.seen["p0"];
+        assert!(s0.delta_sha256.is_some() || s0.compacted);
         assert_eq!(
             peers.accept("p0", whole, 8, u64::MAX).unwrap(),
             Accepted::Unchanged
         );
-        assert_eq!(peers.seen["p0"].delta_sha256, None);
+        let s0 = &peers.seen["p0"];
+        assert!(s0.delta_sha256.is_none() && !s0.compacted);
         // A restart restores heads and delta logs alike.
         let s = &mut senders[1];
         s.learn("cup", 0.7, 3);
@@ -521,4 +523,57 @@ fn a_delta_that_cannot_apply_asks_for_the_whole_head() {
         p.apply_delta("a", d, u64::MAX).unwrap_err().code(),
         "fleet_excluded"
     );
+}
+
+#[test]
+fn a_long_delta_log_is_folded_into_the_stored_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let [a] = ids(dir.path(), ["a"]);
+    let trusted = [key(&a)];
+    let x = vec![0.45f32; D];
+    for algorithm in [Algorithm::Auto, Algorithm::Slda] {
+        let state = dir.path().join(format!("fold-{algorithm}"));
+        std::fs::create_dir_all(&state).unwrap();
+        let mut p = Peers::load(Some(&state), vec![]);
+        let mut s = Sender {
+            id: &a,
+            name: "a",
+            head: head_of(algorithm, "cat", 2, 0.1, 1),
+        };
+        let (whole, _) = s.publish(&trusted);
+        p.accept("a", whole, 8, u64::MAX).unwrap();
+        let local = head_of(algorithm, "cat", 3, 0.2, 1);
+        let (mut folded, mut logged) = (0, 0);
+        for k in 0..60 {
+            s.learn(["cat", "cup"][k % 2], 0.1 * (k % 7) as f32, 3);
+            let (whole, d) = s.publish(&trusted);
+            assert_eq!(p.apply_delta("a", d, u64::MAX).unwrap(), Accepted::Updated);
+            let seen = &p.seen["a"];
+            assert!(seen.log_samples < COMPACT_AFTER);
+            folded += usize::from(seen.compacted && seen.delta_sha256.is_none());
+            logged = logged.max(seen.log_samples);
+            let want = merged(&local, &BTreeMap::from([("a".to_string(), s.head.clone())]));
+            assert_close(&p.fleet_head(&local), &want, &x);
+            if k == 40 {
+                // The peer's own head of a folded version is not a replay.
+                let v = p.seen["a"].version;
+                assert_eq!(v, whole.version);
+                assert_eq!(
+                    p.accept("a", whole, 8, u64::MAX).unwrap(),
+                    Accepted::Unchanged
+                );
+                assert!(!p.seen["a"].compacted);
+            }
+        }
+        assert!(folded > 0 && logged > 3, "{algorithm}: {folded} {logged}");
+        // Restored from the folded head and its log; rebuilt exactly the same.
+        let before = p.fleet_head(&local);
+        p.rebuild();
+        assert_close(&p.fleet_head(&local), &before, &x);
+        p.save_due(true);
+        let mut again = Peers::load(Some(&state), vec![]);
+        again.restore(&expect(), algorithm, "");
+        assert_eq!(again.heads, p.heads);
+        assert_close(&again.fleet_head(&local), &before, &x);
+    }
 }
