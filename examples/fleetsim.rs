@@ -85,6 +85,10 @@ struct Args {
     /// Deltas beside the whole heads (the real board's `[fleet] deltas` too).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     deltas: bool,
+    /// mosquitto's `set_tcp_nodelay` (off by default in mosquitto): small messages to the
+    /// real board are not held back by Nagle's algorithm behind a larger one.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    broker_nodelay: bool,
     /// Where the real adaptd's log goes (default: nowhere).
     #[arg(long)]
     daemon_log: Option<PathBuf>,
@@ -389,7 +393,11 @@ async fn main() -> Result<()> {
 async fn level(args: &Args, algorithm: Algorithm, n: usize) -> Result<Value> {
     let tmp = tempfile::tempdir()?;
     let port = free_port()?;
-    let broker = start_mosquitto(tmp.path(), port, "sys_interval 1\n")?;
+    let conf = format!(
+        "sys_interval 1\nset_tcp_nodelay {}\n",
+        args.broker_nodelay
+    );
+    let broker = start_mosquitto(tmp.path(), port, &conf)?;
     let broker_pid = broker.0.id();
     let device = "real";
     let root = format!("adaptd/{device}");
