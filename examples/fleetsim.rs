@@ -393,10 +393,7 @@ async fn main() -> Result<()> {
 async fn level(args: &Args, algorithm: Algorithm, n: usize) -> Result<Value> {
     let tmp = tempfile::tempdir()?;
     let port = free_port()?;
-    let conf = format!(
-        "sys_interval 1\nset_tcp_nodelay {}\n",
-        args.broker_nodelay
-    );
+    let conf = format!("sys_interval 1\nset_tcp_nodelay {}\n", args.broker_nodelay);
     let broker = start_mosquitto(tmp.path(), port, &conf)?;
     let broker_pid = broker.0.id();
     let device = "real";

@@ -7,7 +7,7 @@ use ring::signature::{KeyPair, UnparsedPublicKey, ED25519};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::envelope::MAX_ABS_MEAN;
+use super::envelope::{check_size, Sender, MAX_ABS_MEAN};
 use super::{FleetError, Identity};
 use crate::cbor::{Bytes, F32Slice, F32s};
 use crate::head::{validate_label, Algorithm, Expect, Head, HeadError};
@@ -155,36 +155,17 @@ pub fn open_delta(
     algorithm: Algorithm,
     max_samples: u64,
 ) -> Result<VerifiedDelta, FleetError> {
-    if bytes.len() > expect.max_bytes.saturating_add(4096) {
-        return Err(FleetError::Head(HeadError::TooLarge {
-            got: bytes.len(),
-            limit: expect.max_bytes,
-        }));
-    }
+    check_size(bytes, expect)?;
     let env: DeltaEnvelope =
         ciborium::from_reader(bytes).map_err(|e| FleetError::Unsigned(e.to_string()))?;
-    if env.format != DELTA_FORMAT || env.envelope_version != DELTA_VERSION {
-        return Err(FleetError::Unsigned(format!(
-            "format {:?} v{}",
-            env.format, env.envelope_version
-        )));
+    let key = Sender {
+        format: &env.format,
+        version: env.envelope_version,
+        device_id: &env.device_id,
+        group: &env.group,
+        public_key: &env.public_key.0,
     }
-    if env.device_id != peer || env.group != group {
-        return Err(FleetError::WrongPeer {
-            topic: peer.into(),
-            got: format!("{}@{}", env.device_id, env.group),
-        });
-    }
-    let key: [u8; 32] = env
-        .public_key
-        .0
-        .as_slice()
-        .try_into()
-        .map_err(|_| FleetError::Unsigned("public key is not 32 bytes".into()))?;
-    let key_hex = hex::encode(key);
-    if !trusted.contains(&key) {
-        return Err(FleetError::Untrusted(key_hex));
-    }
+    .check((DELTA_FORMAT, DELTA_VERSION), peer, group, trusted)?;
     UnparsedPublicKey::new(&ED25519, key)
         .verify(&signed_message(&env), &env.signature.0)
         .map_err(|_| FleetError::BadSignature)?;
@@ -254,7 +235,7 @@ pub fn open_delta(
         base: env.base_version,
         version: env.version,
         head_samples: env.head_samples,
-        key: key_hex,
+        key: hex::encode(key),
         samples,
         samples_bytes: env.samples.0,
     })

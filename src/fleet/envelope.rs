@@ -90,6 +90,60 @@ pub struct Verified {
     pub bytes: Vec<u8>,
 }
 
+/// What every signed fleet message (a head's envelope, a delta) says of its sender: checked
+/// the same way for both.
+pub(super) struct Sender<'a> {
+    pub format: &'a str,
+    pub version: u32,
+    pub device_id: &'a str,
+    pub group: &'a str,
+    pub public_key: &'a [u8],
+}
+
+impl Sender<'_> {
+    /// The format and version `want`, the device id and group of `peer`'s topic, a trusted
+    /// key: returns the key.
+    pub(super) fn check(
+        &self,
+        want: (&str, u32),
+        peer: &str,
+        group: &str,
+        trusted: &[[u8; 32]],
+    ) -> Result<[u8; 32], FleetError> {
+        if (self.format, self.version) != want {
+            return Err(FleetError::Unsigned(format!(
+                "format {:?} v{}",
+                self.format, self.version
+            )));
+        }
+        if self.device_id != peer || self.group != group {
+            return Err(FleetError::WrongPeer {
+                topic: peer.into(),
+                got: format!("{}@{}", self.device_id, self.group),
+            });
+        }
+        let key: [u8; 32] = self
+            .public_key
+            .try_into()
+            .map_err(|_| FleetError::Unsigned("public key is not 32 bytes".into()))?;
+        if !trusted.contains(&key) {
+            return Err(FleetError::Untrusted(hex::encode(key)));
+        }
+        Ok(key)
+    }
+}
+
+/// Refuses a signed message larger than a head may be, before parsing it.
+pub(super) fn check_size(bytes: &[u8], expect: &Expect<'_>) -> Result<(), FleetError> {
+    if bytes.len() > expect.max_bytes.saturating_add(4096) {
+        return Err(FleetError::Head(HeadError::TooLarge {
+            got: bytes.len(),
+            limit: expect.max_bytes,
+        }));
+    }
+    Ok(())
+}
+
 /// Checks an envelope from `peer`'s topic: format, group, trusted key, signature, then the
 /// head itself (backbone, dimension, values) and the sample cap. Replay is checked by
 /// [`super::Peers::accept`].
@@ -102,36 +156,17 @@ pub fn open(
     algorithm: Algorithm,
     max_samples: u64,
 ) -> Result<Verified, FleetError> {
-    if bytes.len() > expect.max_bytes.saturating_add(4096) {
-        return Err(FleetError::Head(HeadError::TooLarge {
-            got: bytes.len(),
-            limit: expect.max_bytes,
-        }));
-    }
+    check_size(bytes, expect)?;
     let env: Envelope =
         ciborium::from_reader(bytes).map_err(|e| FleetError::Unsigned(e.to_string()))?;
-    if env.format != ENVELOPE_FORMAT || env.envelope_version != ENVELOPE_VERSION {
-        return Err(FleetError::Unsigned(format!(
-            "format {:?} v{}",
-            env.format, env.envelope_version
-        )));
+    let key = Sender {
+        format: &env.format,
+        version: env.envelope_version,
+        device_id: &env.device_id,
+        group: &env.group,
+        public_key: &env.public_key.0,
     }
-    if env.device_id != peer || env.group != group {
-        return Err(FleetError::WrongPeer {
-            topic: peer.into(),
-            got: format!("{}@{}", env.device_id, env.group),
-        });
-    }
-    let key: [u8; 32] = env
-        .public_key
-        .0
-        .as_slice()
-        .try_into()
-        .map_err(|_| FleetError::Unsigned("public key is not 32 bytes".into()))?;
-    let key_hex = hex::encode(key);
-    if !trusted.contains(&key) {
-        return Err(FleetError::Untrusted(key_hex));
-    }
+    .check((ENVELOPE_FORMAT, ENVELOPE_VERSION), peer, group, trusted)?;
     let msg = signed_message(&env.device_id, &env.group, env.version, &env.head.0);
     UnparsedPublicKey::new(&ED25519, key)
         .verify(&msg, &env.signature.0)
@@ -165,7 +200,7 @@ pub fn open(
     Ok(Verified {
         version: env.version,
         head,
-        key: key_hex,
+        key: hex::encode(key),
         head_sha256: hex::encode(Sha256::digest(&env.head.0)),
         bytes: env.head.0,
     })
