@@ -1,7 +1,8 @@
-//! Fleet learning: this board's Ed25519 identity, signed head envelopes on the group topic,
-//! verification of peers' heads (trusted key, signature, replay, backbone, algorithm, bounded
-//! statistics), the peer table and the fleet head (local statistics merged with every peer's
-//! latest local head). See `docs/fleet.md`.
+//! Fleet learning: this board's Ed25519 identity, signed head envelopes and deltas (the
+//! samples learned since the last head) on the group topics, verification of peers' heads and
+//! deltas (trusted key, signature, replay, backbone, algorithm, bounded statistics), the peer
+//! table, the fetches of whole heads a delta could not do without, and the fleet head (local
+//! statistics merged with every peer's latest local head). See `docs/fleet.md`.
 
 mod config;
 mod delta;
