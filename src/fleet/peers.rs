@@ -280,11 +280,10 @@ impl Peers {
                     got: v.version,
                 });
             }
-            if same && self.heads.contains_key(peer) {
+            // The same statistics this board already holds (its stored head and delta log, or
+            // their fold): nothing to change, nothing to write.
+            if (same || reached) && self.heads.contains_key(peer) {
                 return Ok(Accepted::Unchanged);
-            }
-            if reached && self.heads.contains_key(peer) {
-                return self.rebase(peer, &v).map(|()| Accepted::Unchanged);
             }
         }
         // One key, one board: a stolen key cannot take many slots under made-up device ids
@@ -343,28 +342,6 @@ impl Peers {
         };
         self.changed(updated);
         Ok(Accepted::Updated)
-    }
-
-    /// `peer`'s whole head `v` of the version its deltas already brought this board to: it
-    /// becomes the stored head and the delta log goes. The total is left as it is: the head
-    /// holds the same samples (the periodic rebuild reads the new file).
-    fn rebase(&mut self, peer: &str, v: &Verified) -> Result<(), FleetError> {
-        self.store
-            .put(peer, Kind::Head, &v.bytes)
-            .map_err(|e| FleetError::Store(e.to_string()))?;
-        self.store.remove(peer, Kind::Delta);
-        if let Some(s) = self.seen.get_mut(peer) {
-            s.head_sha256 = v.head_sha256.clone();
-            s.delta_sha256 = None;
-            s.log_samples = 0;
-            s.compacted = false;
-        }
-        if let Some(p) = self.heads.get_mut(peer) {
-            p.head_sha256 = v.head_sha256.clone();
-        }
-        self.unsaved = true;
-        self.save_due(false);
-        Ok(())
     }
 
     /// Takes a verified delta from `peer`: applies its samples to the fleet total and appends

@@ -408,7 +408,7 @@ fn deltas_keep_the_total_equal_to_the_peers_whole_heads() {
             applied > 60 && fetched > 10,
             "{algorithm}: {applied} {fetched}"
         );
-        // The whole head of a version reached by deltas changes nothing and drops the log.
+        // The whole head of a version reached by deltas changes nothing (and writes nothing).
         let s = &mut senders[0];
         s.learn("dog", 0.3, 2);
         let (whole, d) = s.publish(&trusted);
@@ -416,14 +416,13 @@ fn deltas_keep_the_total_equal_to_the_peers_whole_heads() {
             peers.apply_delta("p0", d, u64::MAX).unwrap(),
             Accepted::Updated
         );
-        let s0 = &peers.seen["p0"];
+        let s0 = peers.seen["p0"].clone();
         assert!(s0.delta_sha256.is_some() || s0.compacted);
         assert_eq!(
             peers.accept("p0", whole, 8, u64::MAX).unwrap(),
             Accepted::Unchanged
         );
-        let s0 = &peers.seen["p0"];
-        assert!(s0.delta_sha256.is_none() && !s0.compacted);
+        assert_eq!(peers.seen["p0"], s0);
         // A restart restores heads and delta logs alike.
         let s = &mut senders[1];
         s.learn("cup", 0.7, 3);
@@ -562,7 +561,6 @@ fn a_long_delta_log_is_folded_into_the_stored_head() {
                     p.accept("a", whole, 8, u64::MAX).unwrap(),
                     Accepted::Unchanged
                 );
-                assert!(!p.seen["a"].compacted);
             }
         }
         assert!(folded > 0 && logged > 3, "{algorithm}: {folded} {logged}");
