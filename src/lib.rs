@@ -8,7 +8,8 @@
 //! | [`head`] | streaming linear heads, snapshots, merge, head file format |
 //! | [`adapt`] | domain adaptation maths (target statistics, mean/coral/t3a, drift) and its handle |
 //! | [`state`] | the state directory: write-ahead log, snapshots, kept heads, sample reservoir, the ledger of learned samples by id (unlearning) |
-//! | [`fleet`] | fleet learning: board key, signed head envelopes, peers, the peer head store, the running fleet total |
+//! | [`finetune`] | the trainable tail of the backbone for fine-tuning (forward, backward, SGD; not wired into the daemon yet) |
+//! | [`fleet`] | fleet learning: board key, signed head envelopes and deltas, peers, the peer head store and delta logs, the running fleet total |
 //! | [`config`] | the embedded default TOML, config file + `ADAPTD_*` overrides → validated settings |
 //! | [`daemon`] | `adaptd run`: MQTT driver, requests, workers, learner, adaptation thread, broker |
 //! | [`eval`] | `adaptd eval`: the learning and adaptation benchmarks |
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod eval;
+pub mod finetune;
 pub mod fleet;
 pub mod head;
 pub mod homeassistant;

@@ -1,0 +1,490 @@
+//! The layers of a trainable backbone tail, forward and backward on one sample's activation
+//! (height × width × channels, channels last, f32): 1×1 convolution, depthwise convolution,
+//! ReLU6, global average pooling, a linear layer and softmax cross-entropy. Each backward
+//! pass returns the gradient of its input and adds its parameters' gradients to a buffer of
+//! the same shape, so a batch sums them.
+
+/// An activation: `h × w` positions of `c` channels, channels last.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Act {
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+    pub data: Vec<f32>,
+}
+
+impl Act {
+    /// Zeros of the given shape.
+    pub fn zeros(h: usize, w: usize, c: usize) -> Act {
+        Act {
+            h,
+            w,
+            c,
+            data: vec![0.0; h * w * c],
+        }
+    }
+
+    /// Positions (h × w).
+    pub fn positions(&self) -> usize {
+        self.h * self.w
+    }
+}
+
+/// A 1×1 convolution with bias: `y[p, o] = b[o] + Σ_i w[o, i] x[p, i]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pointwise {
+    pub cin: usize,
+    pub cout: usize,
+    /// `cout × cin`, row-major.
+    pub w: Vec<f32>,
+    pub b: Vec<f32>,
+}
+
+impl Pointwise {
+    /// Zero weights (for gradient buffers).
+    pub fn zeros(cin: usize, cout: usize) -> Pointwise {
+        Pointwise {
+            cin,
+            cout,
+            w: vec![0.0; cin * cout],
+            b: vec![0.0; cout],
+        }
+    }
+
+    pub fn forward(&self, x: &Act) -> Act {
+        debug_assert_eq!(x.c, self.cin);
+        let mut y = Act::zeros(x.h, x.w, self.cout);
+        for (xp, yp) in x
+            .data
+            .chunks_exact(self.cin)
+            .zip(y.data.chunks_exact_mut(self.cout))
+        {
+            for ((yo, wo), bo) in yp
+                .iter_mut()
+                .zip(self.w.chunks_exact(self.cin))
+                .zip(&self.b)
+            {
+                *yo = bo + dot(wo, xp);
+            }
+        }
+        y
+    }
+
+    /// The input's gradient; adds the weights' and bias's to `grad`.
+    pub fn backward(&self, x: &Act, dy: &Act, grad: &mut Pointwise) -> Act {
+        let mut dx = Act::zeros(x.h, x.w, self.cin);
+        for ((xp, dyp), dxp) in x
+            .data
+            .chunks_exact(self.cin)
+            .zip(dy.data.chunks_exact(self.cout))
+            .zip(dx.data.chunks_exact_mut(self.cin))
+        {
+            for (o, &g) in dyp.iter().enumerate() {
+                if g == 0.0 {
+                    continue;
+                }
+                grad.b[o] += g;
+                let row = o * self.cin..(o + 1) * self.cin;
+                axpy(g, xp, &mut grad.w[row.clone()]);
+                axpy(g, &self.w[row], dxp);
+            }
+        }
+        dx
+    }
+}
+
+/// A depthwise `k × k` convolution with bias, stride 1, zero padding `k / 2` (the output has
+/// the input's size): `y[r, s, c] = b[c] + Σ_{i,j} w[c, i, j] x[r + i − k/2, s + j − k/2, c]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Depthwise {
+    pub c: usize,
+    pub k: usize,
+    /// `c × k × k`.
+    pub w: Vec<f32>,
+    pub b: Vec<f32>,
+}
+
+impl Depthwise {
+    /// Zero weights (for gradient buffers).
+    pub fn zeros(c: usize, k: usize) -> Depthwise {
+        Depthwise {
+            c,
+            k,
+            w: vec![0.0; c * k * k],
+            b: vec![0.0; c],
+        }
+    }
+
+    /// Calls `f(output position, input position, tap)` for every tap that lands inside.
+    fn taps(&self, x: &Act, mut f: impl FnMut(usize, usize, usize)) {
+        let pad = (self.k / 2) as isize;
+        let (h, w) = (x.h as isize, x.w as isize);
+        for r in 0..h {
+            for s in 0..w {
+                for i in 0..self.k as isize {
+                    let rr = r + i - pad;
+                    if rr < 0 || rr >= h {
+                        continue;
+                    }
+                    for j in 0..self.k as isize {
+                        let ss = s + j - pad;
+                        if ss < 0 || ss >= w {
+                            continue;
+                        }
+                        let tap = (i * self.k as isize + j) as usize;
+                        f((r * w + s) as usize, (rr * w + ss) as usize, tap);
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn forward(&self, x: &Act) -> Act {
+        debug_assert_eq!(x.c, self.c);
+        let (c, kk) = (self.c, self.k * self.k);
+        let mut y = Act::zeros(x.h, x.w, c);
+        for p in y.data.chunks_exact_mut(c) {
+            p.copy_from_slice(&self.b);
+        }
+        self.taps(x, |out, inp, tap| {
+            let (yp, xp) = (
+                &mut y.data[out * c..(out + 1) * c],
+                &x.data[inp * c..(inp + 1) * c],
+            );
+            for ch in 0..c {
+                yp[ch] += self.w[ch * kk + tap] * xp[ch];
+            }
+        });
+        y
+    }
+
+    /// The input's gradient; adds the weights' and bias's to `grad`.
+    pub fn backward(&self, x: &Act, dy: &Act, grad: &mut Depthwise) -> Act {
+        let (c, kk) = (self.c, self.k * self.k);
+        let mut dx = Act::zeros(x.h, x.w, c);
+        for p in dy.data.chunks_exact(c) {
+            for (gb, g) in grad.b.iter_mut().zip(p) {
+                *gb += g;
+            }
+        }
+        self.taps(x, |out, inp, tap| {
+            let g = &dy.data[out * c..(out + 1) * c];
+            let xs = &x.data[inp * c..(inp + 1) * c];
+            let dxs = &mut dx.data[inp * c..(inp + 1) * c];
+            for (ch, ((gc, xc), dxc)) in g.iter().zip(xs).zip(dxs).enumerate() {
+                grad.w[ch * kk + tap] += gc * xc;
+                *dxc += self.w[ch * kk + tap] * gc;
+            }
+        });
+        dx
+    }
+}
+
+/// ReLU6: `min(max(x, 0), 6)`.
+pub fn relu6(x: &Act) -> Act {
+    Act {
+        data: x.data.iter().map(|v| v.clamp(0.0, 6.0)).collect(),
+        ..*x
+    }
+}
+
+/// ReLU6's backward: the gradient passes where the input was strictly inside (0, 6).
+pub fn relu6_backward(x: &Act, dy: &Act) -> Act {
+    let data = x
+        .data
+        .iter()
+        .zip(&dy.data)
+        .map(|(v, g)| if *v > 0.0 && *v < 6.0 { *g } else { 0.0 })
+        .collect();
+    Act { data, ..*x }
+}
+
+/// Global average pooling: the mean of each channel over the positions.
+pub fn pool(x: &Act) -> Vec<f32> {
+    let mut v = vec![0.0f32; x.c];
+    for p in x.data.chunks_exact(x.c) {
+        for (a, b) in v.iter_mut().zip(p) {
+            *a += b;
+        }
+    }
+    let n = x.positions() as f32;
+    v.iter_mut().for_each(|a| *a /= n);
+    v
+}
+
+/// Pooling's backward: each position gets the channel's gradient over the positions.
+pub fn pool_backward(x: &Act, dv: &[f32]) -> Act {
+    let n = x.positions() as f32;
+    let mut dx = Act::zeros(x.h, x.w, x.c);
+    for p in dx.data.chunks_exact_mut(x.c) {
+        for (a, g) in p.iter_mut().zip(dv) {
+            *a = g / n;
+        }
+    }
+    dx
+}
+
+/// Softmax cross-entropy of `logits` against class `target`: the loss and its gradient
+/// (softmax minus the one-hot target).
+pub fn cross_entropy(logits: &[f32], target: usize) -> (f32, Vec<f32>) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exp: Vec<f32> = logits.iter().map(|z| (z - max).exp()).collect();
+    let sum: f32 = exp.iter().sum();
+    let mut grad: Vec<f32> = exp.iter().map(|e| e / sum).collect();
+    let loss = -(grad.get(target).copied().unwrap_or(f32::MIN_POSITIVE))
+        .max(f32::MIN_POSITIVE)
+        .ln();
+    if let Some(g) = grad.get_mut(target) {
+        *g -= 1.0;
+    }
+    (loss, grad)
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    for (yi, xi) in y.iter_mut().zip(x) {
+        *yi += a * xi;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    fn random(rng: &mut SmallRng, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| rng.gen_range(-scale..scale)).collect()
+    }
+
+    fn act(rng: &mut SmallRng, h: usize, w: usize, c: usize) -> Act {
+        Act {
+            h,
+            w,
+            c,
+            data: random(rng, h * w * c, 1.0),
+        }
+    }
+
+    /// `L = Σ r ⊙ y`: a loss whose output gradient is `r`.
+    fn probe(y: &Act, r: &Act) -> f64 {
+        y.data
+            .iter()
+            .zip(&r.data)
+            .map(|(a, b)| f64::from(*a) * f64::from(*b))
+            .sum()
+    }
+
+    /// Central difference of `loss` in `v[i]`, in f64 around an f32 step.
+    fn numeric(v: &mut [f32], i: usize, loss: &mut dyn FnMut(&[f32]) -> f64) -> f64 {
+        let h = 1e-2f32;
+        let keep = v[i];
+        v[i] = keep + h;
+        let up = loss(v);
+        v[i] = keep - h;
+        let down = loss(v);
+        v[i] = keep;
+        (up - down) / (2.0 * f64::from(h))
+    }
+
+    fn close(analytic: f32, numeric: f64, what: &str) {
+        let tol = 2e-3 * (1.0 + numeric.abs());
+        assert!(
+            (f64::from(analytic) - numeric).abs() <= tol,
+            "{what}: analytic {analytic} vs numeric {numeric}"
+        );
+    }
+
+    #[test]
+    fn pointwise_gradients_match_finite_differences() {
+        let mut rng = SmallRng::seed_from_u64(1);
+        let (cin, cout) = (5, 4);
+        let conv = Pointwise {
+            cin,
+            cout,
+            w: random(&mut rng, cin * cout, 0.5),
+            b: random(&mut rng, cout, 0.5),
+        };
+        let mut x = act(&mut rng, 3, 2, cin);
+        let r = act(&mut rng, 3, 2, cout);
+        let mut grad = Pointwise::zeros(cin, cout);
+        let dx = conv.backward(&x, &r, &mut grad);
+        for i in 0..x.data.len() {
+            let conv2 = conv.clone();
+            let (h, w, c) = (x.h, x.w, x.c);
+            let g = numeric(&mut x.data, i, &mut |d| {
+                probe(
+                    &conv2.forward(&Act {
+                        h,
+                        w,
+                        c,
+                        data: d.to_vec(),
+                    }),
+                    &r,
+                )
+            });
+            close(dx.data[i], g, "pointwise dx");
+        }
+        for i in 0..conv.w.len() {
+            let x2 = x.clone();
+            let mut wv = conv.w.clone();
+            let b = conv.b.clone();
+            let g = numeric(&mut wv, i, &mut |wv| {
+                let c = Pointwise {
+                    cin,
+                    cout,
+                    w: wv.to_vec(),
+                    b: b.clone(),
+                };
+                probe(&c.forward(&x2), &r)
+            });
+            close(grad.w[i], g, "pointwise dw");
+        }
+        for i in 0..cout {
+            let mut bv = conv.b.clone();
+            let g = numeric(&mut bv, i, &mut |bv| {
+                let c = Pointwise {
+                    b: bv.to_vec(),
+                    ..conv.clone()
+                };
+                probe(&c.forward(&x), &r)
+            });
+            close(grad.b[i], g, "pointwise db");
+        }
+    }
+
+    #[test]
+    fn depthwise_gradients_match_finite_differences() {
+        let mut rng = SmallRng::seed_from_u64(2);
+        for k in [3, 5] {
+            let c = 3;
+            let conv = Depthwise {
+                c,
+                k,
+                w: random(&mut rng, c * k * k, 0.5),
+                b: random(&mut rng, c, 0.5),
+            };
+            let mut x = act(&mut rng, 4, 5, c);
+            let r = act(&mut rng, 4, 5, c);
+            let mut grad = Depthwise::zeros(c, k);
+            let dx = conv.backward(&x, &r, &mut grad);
+            for i in 0..x.data.len() {
+                let (h, w) = (x.h, x.w);
+                let g = numeric(&mut x.data, i, &mut |d| {
+                    probe(
+                        &conv.forward(&Act {
+                            h,
+                            w,
+                            c,
+                            data: d.to_vec(),
+                        }),
+                        &r,
+                    )
+                });
+                close(dx.data[i], g, "depthwise dx");
+            }
+            for i in 0..conv.w.len() {
+                let mut wv = conv.w.clone();
+                let g = numeric(&mut wv, i, &mut |wv| {
+                    let d = Depthwise {
+                        w: wv.to_vec(),
+                        ..conv.clone()
+                    };
+                    probe(&d.forward(&x), &r)
+                });
+                close(grad.w[i], g, "depthwise dw");
+            }
+            for i in 0..c {
+                let mut bv = conv.b.clone();
+                let g = numeric(&mut bv, i, &mut |bv| {
+                    let d = Depthwise {
+                        b: bv.to_vec(),
+                        ..conv.clone()
+                    };
+                    probe(&d.forward(&x), &r)
+                });
+                close(grad.b[i], g, "depthwise db");
+            }
+        }
+    }
+
+    #[test]
+    fn depthwise_forward_is_a_zero_padded_convolution() {
+        // One channel, 3 × 3 of ones over a 3 × 3 input of ones: each output counts the
+        // taps inside (4 at the corners, 6 on the edges, 9 in the middle), plus the bias.
+        let conv = Depthwise {
+            c: 1,
+            k: 3,
+            w: vec![1.0; 9],
+            b: vec![0.5],
+        };
+        let x = Act {
+            h: 3,
+            w: 3,
+            c: 1,
+            data: vec![1.0; 9],
+        };
+        let y = conv.forward(&x);
+        assert_eq!(y.data, vec![4.5, 6.5, 4.5, 6.5, 9.5, 6.5, 4.5, 6.5, 4.5]);
+    }
+
+    #[test]
+    fn relu6_pool_and_cross_entropy_gradients() {
+        let mut rng = SmallRng::seed_from_u64(3);
+        let mut x = act(&mut rng, 2, 3, 4);
+        x.data.iter_mut().for_each(|v| *v *= 8.0);
+        // Keep away from the kinks, where the finite difference is not the derivative.
+        x.data.iter_mut().for_each(|v| {
+            if v.abs() < 0.05 || (v.abs() - 6.0).abs() < 0.05 {
+                *v += 0.2
+            }
+        });
+        let r = act(&mut rng, 2, 3, 4);
+        let dx = relu6_backward(&x, &r);
+        for i in 0..x.data.len() {
+            let (h, w, c) = (x.h, x.w, x.c);
+            let g = numeric(&mut x.data, i, &mut |d| {
+                probe(
+                    &relu6(&Act {
+                        h,
+                        w,
+                        c,
+                        data: d.to_vec(),
+                    }),
+                    &r,
+                )
+            });
+            close(dx.data[i], g, "relu6");
+        }
+        let dv = random(&mut rng, 4, 1.0);
+        let dx = pool_backward(&x, &dv);
+        for i in 0..x.data.len() {
+            let (h, w, c) = (x.h, x.w, x.c);
+            let g = numeric(&mut x.data, i, &mut |d| {
+                let v = pool(&Act {
+                    h,
+                    w,
+                    c,
+                    data: d.to_vec(),
+                });
+                v.iter().zip(&dv).map(|(a, b)| f64::from(a * b)).sum()
+            });
+            close(dx.data[i], g, "pool");
+        }
+        let mut z = random(&mut rng, 6, 2.0);
+        let (loss, dz) = cross_entropy(&z, 2);
+        assert!(loss > 0.0);
+        assert!(
+            dz.iter().sum::<f32>().abs() < 1e-5,
+            "softmax − one-hot sums to 0"
+        );
+        for (i, d) in dz.iter().enumerate() {
+            let g = numeric(&mut z, i, &mut |z| f64::from(cross_entropy(z, 2).0));
+            close(*d, g, "cross-entropy");
+        }
+    }
+}
