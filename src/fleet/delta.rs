@@ -3,11 +3,11 @@
 //! [`open_delta`], the checks of a peer's delta (the same as for a whole head: trusted key,
 //! signature, backbone, algorithm, bounded values and sample count).
 
-use ring::signature::{KeyPair, UnparsedPublicKey, ED25519};
+use ring::signature::KeyPair;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::envelope::{check_size, Sender, MAX_ABS_MEAN};
+use super::envelope::{open_signed, Sender, Signed, MAX_ABS_MEAN};
 use super::{FleetError, Identity};
 use crate::cbor::{Bytes, F32Slice, F32s};
 use crate::head::{validate_label, Algorithm, Expect, Head, HeadError};
@@ -41,6 +41,28 @@ pub struct DeltaEnvelope {
     pub samples: Bytes,
     pub public_key: Bytes,
     pub signature: Bytes,
+}
+
+impl Signed for DeltaEnvelope {
+    const FORMAT: (&'static str, u32) = (DELTA_FORMAT, DELTA_VERSION);
+
+    fn sender(&self) -> Sender<'_> {
+        Sender {
+            format: &self.format,
+            version: self.envelope_version,
+            device_id: &self.device_id,
+            group: &self.group,
+            public_key: &self.public_key.0,
+        }
+    }
+
+    fn signed_message(&self) -> Vec<u8> {
+        signed_message(self)
+    }
+
+    fn signature(&self) -> &[u8] {
+        &self.signature.0
+    }
 }
 
 /// One learned sample of a delta.
@@ -155,20 +177,7 @@ pub fn open_delta(
     algorithm: Algorithm,
     max_samples: u64,
 ) -> Result<VerifiedDelta, FleetError> {
-    check_size(bytes, expect)?;
-    let env: DeltaEnvelope =
-        ciborium::from_reader(bytes).map_err(|e| FleetError::Unsigned(e.to_string()))?;
-    let key = Sender {
-        format: &env.format,
-        version: env.envelope_version,
-        device_id: &env.device_id,
-        group: &env.group,
-        public_key: &env.public_key.0,
-    }
-    .check((DELTA_FORMAT, DELTA_VERSION), peer, group, trusted)?;
-    UnparsedPublicKey::new(&ED25519, key)
-        .verify(&signed_message(&env), &env.signature.0)
-        .map_err(|_| FleetError::BadSignature)?;
+    let (env, key) = open_signed::<DeltaEnvelope>(bytes, expect, peer, group, trusted)?;
     if env.algorithm != algorithm.as_str() {
         let got = env.algorithm.parse().map_err(FleetError::Head)?;
         return Err(FleetError::Head(HeadError::AlgorithmMismatch {

@@ -90,8 +90,7 @@ pub struct Verified {
     pub bytes: Vec<u8>,
 }
 
-/// What every signed fleet message (a head's envelope, a delta) says of its sender: checked
-/// the same way for both.
+/// What every signed fleet message (a head's envelope, a delta) says of its sender.
 pub(super) struct Sender<'a> {
     pub format: &'a str,
     pub version: u32,
@@ -100,48 +99,80 @@ pub(super) struct Sender<'a> {
     pub public_key: &'a [u8],
 }
 
-impl Sender<'_> {
-    /// The format and version `want`, the device id and group of `peer`'s topic, a trusted
-    /// key: returns the key.
-    pub(super) fn check(
-        &self,
-        want: (&str, u32),
-        peer: &str,
-        group: &str,
-        trusted: &[[u8; 32]],
-    ) -> Result<[u8; 32], FleetError> {
-        if (self.format, self.version) != want {
-            return Err(FleetError::Unsigned(format!(
-                "format {:?} v{}",
-                self.format, self.version
-            )));
-        }
-        if self.device_id != peer || self.group != group {
-            return Err(FleetError::WrongPeer {
-                topic: peer.into(),
-                got: format!("{}@{}", self.device_id, self.group),
-            });
-        }
-        let key: [u8; 32] = self
-            .public_key
-            .try_into()
-            .map_err(|_| FleetError::Unsigned("public key is not 32 bytes".into()))?;
-        if !trusted.contains(&key) {
-            return Err(FleetError::Untrusted(hex::encode(key)));
-        }
-        Ok(key)
-    }
+/// A signed fleet message (a head's envelope, a delta), checked by [`open_signed`].
+pub(super) trait Signed: serde::de::DeserializeOwned {
+    /// The format name and version this kind of message carries.
+    const FORMAT: (&'static str, u32);
+    fn sender(&self) -> Sender<'_>;
+    /// What the signature covers.
+    fn signed_message(&self) -> Vec<u8>;
+    fn signature(&self) -> &[u8];
 }
 
-/// Refuses a signed message larger than a head may be, before parsing it.
-pub(super) fn check_size(bytes: &[u8], expect: &Expect<'_>) -> Result<(), FleetError> {
+/// Parses a signed message from `peer`'s topic and checks what every one must pass, heads
+/// and deltas alike: not larger than a head may be (before parsing), its format and version,
+/// the device id and group of the topic, a trusted key and its signature. Returns the message
+/// and the key.
+pub(super) fn open_signed<T: Signed>(
+    bytes: &[u8],
+    expect: &Expect<'_>,
+    peer: &str,
+    group: &str,
+    trusted: &[[u8; 32]],
+) -> Result<(T, [u8; 32]), FleetError> {
     if bytes.len() > expect.max_bytes.saturating_add(4096) {
         return Err(FleetError::Head(HeadError::TooLarge {
             got: bytes.len(),
             limit: expect.max_bytes,
         }));
     }
-    Ok(())
+    let msg: T = ciborium::from_reader(bytes).map_err(|e| FleetError::Unsigned(e.to_string()))?;
+    let from = msg.sender();
+    if (from.format, from.version) != T::FORMAT {
+        return Err(FleetError::Unsigned(format!(
+            "format {:?} v{}",
+            from.format, from.version
+        )));
+    }
+    if from.device_id != peer || from.group != group {
+        return Err(FleetError::WrongPeer {
+            topic: peer.into(),
+            got: format!("{}@{}", from.device_id, from.group),
+        });
+    }
+    let key: [u8; 32] = from
+        .public_key
+        .try_into()
+        .map_err(|_| FleetError::Unsigned("public key is not 32 bytes".into()))?;
+    if !trusted.contains(&key) {
+        return Err(FleetError::Untrusted(hex::encode(key)));
+    }
+    UnparsedPublicKey::new(&ED25519, key)
+        .verify(&msg.signed_message(), msg.signature())
+        .map_err(|_| FleetError::BadSignature)?;
+    Ok((msg, key))
+}
+
+impl Signed for Envelope {
+    const FORMAT: (&'static str, u32) = (ENVELOPE_FORMAT, ENVELOPE_VERSION);
+
+    fn sender(&self) -> Sender<'_> {
+        Sender {
+            format: &self.format,
+            version: self.envelope_version,
+            device_id: &self.device_id,
+            group: &self.group,
+            public_key: &self.public_key.0,
+        }
+    }
+
+    fn signed_message(&self) -> Vec<u8> {
+        signed_message(&self.device_id, &self.group, self.version, &self.head.0)
+    }
+
+    fn signature(&self) -> &[u8] {
+        &self.signature.0
+    }
 }
 
 /// Checks an envelope from `peer`'s topic: format, group, trusted key, signature, then the
@@ -156,21 +187,7 @@ pub fn open(
     algorithm: Algorithm,
     max_samples: u64,
 ) -> Result<Verified, FleetError> {
-    check_size(bytes, expect)?;
-    let env: Envelope =
-        ciborium::from_reader(bytes).map_err(|e| FleetError::Unsigned(e.to_string()))?;
-    let key = Sender {
-        format: &env.format,
-        version: env.envelope_version,
-        device_id: &env.device_id,
-        group: &env.group,
-        public_key: &env.public_key.0,
-    }
-    .check((ENVELOPE_FORMAT, ENVELOPE_VERSION), peer, group, trusted)?;
-    let msg = signed_message(&env.device_id, &env.group, env.version, &env.head.0);
-    UnparsedPublicKey::new(&ED25519, key)
-        .verify(&msg, &env.signature.0)
-        .map_err(|_| FleetError::BadSignature)?;
+    let (env, key) = open_signed::<Envelope>(bytes, expect, peer, group, trusted)?;
     let head = Head::from_bytes(&env.head.0, expect)?;
     if head.version() != env.version {
         return Err(FleetError::Unsigned(
