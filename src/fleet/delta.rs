@@ -153,15 +153,39 @@ impl Identity {
     }
 }
 
-/// The samples of one delta or of a stored log of them (CBOR arrays of [`Learned`], one after
-/// the other), in order.
-pub fn parse_samples(mut bytes: &[u8]) -> Result<Vec<Learned>, String> {
-    let mut out = Vec::new();
+/// The next link of a delta log's hash chain: `SHA-256(previous link ‖ SHA-256(samples))`
+/// (hex), so that a delta's samples are appended to a peer's log without reading the log back.
+pub fn chain(previous: Option<&str>, samples: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(previous.unwrap_or("").as_bytes());
+    h.update(Sha256::digest(samples));
+    hex::encode(h.finalize())
+}
+
+/// The samples of one delta: a single CBOR array of [`Learned`] spanning all of `bytes`.
+fn parse_one(bytes: &[u8]) -> Result<Vec<Learned>, String> {
+    let mut rest = bytes;
+    let samples = ciborium::from_reader(&mut rest).map_err(|e| e.to_string())?;
+    if !rest.is_empty() {
+        return Err(format!("{} bytes after the samples", rest.len()));
+    }
+    Ok(samples)
+}
+
+/// The samples of a stored delta log (each delta's array, one after the other), in order,
+/// and its [`chain`] (`None` for an empty log).
+pub fn parse_log(mut bytes: &[u8]) -> Result<(Vec<Learned>, Option<String>), String> {
+    let (mut out, mut link) = (Vec::new(), None);
     while !bytes.is_empty() {
+        let before = bytes;
         let part: Vec<Learned> = ciborium::from_reader(&mut bytes).map_err(|e| e.to_string())?;
+        link = Some(chain(
+            link.as_deref(),
+            &before[..before.len() - bytes.len()],
+        ));
         out.extend(part);
     }
-    Ok(out)
+    Ok((out, link))
 }
 
 /// Checks a delta from `peer`'s delta topic: format, group, trusted key, signature, this
@@ -204,7 +228,7 @@ pub fn open_delta(
             cap: max_samples,
         });
     }
-    let samples = parse_samples(&env.samples.0)
+    let samples = parse_one(&env.samples.0)
         .map_err(|e| FleetError::Unsigned(format!("delta samples: {e}")))?;
     if env.base_version.is_none() && !samples.is_empty() {
         return Err(FleetError::Unsigned(
@@ -275,7 +299,9 @@ mod tests {
         assert_eq!(d.samples.len(), 2);
         assert_eq!(d.samples[1].label, "cat");
         assert_eq!(d.samples[0].x.0, vec![0.5; D]);
-        assert_eq!(parse_samples(&d.samples_bytes).unwrap(), d.samples);
+        let (logged, link) = parse_log(&d.samples_bytes).unwrap();
+        assert_eq!(logged, d.samples);
+        assert_eq!(link.unwrap(), chain(None, &d.samples_bytes));
         assert_eq!(code(open_as(&env, "b", "g")), Some("fleet_wrong_peer"));
         assert_eq!(code(open_as(&env, "a", "other")), Some("fleet_wrong_peer"));
         let env_m = m.seal_delta("a", "g", &h).unwrap();

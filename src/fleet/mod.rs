@@ -17,7 +17,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 pub use config::{parse_key, FleetConfig};
-pub use delta::{open_delta, parse_samples, DeltaEnvelope, Learned, VerifiedDelta, DELTA_FORMAT};
+pub use delta::{
+    chain, open_delta, parse_log, DeltaEnvelope, Learned, VerifiedDelta, DELTA_FORMAT,
+};
 pub use envelope::{open, Envelope, Verified, ENVELOPE_FORMAT};
 pub use identity::Identity;
 pub use peers::{rebuild_period, Accepted, Peer, Peers, Seen};

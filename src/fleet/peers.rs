@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use sha2::{Digest, Sha256};
 
-use super::delta::{parse_samples, VerifiedDelta};
+use super::delta::{chain, parse_log, VerifiedDelta};
 use super::store::{Kind, PeerStore};
 use super::{FleetError, Verified};
 use crate::head::{Algorithm, Expect, Head, HeadError, MAX_CLASSES};
@@ -28,9 +28,9 @@ pub struct Seen {
     pub version: u64,
     /// The stored head file's SHA-256.
     pub head_sha256: String,
-    /// The delta log's SHA-256, when deltas were applied since the stored head.
+    /// The delta log's hash chain ([`chain`]), when deltas were applied since the stored head.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub delta_sha256: Option<String>,
+    pub log_chain: Option<String>,
     /// Samples in the delta log.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub log_samples: u64,
@@ -142,11 +142,18 @@ fn read_slot(store: &mut PeerStore, peer: &str, seen: &Seen, expect: &Expect<'_>
     let mut head = Head::from_bytes(&bytes, expect)
         .map_err(|e| tracing::info!(peer, "stored fleet head: {e}"))
         .ok()?;
-    if let Some(sha) = &seen.delta_sha256 {
-        let log = store.get(peer, Kind::Delta, sha)?;
-        let samples = parse_samples(&log)
+    if let Some(want) = &seen.log_chain {
+        let log = store.read(peer, Kind::Delta)?;
+        let (samples, link) = parse_log(&log)
             .map_err(|e| tracing::warn!(peer, "stored fleet delta log: {e}"))
             .ok()?;
+        if link.as_ref() != Some(want) {
+            tracing::warn!(
+                peer,
+                "stored fleet delta log does not match its hash chain; dropped"
+            );
+            return None;
+        }
         for s in samples {
             head.update(&s.x.0, &s.label)
                 .map_err(|e| tracing::warn!(peer, "stored fleet delta log: {e}"))
@@ -272,7 +279,7 @@ impl Peers {
             }
             let same = v.version == s.version && v.head_sha256 == s.head_sha256;
             // The whole head of the version this board reached by deltas.
-            let reached = v.version == s.version && (s.delta_sha256.is_some() || s.compacted);
+            let reached = v.version == s.version && (s.log_chain.is_some() || s.compacted);
             if v.version < s.version || (v.version == s.version && !same && !reached) {
                 return Err(FleetError::Replay {
                     peer: peer.into(),
@@ -324,7 +331,7 @@ impl Peers {
             key: v.key.clone(),
             version: v.version,
             head_sha256: v.head_sha256.clone(),
-            delta_sha256: None,
+            log_chain: None,
             log_samples: 0,
             compacted: false,
         };
@@ -380,13 +387,6 @@ impl Peers {
                 labels.push(s.label.clone());
             }
         }
-        let mut log = match &seen.delta_sha256 {
-            Some(sha) => match self.store.get(peer, Kind::Delta, sha) {
-                Some(b) => b,
-                None => return Ok(Accepted::Fetch(d.version)),
-            },
-            None => Vec::new(),
-        };
         let need = self.store.bytes() + d.samples_bytes.len() as u64;
         if need > max_bytes {
             return Err(FleetError::StoreFull {
@@ -411,22 +411,21 @@ impl Peers {
                 limit: MAX_CLASSES,
             }));
         }
-        // Only the new samples are written (the log's hash covers the whole of it).
-        let fresh = log.is_empty();
-        log.extend_from_slice(&d.samples_bytes);
-        if fresh {
-            self.store.put(peer, Kind::Delta, &log)
-        } else {
-            self.store.append(peer, Kind::Delta, &d.samples_bytes)
+        // Only the new samples are written, and the log is not read back: its hash chain
+        // moves on from the last link (a damaged log fails it when it is next read).
+        match &seen.log_chain {
+            None => self.store.put(peer, Kind::Delta, &d.samples_bytes),
+            Some(_) => self.store.append(peer, Kind::Delta, &d.samples_bytes),
         }
         .map_err(|e| FleetError::Store(e.to_string()))?;
         let mut seen = Seen {
             version: d.version,
-            delta_sha256: Some(hex::encode(Sha256::digest(&log))),
+            log_chain: Some(chain(seen.log_chain.as_deref(), &d.samples_bytes)),
             log_samples: seen.log_samples + d.samples.len() as u64,
             ..seen
         };
-        if seen.log_samples >= COMPACT_AFTER || log.len() as u64 > self.store.size(peer, Kind::Head)
+        if seen.log_samples >= COMPACT_AFTER
+            || self.store.size(peer, Kind::Delta) > self.store.size(peer, Kind::Head)
         {
             self.compact(peer, &mut seen);
         }
@@ -475,7 +474,7 @@ impl Peers {
         }
         self.store.remove(peer, Kind::Delta);
         seen.head_sha256 = hex::encode(Sha256::digest(&bytes));
-        seen.delta_sha256 = None;
+        seen.log_chain = None;
         seen.log_samples = 0;
         seen.compacted = true;
     }

@@ -74,7 +74,7 @@ impl PeerStore {
     }
 
     /// Appends `bytes` to `peer`'s file of `kind` (a delta log: only what is new is written;
-    /// a write cut short by a crash fails the log's hash check, and the peer's retained head
+    /// a write cut short by a crash fails the log's hash chain, and the peer's retained head
     /// fills the slot again).
     pub fn append(&mut self, peer: &str, kind: Kind, bytes: &[u8]) -> io::Result<()> {
         match self.path(peer, kind) {
@@ -99,6 +99,20 @@ impl PeerStore {
     /// `peer`'s head file or delta log if it is there and its SHA-256 is `sha256` (hex): a
     /// file that is missing, stale or damaged is `None`.
     pub fn get(&mut self, peer: &str, kind: Kind, sha256: &str) -> Option<Vec<u8>> {
+        let bytes = self.read(peer, kind)?;
+        if hex::encode(Sha256::digest(&bytes)) != sha256 {
+            tracing::warn!(
+                peer,
+                "stored fleet {kind:?} does not match its hash; dropped"
+            );
+            return None;
+        }
+        Some(bytes)
+    }
+
+    /// `peer`'s head file or delta log as it is (a delta log is checked against its hash
+    /// chain by its reader).
+    pub fn read(&mut self, peer: &str, kind: Kind) -> Option<Vec<u8>> {
         let bytes = match self.path(peer, kind) {
             Some(p) => match std::fs::read(&p) {
                 Ok(b) => b,
@@ -111,13 +125,6 @@ impl PeerStore {
             },
             None => self.memory.get(&(peer.into(), kind))?.clone(),
         };
-        if hex::encode(Sha256::digest(&bytes)) != sha256 {
-            tracing::warn!(
-                peer,
-                "stored fleet {kind:?} does not match its hash; dropped"
-            );
-            return None;
-        }
         self.sizes.insert((peer.into(), kind), bytes.len() as u64);
         Some(bytes)
     }

@@ -47,7 +47,7 @@ pub const FLEET_PEERS: &str = "fleet-peers.json";
 pub const FLEET_HEADS: &str = "fleet-heads";
 
 /// Extension of a peer's delta log in [`FLEET_HEADS`] (`<hex>.delta`): the samples its deltas
-/// added to its stored head since, checked against its hash in [`FLEET_PEERS`] like the head.
+/// added to its stored head since, checked against its hash chain in [`FLEET_PEERS`].
 pub const DELTA_EXTENSION: &str = "delta";
 
 /// The training record (JSON, `daemon::learner::record`): prequential accuracy overall and per

@@ -417,7 +417,7 @@ fn deltas_keep_the_total_equal_to_the_peers_whole_heads() {
             Accepted::Updated
         );
         let s0 = peers.seen["p0"].clone();
-        assert!(s0.delta_sha256.is_some() || s0.compacted);
+        assert!(s0.log_chain.is_some() || s0.compacted);
         assert_eq!(
             peers.accept("p0", whole, 8, u64::MAX).unwrap(),
             Accepted::Unchanged
@@ -549,7 +549,7 @@ fn a_long_delta_log_is_folded_into_the_stored_head() {
             assert_eq!(p.apply_delta("a", d, u64::MAX).unwrap(), Accepted::Updated);
             let seen = &p.seen["a"];
             assert!(seen.log_samples < COMPACT_AFTER);
-            folded += usize::from(seen.compacted && seen.delta_sha256.is_none());
+            folded += usize::from(seen.compacted && seen.log_chain.is_none());
             logged = logged.max(seen.log_samples);
             let want = merged(&local, &BTreeMap::from([("a".to_string(), s.head.clone())]));
             assert_close(&p.fleet_head(&local), &want, &x);
