@@ -160,11 +160,8 @@ impl AfterConnect {
         if self.resubscribe_fleet {
             if let Some(f) = &link.outbox.topics.fleet {
                 // The deltas too: a session stored by a version without them lacks them.
-                let mut filters = vec![format!("{}+", f.heads_prefix)];
-                if f.deltas {
-                    filters.push(format!("{}+", f.deltas_prefix));
-                }
-                let filters = filters
+                let filters = f
+                    .peer_filters()
                     .into_iter()
                     .map(|t| rumqttc::SubscribeFilter::new(t, QoS::AtLeastOnce));
                 if let Err(e) = link.client.try_subscribe_many(filters) {
@@ -254,7 +251,7 @@ impl SyncClock {
             .fleet
             .as_ref()
             .filter(|f| f.deltas)
-            .map(|f| format!("{}+", f.heads_prefix))
+            .map(|f| f.all_heads())
         else {
             return;
         };

@@ -56,6 +56,28 @@ pub struct FleetTopics {
     pub cmd_prefix: String,
 }
 
+impl FleetTopics {
+    /// Every peer's head (`heads/+`).
+    pub fn all_heads(&self) -> String {
+        format!("{}+", self.heads_prefix)
+    }
+
+    /// `peer`'s head topic.
+    pub fn head_of(&self, peer: &str) -> String {
+        format!("{}{peer}", self.heads_prefix)
+    }
+
+    /// What a board subscribes to for its peers after connecting: every head, and with deltas
+    /// on every delta.
+    pub fn peer_filters(&self) -> Vec<String> {
+        let mut filters = vec![self.all_heads()];
+        if self.deltas {
+            filters.push(format!("{}+", self.deltas_prefix));
+        }
+        filters
+    }
+}
+
 impl Topics {
     /// The topics under `root`.
     pub fn new(root: &str) -> Topics {
@@ -123,10 +145,7 @@ impl Topics {
             subs.push((t.clone(), QoS::AtLeastOnce));
         }
         if let Some(f) = &self.fleet {
-            subs.push((format!("{}+", f.heads_prefix), QoS::AtLeastOnce));
-            if f.deltas {
-                subs.push((format!("{}+", f.deltas_prefix), QoS::AtLeastOnce));
-            }
+            subs.extend(f.peer_filters().into_iter().map(|t| (t, QoS::AtLeastOnce)));
             subs.push((format!("{}forget", f.cmd_prefix), QoS::AtLeastOnce));
         }
         for s in sources {

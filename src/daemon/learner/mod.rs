@@ -595,9 +595,7 @@ impl Learner {
             Follow::Fetch => self.fetch(peer),
             Follow::Fetched => {
                 if let Some(f) = &self.ctx.outbox.topics.fleet {
-                    self.ctx
-                        .outbox
-                        .subscribe(&format!("{}{peer}", f.heads_prefix), false);
+                    self.ctx.outbox.subscribe(&f.head_of(peer), false);
                 }
             }
         }
@@ -631,11 +629,7 @@ impl Learner {
     /// `housekeeping` while the request queue is full.
     fn fetch(&mut self, peer: &str) {
         if let Some(f) = &self.ctx.outbox.topics.fleet {
-            if self
-                .ctx
-                .outbox
-                .subscribe(&format!("{}{peer}", f.heads_prefix), true)
-            {
+            if self.ctx.outbox.subscribe(&f.head_of(peer), true) {
                 self.fleet.fetch_queued(peer);
             }
         }
