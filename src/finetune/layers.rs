@@ -256,6 +256,7 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     use super::*;
+    use crate::finetune::gradcheck::{check_each, SMOOTH};
 
     fn random(rng: &mut SmallRng, n: usize, scale: f32) -> Vec<f32> {
         (0..n).map(|_| rng.gen_range(-scale..scale)).collect()
@@ -279,26 +280,6 @@ mod tests {
             .sum()
     }
 
-    /// Central difference of `loss` in `v[i]`, in f64 around an f32 step.
-    fn numeric(v: &mut [f32], i: usize, loss: &mut dyn FnMut(&[f32]) -> f64) -> f64 {
-        let h = 1e-2f32;
-        let keep = v[i];
-        v[i] = keep + h;
-        let up = loss(v);
-        v[i] = keep - h;
-        let down = loss(v);
-        v[i] = keep;
-        (up - down) / (2.0 * f64::from(h))
-    }
-
-    fn close(analytic: f32, numeric: f64, what: &str) {
-        let tol = 2e-3 * (1.0 + numeric.abs());
-        assert!(
-            (f64::from(analytic) - numeric).abs() <= tol,
-            "{what}: analytic {analytic} vs numeric {numeric}"
-        );
-    }
-
     #[test]
     fn pointwise_gradients_match_finite_differences() {
         let mut rng = SmallRng::seed_from_u64(1);
@@ -309,52 +290,25 @@ mod tests {
             w: random(&mut rng, cin * cout, 0.5),
             b: random(&mut rng, cout, 0.5),
         };
-        let mut x = act(&mut rng, 3, 2, cin);
+        let x = act(&mut rng, 3, 2, cin);
         let r = act(&mut rng, 3, 2, cout);
         let mut grad = Pointwise::zeros(cin, cout);
         let dx = conv.backward(&x, &r, &mut grad);
-        for i in 0..x.data.len() {
-            let conv2 = conv.clone();
-            let (h, w, c) = (x.h, x.w, x.c);
-            let g = numeric(&mut x.data, i, &mut |d| {
-                probe(
-                    &conv2.forward(&Act {
-                        h,
-                        w,
-                        c,
-                        data: d.to_vec(),
-                    }),
-                    &r,
-                )
-            });
-            close(dx.data[i], g, "pointwise dx");
-        }
-        for i in 0..conv.w.len() {
-            let x2 = x.clone();
-            let mut wv = conv.w.clone();
-            let b = conv.b.clone();
-            let g = numeric(&mut wv, i, &mut |wv| {
-                let c = Pointwise {
-                    cin,
-                    cout,
-                    w: wv.to_vec(),
-                    b: b.clone(),
-                };
-                probe(&c.forward(&x2), &r)
-            });
-            close(grad.w[i], g, "pointwise dw");
-        }
-        for i in 0..cout {
-            let mut bv = conv.b.clone();
-            let g = numeric(&mut bv, i, &mut |bv| {
-                let c = Pointwise {
-                    b: bv.to_vec(),
-                    ..conv.clone()
-                };
-                probe(&c.forward(&x), &r)
-            });
-            close(grad.b[i], g, "pointwise db");
-        }
+        check_each(&dx.data, &SMOOTH, "pointwise dx", |i, d| {
+            let mut m = x.clone();
+            m.data[i] += d;
+            probe(&conv.forward(&m), &r)
+        });
+        check_each(&grad.w, &SMOOTH, "pointwise dw", |i, d| {
+            let mut m = conv.clone();
+            m.w[i] += d;
+            probe(&m.forward(&x), &r)
+        });
+        check_each(&grad.b, &SMOOTH, "pointwise db", |i, d| {
+            let mut m = conv.clone();
+            m.b[i] += d;
+            probe(&m.forward(&x), &r)
+        });
     }
 
     #[test]
@@ -368,47 +322,25 @@ mod tests {
                 w: random(&mut rng, c * k * k, 0.5),
                 b: random(&mut rng, c, 0.5),
             };
-            let mut x = act(&mut rng, 4, 5, c);
+            let x = act(&mut rng, 4, 5, c);
             let r = act(&mut rng, 4, 5, c);
             let mut grad = Depthwise::zeros(c, k);
             let dx = conv.backward(&x, &r, &mut grad);
-            for i in 0..x.data.len() {
-                let (h, w) = (x.h, x.w);
-                let g = numeric(&mut x.data, i, &mut |d| {
-                    probe(
-                        &conv.forward(&Act {
-                            h,
-                            w,
-                            c,
-                            data: d.to_vec(),
-                        }),
-                        &r,
-                    )
-                });
-                close(dx.data[i], g, "depthwise dx");
-            }
-            for i in 0..conv.w.len() {
-                let mut wv = conv.w.clone();
-                let g = numeric(&mut wv, i, &mut |wv| {
-                    let d = Depthwise {
-                        w: wv.to_vec(),
-                        ..conv.clone()
-                    };
-                    probe(&d.forward(&x), &r)
-                });
-                close(grad.w[i], g, "depthwise dw");
-            }
-            for i in 0..c {
-                let mut bv = conv.b.clone();
-                let g = numeric(&mut bv, i, &mut |bv| {
-                    let d = Depthwise {
-                        b: bv.to_vec(),
-                        ..conv.clone()
-                    };
-                    probe(&d.forward(&x), &r)
-                });
-                close(grad.b[i], g, "depthwise db");
-            }
+            check_each(&dx.data, &SMOOTH, "depthwise dx", |i, d| {
+                let mut m = x.clone();
+                m.data[i] += d;
+                probe(&conv.forward(&m), &r)
+            });
+            check_each(&grad.w, &SMOOTH, "depthwise dw", |i, d| {
+                let mut m = conv.clone();
+                m.w[i] += d;
+                probe(&m.forward(&x), &r)
+            });
+            check_each(&grad.b, &SMOOTH, "depthwise db", |i, d| {
+                let mut m = conv.clone();
+                m.b[i] += d;
+                probe(&m.forward(&x), &r)
+            });
         }
     }
 
@@ -444,47 +376,32 @@ mod tests {
             }
         });
         let r = act(&mut rng, 2, 3, 4);
+        let moved = |i: usize, d: f32| {
+            let mut m = x.clone();
+            m.data[i] += d;
+            m
+        };
         let dx = relu6_backward(&x, &r);
-        for i in 0..x.data.len() {
-            let (h, w, c) = (x.h, x.w, x.c);
-            let g = numeric(&mut x.data, i, &mut |d| {
-                probe(
-                    &relu6(&Act {
-                        h,
-                        w,
-                        c,
-                        data: d.to_vec(),
-                    }),
-                    &r,
-                )
-            });
-            close(dx.data[i], g, "relu6");
-        }
+        check_each(&dx.data, &SMOOTH, "relu6", |i, d| {
+            probe(&relu6(&moved(i, d)), &r)
+        });
         let dv = random(&mut rng, 4, 1.0);
         let dx = pool_backward(&x, &dv);
-        for i in 0..x.data.len() {
-            let (h, w, c) = (x.h, x.w, x.c);
-            let g = numeric(&mut x.data, i, &mut |d| {
-                let v = pool(&Act {
-                    h,
-                    w,
-                    c,
-                    data: d.to_vec(),
-                });
-                v.iter().zip(&dv).map(|(a, b)| f64::from(a * b)).sum()
-            });
-            close(dx.data[i], g, "pool");
-        }
-        let mut z = random(&mut rng, 6, 2.0);
+        check_each(&dx.data, &SMOOTH, "pool", |i, d| {
+            let v = pool(&moved(i, d));
+            v.iter().zip(&dv).map(|(a, b)| f64::from(a * b)).sum()
+        });
+        let z = random(&mut rng, 6, 2.0);
         let (loss, dz) = cross_entropy(&z, 2);
         assert!(loss > 0.0);
         assert!(
             dz.iter().sum::<f32>().abs() < 1e-5,
             "softmax − one-hot sums to 0"
         );
-        for (i, d) in dz.iter().enumerate() {
-            let g = numeric(&mut z, i, &mut |z| f64::from(cross_entropy(z, 2).0));
-            close(*d, g, "cross-entropy");
-        }
+        check_each(&dz, &SMOOTH, "cross-entropy", |i, d| {
+            let mut m = z.clone();
+            m[i] += d;
+            f64::from(cross_entropy(&m, 2).0)
+        });
     }
 }

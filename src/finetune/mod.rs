@@ -5,6 +5,8 @@
 //! SGD step with weight decay toward the pretrained weights. Not used by the daemon yet: the
 //! cut, the stored activations and the background trainer are the next parts.
 
+#[cfg(test)]
+mod gradcheck;
 mod layers;
 
 pub use layers::{cross_entropy, pool, relu6, Act, Depthwise, Pointwise};
@@ -183,6 +185,7 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     use super::*;
+    use gradcheck::{check_each, KINKED};
 
     fn random(rng: &mut SmallRng, n: usize, scale: f32) -> Vec<f32> {
         (0..n).map(|_| rng.gen_range(-scale..scale)).collect()
@@ -229,25 +232,6 @@ mod tests {
         f64::from(cross_entropy(&logits, target).0)
     }
 
-    /// Whether `analytic` is the derivative of `f` at 0: the central difference, or (where a
-    /// ReLU6 kink lies within the step, so the function is piecewise linear there) one of the
-    /// one-sided differences.
-    fn derivative_ok(analytic: f32, f: &dyn Fn(f32) -> f64) -> Result<(), String> {
-        let h = 1e-3f32;
-        let (up, mid, down) = (f(h), f(0.0), f(-h));
-        let hh = f64::from(h);
-        let candidates = [(up - down) / (2.0 * hh), (up - mid) / hh, (mid - down) / hh];
-        let a = f64::from(analytic);
-        if candidates
-            .iter()
-            .any(|n| (a - n).abs() <= 5e-3 * (1.0 + n.abs()))
-        {
-            Ok(())
-        } else {
-            Err(format!("analytic {a} vs finite differences {candidates:?}"))
-        }
-    }
-
     #[test]
     fn every_gradient_matches_finite_differences() {
         let mut rng = SmallRng::seed_from_u64(5);
@@ -260,28 +244,18 @@ mod tests {
             let (l, dx) = t.backward(&x, 1, &mut grad);
             assert!((f64::from(l) - loss(&t, &x, 1)).abs() < 1e-6);
             let mut checked = 0;
-            for k in 0..10 {
-                let n = grad.params()[k].len();
-                for i in (0..n).step_by(n.div_ceil(12)) {
-                    let at = |d: f32| {
-                        let mut moved = t.clone();
-                        moved.params_mut()[k][i] += d;
-                        loss(&moved, &x, 1)
-                    };
-                    derivative_ok(grad.params()[k][i], &at)
-                        .unwrap_or_else(|e| panic!("parameter {k}[{i}]: {e}"));
-                    checked += 1;
-                }
+            for (k, g) in grad.params().into_iter().enumerate() {
+                checked += check_each(g, &KINKED, &format!("parameter {k}"), |i, d| {
+                    let mut moved = t.clone();
+                    moved.params_mut()[k][i] += d;
+                    loss(&moved, &x, 1)
+                });
             }
-            for i in 0..x.data.len() {
-                let at = |d: f32| {
-                    let mut moved = x.clone();
-                    moved.data[i] += d;
-                    loss(&t, &moved, 1)
-                };
-                derivative_ok(dx.data[i], &at).unwrap_or_else(|e| panic!("input {i}: {e}"));
-                checked += 1;
-            }
+            checked += check_each(&dx.data, &KINKED, "input", |i, d| {
+                let mut moved = x.clone();
+                moved.data[i] += d;
+                loss(&t, &moved, 1)
+            });
             assert!(checked > 100);
         }
     }
