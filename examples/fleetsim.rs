@@ -297,16 +297,15 @@ impl Fleet {
     /// Board `i`'s envelope and, with deltas, its delta since the last publish.
     fn publish(&mut self, i: usize) -> Result<(Vec<u8>, Option<Vec<u8>>)> {
         let whole = self.seal(i)?;
-        let unchanged = self.heads[i]
-            .journal()
-            .is_some_and(|(base, _)| base == self.heads[i].version());
-        if !self.deltas || unchanged {
-            // As a board does: nothing learned since the last delta, none to send.
+        if !self.deltas {
             return Ok((whole, None));
         }
-        let d = self.ids[i].seal_delta(&board_id(i), GROUP, &self.heads[i])?;
-        self.heads[i].start_journal();
-        Ok((whole, Some(d)))
+        // As a board does (`publish_local_head`).
+        let d = self.ids[i].next_delta(&board_id(i), GROUP, &self.heads[i], whole.len())?;
+        if d.is_some() {
+            self.heads[i].start_journal();
+        }
+        Ok((whole, d))
     }
 
     fn seal(&self, i: usize) -> Result<Vec<u8>> {

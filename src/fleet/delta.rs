@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use super::envelope::{open_signed, Sender, Signed, MAX_ABS_MEAN};
 use super::{FleetError, Identity};
 use crate::cbor::{Bytes, F32Slice, F32s};
-use crate::head::{validate_label, Algorithm, Expect, Head, HeadError};
+use crate::head::{validate_label, Algorithm, Expect, Head, HeadError, JournalEntry};
 
 /// Delta format name and version.
 pub const DELTA_FORMAT: &str = "adaptd-fleet-delta";
@@ -113,6 +113,26 @@ fn signed_message(e: &DeltaEnvelope) -> Vec<u8> {
 }
 
 impl Identity {
+    /// What a board sends beside its whole head of `whole_bytes`: `None` when nothing changed
+    /// since its last delta (the same head published again), else [`seal_delta`]
+    /// (Self::seal_delta) — without samples, so that peers fetch the whole head, when the
+    /// samples would take more bytes than the whole head.
+    pub fn next_delta(
+        &self,
+        device_id: &str,
+        group: &str,
+        head: &Head,
+        whole_bytes: usize,
+    ) -> Result<Option<Vec<u8>>, HeadError> {
+        match head.journal() {
+            Some((base, _)) if base == head.version() => Ok(None),
+            Some(_) if head.journal_bytes() >= whole_bytes => {
+                self.seal_journal(device_id, group, head, None).map(Some)
+            }
+            journal => self.seal_journal(device_id, group, head, journal).map(Some),
+        }
+    }
+
     /// Seals what `head` learned since its journal started (see [`Head::journal`]) for the
     /// group; without a journal, a delta with no base that tells peers to fetch the whole head.
     pub fn seal_delta(
@@ -121,7 +141,17 @@ impl Identity {
         group: &str,
         head: &Head,
     ) -> Result<Vec<u8>, HeadError> {
-        let (base, samples) = match head.journal() {
+        self.seal_journal(device_id, group, head, head.journal())
+    }
+
+    fn seal_journal(
+        &self,
+        device_id: &str,
+        group: &str,
+        head: &Head,
+        journal: Option<(u64, &[JournalEntry])>,
+    ) -> Result<Vec<u8>, HeadError> {
+        let (base, samples) = match journal {
             Some((base, s)) => (Some(base), s),
             None => (None, &[][..]),
         };
@@ -379,6 +409,20 @@ mod tests {
         let fresh = head("cup", 2, 1.0, 3);
         let d = open_as(&a.seal_delta("a", "g", &fresh).unwrap(), "a", "g").unwrap();
         assert_eq!((d.base, d.samples.len(), d.version), (None, 0, 3));
+        // What a board sends beside its whole head: nothing for the same head again, the
+        // samples, or no samples (fetch the whole head) when they outweigh it.
+        let mut next = head("cup", 2, 1.0, 3);
+        next.start_journal();
+        assert_eq!(a.next_delta("a", "g", &next, 1 << 20).unwrap(), None);
+        next.update(&[0.5; D], "cup").unwrap();
+        let open_next = |whole: usize| {
+            let d = a.next_delta("a", "g", &next, whole).unwrap().unwrap();
+            open_as(&d, "a", "g").unwrap()
+        };
+        let d = open_next(1 << 20);
+        assert_eq!((d.base, d.samples.len()), (Some(3), 1));
+        let d = open_next(4 * D);
+        assert_eq!((d.base, d.samples.len(), d.version), (None, 0, 4));
         // Nothing learned since the journal started: an empty delta, not an error.
         let mut idle = head("cup", 2, 1.0, 3);
         idle.start_journal();

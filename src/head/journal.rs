@@ -2,7 +2,7 @@
 //! sends its peers instead of the whole head when nothing but learning happened since.
 
 /// A learned sample: its label and embedding.
-pub type Sample = (String, Vec<f32>);
+pub type Entry = (String, Vec<f32>);
 
 /// The samples a head learned since version `base`. Any other change of its statistics
 /// (unlearn, forget, reset, merge, a new version set from outside) ends the journal: only a
@@ -10,7 +10,7 @@ pub type Sample = (String, Vec<f32>);
 #[derive(Debug, Default)]
 pub struct Journal {
     base: Option<u64>,
-    samples: Vec<Sample>,
+    samples: Vec<Entry>,
     bytes: usize,
 }
 
@@ -53,7 +53,7 @@ impl Journal {
     }
 
     /// The base version and the samples learned since, in order; `None` when the journal ended.
-    pub fn since(&self) -> Option<(u64, &[Sample])> {
+    pub fn since(&self) -> Option<(u64, &[Entry])> {
         self.base.map(|b| (b, self.samples.as_slice()))
     }
 

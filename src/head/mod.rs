@@ -42,7 +42,8 @@ pub use predictor::{Prediction, Predictor, Scored};
 pub use stats::SourceStats;
 
 use auto::{AutoState, Candidates};
-use journal::{Journal, Sample};
+pub use journal::Entry as JournalEntry;
+use journal::Journal;
 use ncm::NcmState;
 use openset::{Calibration, OpenSetParts};
 use scatter::ScatterState;
@@ -982,18 +983,13 @@ impl Head {
 
     /// The version the journal started at and the samples learned since, in order; `None`
     /// when something other than learning changed the statistics since (or it never started).
-    pub fn journal(&self) -> Option<(u64, &[Sample])> {
+    pub fn journal(&self) -> Option<(u64, &[JournalEntry])> {
         self.journal.since()
     }
 
     /// Bytes of labels and embeddings in the journal.
     pub fn journal_bytes(&self) -> usize {
         self.journal.bytes()
-    }
-
-    /// Ends the journal: the next delta tells peers to fetch the whole head.
-    pub fn end_journal(&mut self) {
-        self.journal.end();
     }
 
     /// Encodes the head file (CBOR, see `docs/head-format.md`). Takes a snapshot.

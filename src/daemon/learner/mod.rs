@@ -529,25 +529,17 @@ impl Learner {
             return false;
         }
         if f.deltas {
-            // The samples since the last publish, unless the whole head is smaller: then (as
-            // after any change other than learning) a delta without samples tells peers to
-            // fetch the retained head.
-            if self.head.journal_bytes() >= whole {
-                self.head.end_journal();
-            }
-            if self
-                .head
-                .journal()
-                .is_some_and(|(base, _)| base == self.head.version())
+            match self
+                .fleet
+                .identity
+                .next_delta(device, group, &self.head, whole)
             {
-                // Published again unchanged (an earlier `info` was refused): peers have it.
-                return true;
-            }
-            match self.fleet.identity.seal_delta(device, group, &self.head) {
                 // Not retained: a board that misses it fetches the retained head.
-                Ok(d) => {
+                Ok(Some(d)) => {
                     outbox.publish(&f.my_deltas, QoS::AtLeastOnce, false, d);
                 }
+                // The same head again (an earlier `info` was refused): peers have it.
+                Ok(None) => return true,
                 Err(e) => tracing::error!("cannot seal the fleet delta: {e}"),
             }
             self.head.start_journal();
