@@ -24,6 +24,28 @@ impl Act {
         }
     }
 
+    /// From a value of batch one in NCHW layout (`shape` = `[1, c, h, w]`, as an ONNX graph
+    /// has it), e.g. the backbone's output at the cut.
+    pub fn from_nchw(shape: &[usize], values: &[f32]) -> Result<Act, String> {
+        let [1, c, h, w] = shape[..] else {
+            return Err(format!("a value of shape {shape:?}, not [1, c, h, w]"));
+        };
+        if values.len() != c * h * w {
+            return Err(format!(
+                "a value of {} elements, its shape {shape:?} says {}",
+                values.len(),
+                c * h * w
+            ));
+        }
+        let mut data = vec![0.0; values.len()];
+        for (ch, plane) in values.chunks_exact(h * w).enumerate() {
+            for (p, v) in plane.iter().enumerate() {
+                data[p * c + ch] = *v;
+            }
+        }
+        Ok(Act { h, w, c, data })
+    }
+
     /// Positions (h × w).
     pub fn positions(&self) -> usize {
         self.h * self.w
@@ -54,42 +76,85 @@ impl Pointwise {
     pub fn forward(&self, x: &Act) -> Act {
         debug_assert_eq!(x.c, self.cin);
         let mut y = Act::zeros(x.h, x.w, self.cout);
-        for (xp, yp) in x
-            .data
-            .chunks_exact(self.cin)
-            .zip(y.data.chunks_exact_mut(self.cout))
-        {
-            for ((yo, wo), bo) in yp
-                .iter_mut()
-                .zip(self.w.chunks_exact(self.cin))
-                .zip(&self.b)
-            {
-                *yo = bo + dot(wo, xp);
-            }
+        for p in y.data.chunks_exact_mut(self.cout) {
+            p.copy_from_slice(&self.b);
         }
+        // y[P × cout] += x[P × cin] · wᵀ
+        gemm(
+            (x.positions(), self.cin, self.cout),
+            (&x.data, self.cin, 1),
+            (&self.w, 1, self.cin),
+            (&mut y.data, self.cout, 1),
+            1.0,
+        );
         y
     }
 
     /// The input's gradient; adds the weights' and bias's to `grad`.
     pub fn backward(&self, x: &Act, dy: &Act, grad: &mut Pointwise) -> Act {
         let mut dx = Act::zeros(x.h, x.w, self.cin);
-        for ((xp, dyp), dxp) in x
-            .data
-            .chunks_exact(self.cin)
-            .zip(dy.data.chunks_exact(self.cout))
-            .zip(dx.data.chunks_exact_mut(self.cin))
-        {
-            for (o, &g) in dyp.iter().enumerate() {
-                if g == 0.0 {
-                    continue;
-                }
-                grad.b[o] += g;
-                let row = o * self.cin..(o + 1) * self.cin;
-                axpy(g, xp, &mut grad.w[row.clone()]);
-                axpy(g, &self.w[row], dxp);
+        let p = x.positions();
+        for dyp in dy.data.chunks_exact(self.cout) {
+            for (gb, g) in grad.b.iter_mut().zip(dyp) {
+                *gb += g;
             }
         }
+        // dw[cout × cin] += dyᵀ · x
+        gemm(
+            (self.cout, p, self.cin),
+            (&dy.data, 1, self.cout),
+            (&x.data, self.cin, 1),
+            (&mut grad.w, self.cin, 1),
+            1.0,
+        );
+        // dx[P × cin] = dy · w
+        gemm(
+            (p, self.cout, self.cin),
+            (&dy.data, self.cout, 1),
+            (&self.w, self.cin, 1),
+            (&mut dx.data, self.cin, 1),
+            0.0,
+        );
         dx
+    }
+}
+
+/// `c ← a · b + beta c` for an `m × k` matrix `a`, a `k × n` matrix `b` and an `m × n` matrix
+/// `c`, each given with its row and column strides (so a transpose is a swap of strides).
+/// matrixmultiply picks its AVX2/FMA or NEON kernel at run time.
+fn gemm(
+    (m, k, n): (usize, usize, usize),
+    (a, rsa, csa): (&[f32], usize, usize),
+    (b, rsb, csb): (&[f32], usize, usize),
+    (c, rsc, csc): (&mut [f32], usize, usize),
+    beta: f32,
+) {
+    let last = |rows: usize, cols: usize, rs: usize, cs: usize| {
+        (rows.max(1) - 1) * rs + (cols.max(1) - 1) * cs
+    };
+    // The strides address only inside each slice: what makes the call below sound.
+    assert!(m == 0 || k == 0 || last(m, k, rsa, csa) < a.len());
+    assert!(k == 0 || n == 0 || last(k, n, rsb, csb) < b.len());
+    assert!(m == 0 || n == 0 || last(m, n, rsc, csc) < c.len());
+    // SAFETY: every element the strides reach lies in its slice (checked above), `c` is a
+    // unique borrow, and the strides fit isize (the slices' lengths do).
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a.as_ptr(),
+            rsa as isize,
+            csa as isize,
+            b.as_ptr(),
+            rsb as isize,
+            csb as isize,
+            beta,
+            c.as_mut_ptr(),
+            rsc as isize,
+            csc as isize,
+        );
     }
 }
 
@@ -238,16 +303,6 @@ pub fn cross_entropy(logits: &[f32], target: usize) -> (f32, Vec<f32>) {
         *g -= 1.0;
     }
     (loss, grad)
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
-fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-    for (yi, xi) in y.iter_mut().zip(x) {
-        *yi += a * xi;
-    }
 }
 
 #[cfg(test)]

@@ -101,6 +101,20 @@ impl Embedder {
         cache_dir: Option<&std::path::Path>,
     ) -> Result<Embedder, EmbedError> {
         let backbone = Backbone::load_cached(&model, with_logits, cache_dir)?;
+        Self::with_backbone(model, backbone)
+    }
+
+    /// An image model's embedder whose [`run_payload`](Self::run_payload) also returns the
+    /// value at the fine-tuning cut (see [`Backbone::load_with_cut`]).
+    pub fn load_with_cut(
+        model: ModelDir,
+        cache_dir: Option<&std::path::Path>,
+    ) -> Result<Embedder, EmbedError> {
+        let backbone = Backbone::load_with_cut(&model, cache_dir)?;
+        Self::with_backbone(model, backbone)
+    }
+
+    fn with_backbone(model: ModelDir, backbone: Backbone) -> Result<Embedder, EmbedError> {
         let preprocessor = Preprocessor::new(model.spec.input.clone());
         let front_end = model.spec.audio.clone().map(FrontEnd::new);
         let tokenizer = match &model.spec.text {
@@ -214,6 +228,7 @@ impl Embedder {
         Ok(Outputs {
             embedding: self.backbone.run_tokens(&tokens.ids)?,
             logits: None,
+            cut: None,
         })
     }
 
@@ -324,6 +339,7 @@ impl Embedder {
                 Outputs {
                     embedding: self.backbone.embed(tensor)?,
                     logits: None,
+                    cut: None,
                 }
             };
             sum = Some(match sum {
@@ -333,6 +349,9 @@ impl Embedder {
                     if let (Some(a), Some(b)) = (acc.logits.as_mut(), out.logits.as_ref()) {
                         add(a, b);
                     }
+                    // The cut's value is an image's (one input): a mean of windows is not
+                    // what the tail would see.
+                    acc.cut = None;
                     acc
                 }
             });

@@ -11,4 +11,6 @@ pub mod spec;
 pub mod text;
 
 pub use embedder::{EmbedError, Embedder, Input};
-pub use spec::{Modality, ModelDir, ModelError, ModelSpec, MODEL_TOML, SHIPPED_MODEL};
+pub use spec::{
+    FinetuneSpec, Modality, ModelDir, ModelError, ModelSpec, MODEL_TOML, SHIPPED_MODEL,
+};

@@ -55,6 +55,18 @@ pub struct ModelSpec {
     /// the error when the file is missing.
     #[serde(default)]
     pub fetch: Option<String>,
+    /// Present when the end of the backbone can be fine-tuned: where the frozen part ends.
+    #[serde(default)]
+    pub finetune: Option<FinetuneSpec>,
+}
+
+/// `[finetune]` of `model.toml`: the cut between the frozen part of the backbone (tract) and
+/// the trainable tail (`crate::finetune`), which runs from the cut to the embedding output.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FinetuneSpec {
+    /// The ONNX value (tensor) name where the tail starts, e.g. the input of the last block.
+    pub cut: String,
 }
 
 /// What kind of payload a model takes.

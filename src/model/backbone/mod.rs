@@ -24,7 +24,10 @@ mod conv;
 mod depthwise;
 mod graph;
 mod pointwise;
+mod tail;
 mod tokens;
+
+pub use tail::{read_tail, TailLayer};
 
 /// The tract version adaptd is built with (pinned in Cargo.toml).
 pub const TRACT_VERSION: &str = "0.23.9";
@@ -75,6 +78,8 @@ pub enum BackboneError {
     Run(String),
     #[error("model produced a non-finite embedding value")]
     NonFinite,
+    #[error("the trainable tail of {path}: {message}")]
+    Tail { path: String, message: String },
 }
 
 impl BackboneError {
@@ -117,6 +122,9 @@ pub struct BackboneInfo {
     /// Convolutions and matrix products that run on adaptd's own matrix product
     /// ([`DepthwiseLayout::Adaptd`]): the 1×1 convolutions, a classifier, a stem conv.
     pub adaptd_products: usize,
+    /// Shape of the value at the fine-tuning cut, batch included, when it is an output.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cut_shape: Option<Vec<usize>>,
 }
 
 /// How depthwise convolutions run: their layout, and whose kernel.
@@ -144,6 +152,9 @@ pub struct Outputs {
     pub embedding: Vec<f32>,
     /// Logits, when requested and available.
     pub logits: Option<Vec<f32>>,
+    /// The value at the fine-tuning cut ([`Backbone::load_with_cut`]), in the model's layout
+    /// (`BackboneInfo::cut_shape`).
+    pub cut: Option<Vec<f32>>,
 }
 
 /// A loaded, optimized backbone ready to embed inputs; cheap to share behind an `Arc`.
@@ -151,6 +162,7 @@ pub struct Backbone {
     plan: Arc<TypedRunnableModel>,
     info: BackboneInfo,
     logits_plan_ix: Option<usize>,
+    cut_plan_ix: Option<usize>,
     /// For a text encoder, what each graph input takes; `None` for a tensor backbone.
     tokens: Option<Vec<tokens::TokenInput>>,
 }
@@ -394,6 +406,51 @@ impl Backbone {
         cache_dir: Option<&Path>,
         layout: DepthwiseLayout,
     ) -> Result<Backbone, BackboneError> {
+        Self::load_outputs(model, with_logits, cache_dir, layout, None)
+    }
+
+    /// Loads an image backbone that also outputs the value at its fine-tuning cut (`[finetune]
+    /// cut` of `model.toml`) for [`Outputs::cut`]; with the layers after it from
+    /// [`Backbone::tail`], `crate::finetune` continues the pass in Rust.
+    pub fn load_with_cut(
+        model: &ModelDir,
+        cache_dir: Option<&Path>,
+    ) -> Result<Backbone, BackboneError> {
+        let cut = model.spec.finetune.as_ref().map(|f| f.cut.as_str());
+        let Some(cut) = cut.filter(|_| model.spec.text.is_none()) else {
+            return Err(BackboneError::Tail {
+                path: model.dir.display().to_string(),
+                message: "model.toml has no [finetune] cut".into(),
+            });
+        };
+        Self::load_outputs(
+            model,
+            false,
+            cache_dir,
+            DepthwiseLayout::default(),
+            Some(cut),
+        )
+    }
+
+    /// The layers from the fine-tuning cut to the embedding, with the pretrained weights.
+    pub fn tail(model: &ModelDir) -> Result<Vec<TailLayer>, BackboneError> {
+        let cut = model.spec.finetune.as_ref().map(|f| f.cut.as_str());
+        let Some(cut) = cut else {
+            return Err(BackboneError::Tail {
+                path: model.dir.display().to_string(),
+                message: "model.toml has no [finetune] cut".into(),
+            });
+        };
+        read_tail(&model.onnx_path(), cut, &model.spec.embedding_output)
+    }
+
+    fn load_outputs(
+        model: &ModelDir,
+        with_logits: bool,
+        cache_dir: Option<&Path>,
+        layout: DepthwiseLayout,
+        cut: Option<&str>,
+    ) -> Result<Backbone, BackboneError> {
         if let Some(text) = &model.spec.text {
             return tokens::load(model, text);
         }
@@ -415,6 +472,10 @@ impl Backbone {
             }
             _ => None,
         };
+        let cut_plan_ix = cut.map(|name| {
+            outputs.push(name);
+            outputs.len() - 1
+        });
         let key = cache::key(&sha256, &shape, &outputs);
         let hashed_ms = started.elapsed().as_secs_f64() * 1e3;
         let cached = cache_dir.and_then(|d| cache::read(d, &key, &shape, outputs.len()));
@@ -487,6 +548,10 @@ impl Backbone {
                 decluttered.into_optimized().map_err(prepare)?,
             ),
         };
+        let cut_shape = cut_plan_ix.and_then(|ix| {
+            let fact = typed.output_fact(ix).ok()?;
+            fact.shape.as_concrete().map(|s| s.to_vec())
+        });
         let dims: Vec<usize> = (0..outputs.len())
             .map(|ix| {
                 typed
@@ -517,6 +582,7 @@ impl Backbone {
             channel_last_depthwise,
             adaptd_depthwise,
             adaptd_products,
+            cut_shape,
         };
         if info.embedding_dim == 0 {
             return Err(BackboneError::Prepare {
@@ -528,6 +594,7 @@ impl Backbone {
             plan,
             info,
             logits_plan_ix,
+            cut_plan_ix,
             tokens: None,
         })
     }
@@ -582,7 +649,15 @@ impl Backbone {
             Some(ix) => Some(flat(ix)?),
             None => None,
         };
-        Ok(Outputs { embedding, logits })
+        let cut = match self.cut_plan_ix {
+            Some(ix) => Some(flat(ix)?),
+            None => None,
+        };
+        Ok(Outputs {
+            embedding,
+            logits,
+            cut,
+        })
     }
 }
 

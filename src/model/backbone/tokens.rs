@@ -104,8 +104,10 @@ pub(super) fn load(model: &ModelDir, text: &TextSpec) -> Result<Backbone, Backbo
             channel_last_depthwise: [0, 0],
             adaptd_depthwise: 0,
             adaptd_products: products,
+            cut_shape: None,
         },
         logits_plan_ix: None,
+        cut_plan_ix: None,
         tokens: Some(order),
     };
     // The embedding must not depend on the sentence length (a pooled output, not per-token
