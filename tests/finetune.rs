@@ -70,6 +70,59 @@ fn the_rust_tail_continues_tracts_pass_to_the_same_embedding() {
 }
 
 #[test]
+fn the_real_tail_fine_tunes_on_stored_activations() {
+    use adaptd::finetune::train::{self, Config, Example};
+    let model = ModelDir::shipped().expect("shipped model");
+    let embedder = Embedder::load_with_cut(model.clone(), None).expect("load with the cut");
+    let shape = embedder.backbone.info().cut_shape.clone().expect("cut");
+    let pretrained =
+        Tail::from_layers(&Backbone::tail(&model).expect("layers"), shape[1], 2).expect("tail");
+    // Two classes that cut across what ImageNet features separate best.
+    let stored: Vec<(Stored, usize)> = [
+        ("astronaut.jpg", 0),
+        ("coffee.jpg", 0),
+        ("chelsea.jpg", 1),
+        ("rocket.jpg", 1),
+    ]
+    .iter()
+    .map(|(name, label)| {
+        let bytes = std::fs::read(fixture(name)).expect("fixture");
+        let cut = embedder.run_payload(&bytes).expect("run").cut.expect("cut");
+        (Stored::from_nchw(&shape, &cut).expect("shape"), *label)
+    })
+    .collect();
+    let examples: Vec<Example<'_>> = stored
+        .iter()
+        .map(|(x, label)| Example { x, label: *label })
+        .collect();
+    let config = Config {
+        probe_epochs: 2,
+        epochs: 6,
+        batch: 2,
+        ..Config::default()
+    };
+    let never = || false;
+    let mut tail = pretrained.clone();
+    train::probe(&mut tail, &examples, &config, &never).expect("probe");
+    let mut losses = Vec::new();
+    train::finetune(
+        &mut tail,
+        &pretrained,
+        &examples,
+        &config,
+        &never,
+        &mut |_, e| losses.push(e.loss),
+    )
+    .expect("fine-tune");
+    assert_eq!(losses.len(), 6);
+    assert!(losses.iter().all(|l| l.is_finite()));
+    assert!(losses[5] < losses[0], "losses {losses:?}");
+    assert_eq!(train::accuracy(&tail, &examples), 1.0);
+    assert_ne!(tail.block, pretrained.block, "the block was trained");
+    assert_ne!(tail.head, pretrained.head, "the head conv was trained");
+}
+
+#[test]
 fn a_model_without_a_cut_is_refused_with_the_reason() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/yamnet-l10");
     let model = ModelDir::load(&dir).expect("sound model");

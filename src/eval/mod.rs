@@ -9,6 +9,7 @@
 
 pub mod data;
 pub mod embed;
+pub mod finetune;
 pub mod npy;
 pub mod openset;
 pub mod prequential;
@@ -169,6 +170,15 @@ pub struct EvalArgs {
         default_values_t = [4usize, 8, 16, 32, 64]
     )]
     pub frames: Vec<usize>,
+    /// Fine-tuning benchmark (an image model with a `[finetune]` cut): at each --shots point,
+    /// half the stream and all of it, the linear learners against a fine-tuned tail taught the
+    /// same samples (a fifth held out for the guard), with the trainer's CPU seconds.
+    #[arg(long, conflicts_with_all = ["shift", "open_set", "review"])]
+    pub finetune: bool,
+    /// The trainer's settings for --finetune (TOML: the fields of `finetune::train::Config`,
+    /// at the top level). Default: the daemon's defaults.
+    #[arg(long, value_name = "FILE.toml", requires = "finetune")]
+    pub finetune_config: Option<PathBuf>,
 }
 
 /// A sample after embedding: embedding, class label and where it came from.
@@ -688,6 +698,35 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             seed: args.seed,
             results,
         };
+        print_report(args.json, &report, report.table())?;
+        return Ok(());
+    }
+    if args.finetune {
+        let loaded = load(args)?;
+        let model = crate::model::ModelDir::find(args.model.as_deref())?;
+        let config = match &args.finetune_config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading {}", p.display()))?;
+                toml::from_str(&text).with_context(|| format!("parsing {}", p.display()))?
+            }
+            None => crate::finetune::train::Config::default(),
+        };
+        let report = finetune::run(
+            &loaded.data,
+            &finetune::FinetunePlan {
+                name: loaded.name.clone(),
+                model: &model,
+                train_files: &loaded.train_ids,
+                test_files: &loaded.test_ids,
+                shots: &args.shots,
+                learners: &args.learners,
+                head: &head,
+                backbone: &loaded.backbone,
+                config,
+                jobs: jobs(args),
+            },
+        )?;
         print_report(args.json, &report, report.table())?;
         return Ok(());
     }
