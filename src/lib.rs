@@ -8,7 +8,7 @@
 //! | [`head`] | streaming linear heads, snapshots, merge, head file format |
 //! | [`adapt`] | domain adaptation maths (target statistics, mean/coral/t3a, drift) and its handle |
 //! | [`state`] | the state directory: write-ahead log, snapshots, kept heads, sample reservoir, the ledger of learned samples by id (unlearning) |
-//! | [`finetune`] | the trainable tail of the backbone for fine-tuning (forward, backward, SGD; not wired into the daemon yet) |
+//! | [`finetune`] | fine-tuning the backbone's tail: its layers from the ONNX file's, forward/backward, stored f16 activations, the trainer (probe, Adam, guard's refit); used by `adaptd eval --finetune`, not by the daemon yet |
 //! | [`fleet`] | fleet learning: board key, signed head envelopes and deltas, peers, the peer head store and delta logs, the running fleet total |
 //! | [`config`] | the embedded default TOML, config file + `ADAPTD_*` overrides → validated settings |
 //! | [`daemon`] | `adaptd run`: MQTT driver, requests, workers, learner, adaptation thread, broker |

@@ -40,6 +40,9 @@ pub struct Point {
     pub probe: f64,
     /// Test accuracy of the fine-tuned tail.
     pub tail: f64,
+    /// Test accuracy of the tail trained again on all the samples once the guard accepted
+    /// (`refit`).
+    pub refit: Option<f64>,
     /// Test accuracy after each epoch of fine-tuning, with the CPU seconds spent so far.
     pub epochs: Vec<EpochPoint>,
     /// The guard's decision on the held-out samples.
@@ -47,7 +50,7 @@ pub struct Point {
     /// Test accuracy of what would be served: the tail if the guard accepted it, else the
     /// default learner.
     pub served: f64,
-    /// CPU seconds of the probe and the fine-tuning (one thread).
+    /// CPU seconds of the probe and the fine-tuning, and of the refit (one thread).
     pub cpu_seconds: f64,
 }
 
@@ -67,6 +70,9 @@ pub struct Guard {
     pub held_out: usize,
     pub linear: f64,
     pub tail: f64,
+    /// Held-out samples only the tail classifies right, and only the linear head.
+    pub tail_only: usize,
+    pub linear_only: usize,
     pub accepted: bool,
     pub reason: String,
 }
@@ -118,7 +124,7 @@ impl FinetuneReport {
             s.push_str(&format!(" {l:>6}"));
         }
         s.push_str(&format!(
-            "   probe   tail  | guard: held-out {} / tail    | served  cpu s\n",
+            "   probe   tail  | guard: held-out {} / tail    | refit  served  cpu s\n",
             self.guard_learner
         ));
         for p in &self.points {
@@ -127,7 +133,7 @@ impl FinetuneReport {
                 s.push_str(&format!(" {a:>6.3}"));
             }
             s.push_str(&format!(
-                "   {:.3}  {:.3}  | {:>3} {:.3} / {:.3} {:<9} | {:.3}  {:>6.1}\n",
+                "   {:.3}  {:.3}  | {:>3} {:.3} / {:.3} {:<9} | {}  {:.3}  {:>6.1}\n",
                 p.probe,
                 p.tail,
                 p.guard.held_out,
@@ -138,6 +144,7 @@ impl FinetuneReport {
                 } else {
                     "refused"
                 },
+                p.refit.map_or("  —  ".to_string(), |a| format!("{a:.3}")),
                 p.served,
                 p.cpu_seconds
             ));
@@ -272,9 +279,35 @@ pub fn run(data: &Data, plan: &FinetunePlan<'_>) -> Result<FinetuneReport> {
             &held_out,
         );
         let default = teach(&guard_head, data, plan.backbone, (0..n).collect())?;
-        let served = match guard.accepted {
-            true => tail_accuracy,
-            false => accuracy(&default, &data.test, data),
+        // Accepted: the same recipe again on every sample (the held-out ones too), served.
+        let refit = match guard.accepted && plan.config.refit {
+            true => {
+                let all: Vec<Example<'_>> = (0..n)
+                    .map(|i| Example {
+                        x: &train_x[i],
+                        label: data.train[i].1,
+                    })
+                    .collect();
+                let mark = thread_cpu_seconds();
+                let mut refit = pretrained.clone();
+                train::probe(&mut refit, &all, &plan.config, &never)?;
+                train::finetune(
+                    &mut refit,
+                    &pretrained,
+                    &all,
+                    &plan.config,
+                    &never,
+                    &mut |_, _| {},
+                )?;
+                cpu += thread_cpu_seconds() - mark;
+                Some(train::accuracy(&refit, &test))
+            }
+            false => None,
+        };
+        let served = match (guard.accepted, refit) {
+            (true, Some(a)) => a,
+            (true, None) => tail_accuracy,
+            (false, _) => accuracy(&default, &data.test, data),
         };
         points.push(Point {
             samples: n,
@@ -283,6 +316,7 @@ pub fn run(data: &Data, plan: &FinetunePlan<'_>) -> Result<FinetuneReport> {
             tail_samples: held_in.len(),
             probe,
             tail: tail_accuracy,
+            refit,
             epochs,
             guard,
             served,
@@ -305,8 +339,8 @@ pub fn run(data: &Data, plan: &FinetunePlan<'_>) -> Result<FinetuneReport> {
     })
 }
 
-/// The guard's decision: the tail is served only if it classifies more held-out samples right
-/// than the linear head taught the same samples.
+/// The guard's decision ([`train::guard_accepts`]) from the held-out samples only one of the
+/// tail and the linear head taught the same samples classifies right.
 fn judge(
     tail: &Tail,
     linear: &Head,
@@ -319,22 +353,38 @@ fn judge(
             held_out: 0,
             linear: 0.0,
             tail: 0.0,
+            tail_only: 0,
+            linear_only: 0,
             accepted: false,
             reason: "too few samples to hold any out".into(),
         };
     }
-    let tail_acc = train::accuracy(tail, checks);
-    let held: Vec<(Vec<f32>, usize)> = held_out.iter().map(|&i| data.train[i].clone()).collect();
-    let linear_acc = accuracy(linear, &held, data);
-    let accepted = tail_acc > linear_acc;
+    let p = linear.snapshot();
+    let mut z = Vec::new();
+    let (mut tail_right, mut linear_right, mut tail_only, mut linear_only) = (0, 0, 0, 0);
+    for (e, &i) in checks.iter().zip(held_out) {
+        let t = train::predict(tail, e.x) == e.label;
+        let l = p
+            .top1(&data.train[i].0, &mut z)
+            .and_then(|i| p.labels().get(i))
+            .is_some_and(|l| *l == data.classes[e.label]);
+        tail_right += usize::from(t);
+        linear_right += usize::from(l);
+        tail_only += usize::from(t && !l);
+        linear_only += usize::from(l && !t);
+    }
+    let accepted = train::guard_accepts(tail_only, linear_only);
+    let n = checks.len() as f64;
     Guard {
         held_out: checks.len(),
-        linear: linear_acc,
-        tail: tail_acc,
+        linear: linear_right as f64 / n,
+        tail: tail_right as f64 / n,
+        tail_only,
+        linear_only,
         accepted,
         reason: match accepted {
-            true => "the tail is better on the held-out samples".into(),
-            false => "the tail is not better than the linear head on the held-out samples".into(),
+            true => format!("the tail is right on {tail_only} held-out samples the linear head misses, wrong on {linear_only} it gets"),
+            false => format!("not a clear win: the tail alone is right on {tail_only} held-out samples, the linear head alone on {linear_only}"),
         },
     }
 }

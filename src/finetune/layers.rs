@@ -46,6 +46,17 @@ impl Act {
         Ok(Act { h, w, c, data })
     }
 
+    /// The activation mirrored left to right.
+    pub fn flipped(&self) -> Act {
+        let mut data = Vec::with_capacity(self.data.len());
+        for row in self.data.chunks_exact(self.w * self.c) {
+            for p in row.chunks_exact(self.c).rev() {
+                data.extend_from_slice(p);
+            }
+        }
+        Act { data, ..*self }
+    }
+
     /// Positions (h × w).
     pub fn positions(&self) -> usize {
         self.h * self.w
@@ -292,15 +303,24 @@ pub fn pool_backward(x: &Act, dv: &[f32]) -> Act {
 /// Softmax cross-entropy of `logits` against class `target`: the loss and its gradient
 /// (softmax minus the one-hot target).
 pub fn cross_entropy(logits: &[f32], target: usize) -> (f32, Vec<f32>) {
+    smoothed_cross_entropy(logits, target, 0.0)
+}
+
+/// Cross-entropy against the target smoothed by `eps` (`1 − eps` on the class, `eps / C`
+/// spread over all C): the loss and its gradient (softmax minus the smoothed target).
+pub fn smoothed_cross_entropy(logits: &[f32], target: usize, eps: f32) -> (f32, Vec<f32>) {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let exp: Vec<f32> = logits.iter().map(|z| (z - max).exp()).collect();
     let sum: f32 = exp.iter().sum();
     let mut grad: Vec<f32> = exp.iter().map(|e| e / sum).collect();
-    let loss = -(grad.get(target).copied().unwrap_or(f32::MIN_POSITIVE))
-        .max(f32::MIN_POSITIVE)
-        .ln();
-    if let Some(g) = grad.get_mut(target) {
-        *g -= 1.0;
+    let spread = eps / logits.len().max(1) as f32;
+    let mut loss = 0.0;
+    for (i, g) in grad.iter_mut().enumerate() {
+        let q = spread + if i == target { 1.0 - eps } else { 0.0 };
+        if q > 0.0 {
+            loss -= q * g.max(f32::MIN_POSITIVE).ln();
+        }
+        *g -= q;
     }
     (loss, grad)
 }
@@ -457,6 +477,12 @@ mod tests {
             let mut m = z.clone();
             m[i] += d;
             f64::from(cross_entropy(&m, 2).0)
+        });
+        let (_, dz) = smoothed_cross_entropy(&z, 2, 0.1);
+        check_each(&dz, &SMOOTH, "smoothed cross-entropy", |i, d| {
+            let mut m = z.clone();
+            m[i] += d;
+            f64::from(smoothed_cross_entropy(&m, 2, 0.1).0)
         });
     }
 }

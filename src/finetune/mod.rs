@@ -12,7 +12,7 @@ mod layers;
 pub mod store;
 pub mod train;
 
-pub use layers::{cross_entropy, pool, relu6, Act, Depthwise, Pointwise};
+pub use layers::{cross_entropy, pool, relu6, smoothed_cross_entropy, Act, Depthwise, Pointwise};
 
 use layers::{pool_backward, relu6_backward};
 
@@ -326,17 +326,40 @@ impl Tail {
     /// The cross-entropy loss of one activation labeled `target`; adds the parameters'
     /// gradients to `grad` and returns the loss and the gradient of the activation.
     pub fn backward(&self, x: &Act, target: usize, grad: &mut Tail) -> (f32, Act) {
-        let t = self.forward(x);
-        let (loss, dz) = cross_entropy(&t.logits, target);
+        self.backward_masked(x, target, grad, &[], 0.0)
+    }
+
+    /// [`backward`](Self::backward) with dropout on the embedding: each pooled value is
+    /// multiplied by `mask`'s (0, or 1 / keep probability) before the classifier; an empty
+    /// mask keeps them all; and the target smoothed by `smoothing` ([`smoothed_cross_entropy`]).
+    pub fn backward_masked(
+        &self,
+        x: &Act,
+        target: usize,
+        grad: &mut Tail,
+        mask: &[f32],
+        smoothing: f32,
+    ) -> (f32, Act) {
+        let mut t = self.forward(x);
+        if !mask.is_empty() {
+            for (p, m) in t.pooled.data.iter_mut().zip(mask) {
+                *p *= m;
+            }
+            t.logits = self.classifier.forward(&t.pooled).data;
+        }
+        let (loss, dz) = smoothed_cross_entropy(&t.logits, target, smoothing);
         let dz = Act {
             h: 1,
             w: 1,
             c: dz.len(),
             data: dz,
         };
-        let dpooled = self
+        let mut dpooled = self
             .classifier
             .backward(&t.pooled, &dz, &mut grad.classifier);
+        for (d, m) in dpooled.data.iter_mut().zip(mask) {
+            *d *= m;
+        }
         let dhead_relu = pool_backward(&t.head_relu, &dpooled.data);
         let dhead = relu6_backward(&t.head, &dhead_relu);
         let dhead_in = self.head.backward(&t.head_in, &dhead, &mut grad.head);

@@ -6,7 +6,7 @@
 
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 
 use super::store::Stored;
 use super::{cross_entropy, Act, Tail};
@@ -32,6 +32,18 @@ pub struct Config {
     /// Decoupled weight decay toward the pretrained weights (toward zero for the classifier):
     /// `w ← w − lr · decay · (w − w₀)` at each step.
     pub decay: f32,
+    /// Dropout on the embedding while fine-tuning: the probability of zeroing each value.
+    pub dropout: f32,
+    /// Mirror each stored activation left to right with probability ½ while fine-tuning (for
+    /// images whose mirror image is of the same class: not for text or digits).
+    pub flip: bool,
+    /// After the guard accepts a tail trained on the held-in samples, train it again on all
+    /// of them (the same recipe) before it is served.
+    pub refit: bool,
+    /// Label smoothing while fine-tuning (0: plain cross-entropy).
+    pub smoothing: f32,
+    /// Lower the fine-tuning steps along a half cosine to zero over the epochs (else constant).
+    pub cosine: bool,
     /// Seed of the batches' order.
     pub seed: u64,
 }
@@ -47,6 +59,11 @@ impl Default for Config {
             lr: 1e-4,
             classifier_lr: 1e-3,
             decay: 1e-2,
+            dropout: 0.0,
+            flip: false,
+            refit: true,
+            smoothing: 0.0,
+            cosine: false,
             seed: 0,
         }
     }
@@ -220,6 +237,8 @@ pub fn finetune(
     let mut order: Vec<usize> = (0..examples.len()).collect();
     let mut rng = SmallRng::seed_from_u64(config.seed ^ 0x5eed);
     let batch = config.batch.max(1);
+    let steps = (config.epochs * examples.len().div_ceil(batch)).max(1);
+    let mut step = 0usize;
     for epoch in 1..=config.epochs {
         order.shuffle(&mut rng);
         let mut total = 0.0;
@@ -229,7 +248,24 @@ pub fn finetune(
             }
             let mut grad = tail.zeros_like();
             for &i in chunk {
-                let (loss, _) = tail.backward(&examples[i].x.act(), examples[i].label, &mut grad);
+                let mut x = examples[i].x.act();
+                if config.flip && rng.gen_bool(0.5) {
+                    x = x.flipped();
+                }
+                let mask: Vec<f32> = match config.dropout > 0.0 && config.dropout < 1.0 {
+                    true => {
+                        let keep = 1.0 - config.dropout;
+                        (0..tail.dim())
+                            .map(|_| match rng.gen::<f32>() < keep {
+                                true => 1.0 / keep,
+                                false => 0.0,
+                            })
+                            .collect()
+                    }
+                    false => Vec::new(),
+                };
+                let (loss, _) =
+                    tail.backward_masked(&x, examples[i].label, &mut grad, &mask, config.smoothing);
                 total += f64::from(loss);
             }
             let anchors: Vec<Option<&Vec<f32>>> = anchor
@@ -238,11 +274,17 @@ pub fn finetune(
                 .enumerate()
                 .map(|(i, a)| (i + 2 < n_params).then_some(a))
                 .collect();
+            let scale = match config.cosine {
+                true => 0.5 * (1.0 + (std::f32::consts::PI * step as f32 / steps as f32).cos()),
+                false => 1.0,
+            };
+            step += 1;
+            let lr_now: Vec<f32> = lr.iter().map(|l| l * scale).collect();
             adam.step(
                 tail.params_mut(),
                 grad.params(),
                 &anchors,
-                &lr,
+                &lr_now,
                 1.0 / chunk.len() as f32,
                 config.decay,
             );
@@ -251,6 +293,17 @@ pub fn finetune(
         after_epoch(tail, Epoch { epoch, loss });
     }
     Ok(())
+}
+
+/// The guard's verdict from the held-out samples that only one of the two classifies right:
+/// `tail_only` that the tail gets and the linear head misses, `linear_only` the reverse. The
+/// tail is accepted when it wins by at least two samples and by at least one standard
+/// deviation of that difference under "no better" (McNemar's test, one-sided, about 84%): on
+/// a few dozen held-out samples a difference of one is noise, and serving a worse tail is what
+/// the guard is for.
+pub fn guard_accepts(tail_only: usize, linear_only: usize) -> bool {
+    let lead = tail_only.saturating_sub(linear_only);
+    lead >= 2 && (lead as f64) >= ((tail_only + linear_only) as f64).sqrt()
 }
 
 /// The class the tail gives a stored activation.
@@ -419,6 +472,17 @@ mod tests {
                 .sum()
         };
         assert!(distance(&held) < 0.2 * distance(&t));
+    }
+
+    #[test]
+    fn the_guard_wants_a_lead_beyond_noise() {
+        assert!(!guard_accepts(1, 0), "one sample is noise");
+        assert!(!guard_accepts(3, 3));
+        assert!(!guard_accepts(2, 3));
+        assert!(guard_accepts(2, 0));
+        assert!(guard_accepts(8, 1), "7 ≥ √9");
+        assert!(!guard_accepts(30, 24), "6 < √54");
+        assert!(guard_accepts(31, 22), "9 ≥ √53");
     }
 
     #[test]
