@@ -1,12 +1,15 @@
 //! The backbone against onnxruntime: golden embeddings and logits of the shipped model (from the
 //! preprocessed tensor and from the image file), the tiny fixture, and clear errors.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use adaptd::model::backbone::{self, Backbone, DepthwiseLayout};
 use adaptd::model::input::Preprocessor;
 use adaptd::model::Embedder;
 use adaptd::model::ModelDir;
+use common::cosine;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -33,17 +36,6 @@ fn rel_err(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
     a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| f64::from(*x) * f64::from(*y))
-        .sum();
-    let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    dot / (na * nb)
 }
 
 fn argmax(v: &[f32]) -> usize {

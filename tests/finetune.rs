@@ -2,18 +2,15 @@
 //! Rust from tract's value at the cut, gives tract's own embedding; and a fine-tuned tail
 //! learns what the frozen one cannot.
 
+mod common;
+
 use std::path::PathBuf;
 
 use adaptd::finetune::store::Stored;
 use adaptd::finetune::{Act, Tail};
 use adaptd::model::backbone::Backbone;
 use adaptd::model::{Embedder, ModelDir};
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
+use common::{cosine, fixture};
 
 #[test]
 fn the_rust_tail_continues_tracts_pass_to_the_same_embedding() {
@@ -136,15 +133,4 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         .zip(b)
         .map(|(x, y)| (x - y).abs())
         .fold(0f32, f32::max)
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| f64::from(*x) * f64::from(*y))
-        .sum();
-    let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    dot / (na * nb)
 }

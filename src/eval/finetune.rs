@@ -452,17 +452,7 @@ fn teach(config: &HeadConfig, data: &Data, backbone: &str, idx: Vec<usize>) -> R
 
 /// The fraction of `samples` the head classifies right.
 fn accuracy(head: &Head, samples: &[(Vec<f32>, usize)], data: &Data) -> f64 {
-    let p = head.snapshot();
-    let mut z = Vec::new();
-    let right = samples
-        .iter()
-        .filter(|(x, y)| {
-            p.top1(x, &mut z)
-                .and_then(|i| p.labels().get(i))
-                .is_some_and(|l| *l == data.classes[*y])
-        })
-        .count();
-    right as f64 / samples.len().max(1) as f64
+    super::prequential::accuracy_on(head, samples, &data.classes)
 }
 
 /// The cut's value of each file, on `jobs` threads.

@@ -315,6 +315,22 @@ pub fn run(
     })
 }
 
+/// The fraction of `samples` (embedding, class index into `classes`) the head's snapshot
+/// classifies right (0 for none).
+pub fn accuracy_on(head: &Head, samples: &[(Vec<f32>, usize)], classes: &[String]) -> f64 {
+    let p = head.snapshot();
+    let mut z = Vec::new();
+    let right = samples
+        .iter()
+        .filter(|(x, y)| {
+            p.top1(x, &mut z)
+                .and_then(|i| p.labels().get(i))
+                .is_some_and(|l| *l == classes[*y])
+        })
+        .count();
+    right as f64 / samples.len().max(1) as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::data::Rng;

@@ -183,18 +183,7 @@ fn teach(config: &HeadConfig, data: &Data, backbone: &str, idx: &[usize]) -> Res
 }
 
 fn accuracy(head: &Head, data: &Data) -> f64 {
-    let p = head.snapshot();
-    let mut z = Vec::new();
-    let right = data
-        .test
-        .iter()
-        .filter(|(x, y)| {
-            p.top1(x, &mut z)
-                .and_then(|i| p.labels().get(i))
-                .is_some_and(|l| *l == data.classes[*y])
-        })
-        .count();
-    right as f64 / data.test.len().max(1) as f64
+    super::prequential::accuracy_on(head, &data.test, &data.classes)
 }
 
 #[cfg(test)]

@@ -1,4 +1,10 @@
-//! Finite-difference checks of analytic gradients, for the tail's unit tests.
+//! For the tail's unit tests: finite-difference checks of analytic gradients, and random
+//! weights and activations to check them on.
+
+use rand::rngs::SmallRng;
+use rand::Rng;
+
+use super::Pointwise;
 
 /// How a derivative is checked: the step, the tolerance (relative, plus as much absolute),
 /// and whether a one-sided difference may stand in for the central one (where a ReLU6 kink
@@ -51,4 +57,19 @@ pub fn check_each(
         );
     }
     analytic.len()
+}
+
+/// `n` values uniform in (−scale, scale).
+pub fn random(rng: &mut SmallRng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.gen_range(-scale..scale)).collect()
+}
+
+/// A 1×1 convolution with random weights and biases.
+pub fn pointwise(rng: &mut SmallRng, cin: usize, cout: usize) -> Pointwise {
+    Pointwise {
+        cin,
+        cout,
+        w: random(rng, cin * cout, 0.6),
+        b: random(rng, cout, 0.3),
+    }
 }

@@ -328,14 +328,10 @@ pub fn smoothed_cross_entropy(logits: &[f32], target: usize, eps: f32) -> (f32, 
 #[cfg(test)]
 mod tests {
     use rand::rngs::SmallRng;
-    use rand::{Rng, SeedableRng};
+    use rand::SeedableRng;
 
     use super::*;
-    use crate::finetune::gradcheck::{check_each, SMOOTH};
-
-    fn random(rng: &mut SmallRng, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| rng.gen_range(-scale..scale)).collect()
-    }
+    use crate::finetune::gradcheck::{check_each, random, SMOOTH};
 
     fn act(rng: &mut SmallRng, h: usize, w: usize, c: usize) -> Act {
         Act {

@@ -414,23 +414,10 @@ impl Block {
 #[cfg(test)]
 mod tests {
     use rand::rngs::SmallRng;
-    use rand::{Rng, SeedableRng};
+    use rand::SeedableRng;
 
     use super::*;
-    use gradcheck::{check_each, KINKED};
-
-    fn random(rng: &mut SmallRng, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| rng.gen_range(-scale..scale)).collect()
-    }
-
-    fn pointwise(rng: &mut SmallRng, cin: usize, cout: usize) -> Pointwise {
-        Pointwise {
-            cin,
-            cout,
-            w: random(rng, cin * cout, 0.6),
-            b: random(rng, cout, 0.3),
-        }
-    }
+    use gradcheck::{check_each, pointwise, random, KINKED};
 
     /// A small tail: `c` channels at the cut, expansion 3, `out` block outputs, 6 head
     /// channels, 3 classes.

@@ -351,23 +351,9 @@ pub fn thread_cpu_seconds() -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use rand::Rng;
-
     use super::*;
+    use crate::finetune::gradcheck::{pointwise, random};
     use crate::finetune::{Block, Depthwise, Pointwise};
-
-    fn random(rng: &mut SmallRng, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| rng.gen_range(-scale..scale)).collect()
-    }
-
-    fn pointwise(rng: &mut SmallRng, cin: usize, cout: usize) -> Pointwise {
-        Pointwise {
-            cin,
-            cout,
-            w: random(rng, cin * cout, 0.6),
-            b: random(rng, cout, 0.3),
-        }
-    }
 
     fn tail(rng: &mut SmallRng) -> Tail {
         Tail {
