@@ -124,7 +124,11 @@ fn initializer(graph: &GraphProto, name: &str) -> TractResult<(Vec<usize>, Vec<f
 }
 
 fn conv(graph: &GraphProto, node: &NodeProto) -> TractResult<Option<TailLayer>> {
-    let (shape, w) = initializer(graph, &node.input[1])?;
+    let weights = node
+        .input
+        .get(1)
+        .ok_or_else(|| format_err!("a Conv without weights"))?;
+    let (shape, w) = initializer(graph, weights)?;
     let [out, _, k, k2] = shape[..] else {
         bail!("weights of shape {shape:?}, not [out, in, k, k]");
     };
