@@ -209,6 +209,15 @@ pub fn run(data: &Data, plan: &FinetunePlan<'_>) -> Result<FinetuneReport> {
         .map(|(x, (_, y))| Example { x, label: *y })
         .collect();
     let guard_learner = plan.head.algorithm;
+    // The training samples `idx` with their stored activations.
+    let examples_of = |idx: &[usize]| -> Vec<Example<'_>> {
+        idx.iter()
+            .map(|&i| Example {
+                x: &train_x[i],
+                label: data.train[i].1,
+            })
+            .collect()
+    };
     let mut points = Vec::new();
     for n in checkpoints(data, plan.shots) {
         let mut linear = Vec::new();
@@ -221,20 +230,8 @@ pub fn run(data: &Data, plan: &FinetunePlan<'_>) -> Result<FinetuneReport> {
             linear.push((a.as_str().to_string(), accuracy(&head, &data.test, data)));
         }
         let (held_in, held_out) = holdout(data, n);
-        let examples: Vec<Example<'_>> = held_in
-            .iter()
-            .map(|&i| Example {
-                x: &train_x[i],
-                label: data.train[i].1,
-            })
-            .collect();
-        let checks: Vec<Example<'_>> = held_out
-            .iter()
-            .map(|&i| Example {
-                x: &train_x[i],
-                label: data.train[i].1,
-            })
-            .collect();
+        let examples = examples_of(&held_in);
+        let checks = examples_of(&held_out);
         let never = || false;
         let mut tail = pretrained.clone();
         let cpu0 = thread_cpu_seconds();
@@ -278,16 +275,19 @@ pub fn run(data: &Data, plan: &FinetunePlan<'_>) -> Result<FinetuneReport> {
             data,
             &held_out,
         );
-        let default = teach(&guard_head, data, plan.backbone, (0..n).collect())?;
+        // The default learner taught all n: already among `linear` when it was asked for.
+        let default_accuracy = match linear.iter().find(|(l, _)| l == guard_learner.as_str()) {
+            Some((_, a)) => *a,
+            None => accuracy(
+                &teach(&guard_head, data, plan.backbone, (0..n).collect())?,
+                &data.test,
+                data,
+            ),
+        };
         // Accepted: the same recipe again on every sample (the held-out ones too), served.
         let refit = match guard.accepted && plan.config.refit {
             true => {
-                let all: Vec<Example<'_>> = (0..n)
-                    .map(|i| Example {
-                        x: &train_x[i],
-                        label: data.train[i].1,
-                    })
-                    .collect();
+                let all = examples_of(&(0..n).collect::<Vec<_>>());
                 let mark = thread_cpu_seconds();
                 let mut refit = pretrained.clone();
                 train::probe(&mut refit, &all, &plan.config, &never)?;
@@ -307,7 +307,7 @@ pub fn run(data: &Data, plan: &FinetunePlan<'_>) -> Result<FinetuneReport> {
         let served = match (guard.accepted, refit) {
             (true, Some(a)) => a,
             (true, None) => tail_accuracy,
-            (false, _) => accuracy(&default, &data.test, data),
+            (false, _) => default_accuracy,
         };
         points.push(Point {
             samples: n,
